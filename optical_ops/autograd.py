@@ -1,0 +1,105 @@
+r"""Autograd functions of the PyTorch backend.
+
+N.B. Both functions return the transport cost L = <P, C> of the Sinkhorn plan P and
+back-propagate the envelope gradient dL/dC = P. That is the exact gradient of the entropic
+value OT_eps = <P, C> + eps KL(P | a b^T) at convergence (Danskin/envelope theorem), and an
+approximation of the gradient of <P, C> itself, which also has a term through dP/dC of order
+eps. No per-iteration history is kept: backward recomputes what it needs from the final
+potentials.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .costs import factorise
+from .sinkhorn_loop import SoftMin, run_sinkhorn
+from .softmin_dense import dense_softmin
+from .softmin_streaming import StreamingSoftMin
+
+TORCH_STRATEGIES = ("auto", "dense", "dense-scaling", "dense-log", "streaming")
+
+# Largest dense (B, n, m) cost the "auto" strategy stores; beyond it the cost is streamed.
+DENSE_MAX_BYTES = 256 * 2**20
+
+
+def pick_strategy(batch: int, n: int, m: int, dtype: torch.dtype, strategy: str) -> str:
+    if strategy != "auto":
+        return strategy
+    itemsize = torch.finfo(dtype).bits // 8
+    return "dense" if batch * n * m * itemsize <= DENSE_MAX_BYTES else "streaming"
+
+
+def embedding_softmin(fc, a, b, eps: float, strategy: str) -> SoftMin:
+    """The primitive for a factorised cost, by strategy (see :data:`TORCH_STRATEGIES`)."""
+    strategy = pick_strategy(a.shape[0], a.shape[1], b.shape[1], a.dtype, strategy)
+    if strategy == "streaming":
+        return StreamingSoftMin(fc, a, b, eps)
+    method = {"dense": "auto", "dense-scaling": "scaling", "dense-log": "log"}[strategy]
+    return dense_softmin(fc.dense(), a, b, eps, method)
+
+
+class SinkhornCostFunction(torch.autograd.Function):
+    """(loss, plan, f, g, iterations) for a dense cost (B, n, m); only ``loss`` has a gradient."""
+
+    @staticmethod
+    def forward(ctx, cost, a, b, eps, n_iters, tol, method):
+        op = dense_softmin(cost.to(a.dtype), a, b, eps, method)
+        res = run_sinkhorn(op, n_iters, tol)
+        plan = op.plan(res.f_state, res.g_state)
+        loss = op.loss(res.f_state, res.g_state)
+        f, g = op.potentials(res.f_state, res.g_state)
+        ctx.save_for_backward(plan)
+        ctx.cost_dtype = cost.dtype
+        ctx.mark_non_differentiable(plan, f, g, res.iterations)
+        return loss, plan, f, g, res.iterations
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        (plan,) = ctx.saved_tensors
+        grad_cost = (grad_loss[:, None, None] * plan).to(ctx.cost_dtype)
+        return grad_cost, None, None, None, None, None, None
+
+
+class OTDistillFunction(torch.autograd.Function):
+    """Per-problem <P, C(x, y)> (B,) for embeddings x (B, n, d), y (B, m, d).
+
+    Backward: with G = grad_loss * P, dL/dx' = -s G y', dL/dy' = -s G^T x', dL/dr = G 1,
+    dL/dc = G^T 1 for the factors of :class:`~optical_ops.costs.FactorisedCost`; the chain rule
+    through the factors (normalisation for the cosine cost) is taken by autograd on a
+    recomputation of the factors, which costs O(B (n + m) d).
+    """
+
+    @staticmethod
+    def forward(ctx, x, y, a, b, cost, eps, n_iters, tol, strategy):
+        fc = factorise(x.to(a.dtype), y.to(a.dtype), cost, a > 0, b > 0)
+        op = embedding_softmin(fc, a, b, eps, strategy)
+        res = run_sinkhorn(op, n_iters, tol)
+        loss = op.loss(res.f_state, res.g_state)
+        ctx.save_for_backward(x, y, a, b, res.f_state, res.g_state)
+        ctx.op = op.for_backward()
+        ctx.cost = cost
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        x, y, a, b, f_state, g_state = ctx.saved_tensors
+        need_x, need_y = ctx.needs_input_grad[:2]
+        with torch.enable_grad():
+            xd = x.detach().requires_grad_(need_x)
+            yd = y.detach().requires_grad_(need_y)
+            fc = factorise(xd.to(a.dtype), yd.to(a.dtype), ctx.cost, a > 0, b > 0)
+        py, ptx, rows, cols = ctx.op.plan_products(f_state, g_state, fc.x.detach(), fc.y.detach())
+        gl = grad_loss[:, None]
+        pairs = [
+            (fc.x, (-fc.scale) * gl[..., None] * py),
+            (fc.y, (-fc.scale) * gl[..., None] * ptx),
+            (fc.row_offset, gl * rows),
+            (fc.col_offset, gl * cols),
+        ]
+        outputs, grads = zip(*[(t, gt) for t, gt in pairs if t.requires_grad])
+        inputs = [t for t, need in ((xd, need_x), (yd, need_y)) if need]
+        found = iter(torch.autograd.grad(outputs, inputs, grads, allow_unused=True))
+        grad_x = next(found) if need_x else None
+        grad_y = next(found) if need_y else None
+        return grad_x, grad_y, None, None, None, None, None, None, None

@@ -1,0 +1,223 @@
+r"""Public functional API: :func:`sinkhorn` and :func:`ot_distill_loss`.
+
+Entropic OT between token weights a (n,) and b (m,) with cost C (n, m):
+
+    P* = argmin_{P >= 0, P 1 = a, P^T 1 = b}  <P, C> + eps KL(P | a b^T),
+    P*_ij = a_i b_j exp((f_i + g_j - C_ij) / eps),
+
+found by log-stable Sinkhorn iterations (:mod:`optical_ops.sinkhorn_loop`). The OPTICAL
+distillation loss (Huang, Yu, Allan, WSDM 2023) is the transport cost <P*, C> between a
+student's token embeddings and a frozen teacher's, with C_ij = 1 - cos(student_i, teacher_j).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import _validation as v
+from .autograd import TORCH_STRATEGIES, OTDistillFunction, SinkhornCostFunction
+from .costs import COSTS
+
+BACKENDS = ("auto", "torch", "triton")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+@dataclass
+class SinkhornResult:
+    """Output of :func:`sinkhorn`. Shapes for a batched cost (B, n, m); unbatched drops B.
+
+    Attributes:
+        plan: (B, n, m) transport plan P.
+        f: (B, n) and g: (B, m) dual potentials, P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps).
+        loss: (B,) transport cost <P, C>; differentiable w.r.t. the cost (dL/dC = P).
+        iterations: (B,) int64, Sinkhorn iterations each problem ran.
+        marginal_error: (B,) |P 1 - a|_1 + |P^T 1 - b|_1.
+    """
+
+    plan: torch.Tensor
+    f: torch.Tensor
+    g: torch.Tensor
+    loss: torch.Tensor
+    iterations: torch.Tensor
+    marginal_error: torch.Tensor
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    v.check_choice("backend", backend, BACKENDS)
+    if backend == "triton":
+        raise NotImplementedError("backend='triton' is not available in this build")
+    return "torch"
+
+
+def _weights_for(name: str, t, size: int, batch: int):
+    """Broadcast 1-D weights (size,) over a batch."""
+    if isinstance(t, torch.Tensor) and t.dim() == 1 and batch > 1:
+        if t.shape[0] != size:
+            raise ValueError(f"{name} must have shape ({size},) or ({batch}, {size}), "
+                             f"got {tuple(t.shape)}")
+        return t.expand(batch, size)
+    return t
+
+
+def sinkhorn(
+    cost: torch.Tensor,
+    a: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
+    *,
+    eps: float = 0.05,
+    n_iters: int = 100,
+    tol: float | None = None,
+    backend: str = "auto",
+    check_inputs: bool = True,
+) -> SinkhornResult:
+    """Entropic OT plan, potentials and transport cost for one cost matrix or a batch.
+
+    Args:
+        cost: (n, m) or (B, n, m) float tensor; must be finite where both weights are > 0.
+        a: row weights (n,) or (B, n), non-negative, normalised per problem; zeros allowed
+            (those points carry no mass). Default uniform.
+        b: column weights (m,) or (B, m), likewise.
+        eps: entropic regularisation (> 0), in the units of the cost.
+        n_iters: Sinkhorn iterations (>= 1); with ``tol=None`` exactly this many.
+        tol: stop a problem once its L1 marginal error is <= tol (checked every 10 iterations).
+        backend: ``"auto"`` | ``"torch"`` | ``"triton"``.
+        check_inputs: run the value checks that need a device-to-host sync.
+
+    Returns:
+        :class:`SinkhornResult`, in fp32 for half-precision costs, else the cost's dtype.
+        ``plan``, ``f`` and ``g`` carry no gradient.
+
+    N.B. ``loss.backward()`` gives dL/dC = P: the exact gradient of the entropic OT value at
+    convergence (envelope theorem), an approximation of the gradient of <P, C>.
+    """
+    v.check_float_tensor("cost", cost)
+    if cost.dim() not in (2, 3):
+        raise ValueError(f"cost must be (n, m) or (B, n, m), got shape {tuple(cost.shape)}")
+    v.check_solver_options(eps, n_iters, tol)
+    device = v.check_same_device(cost=cost, a=a, b=b)
+    _resolve_backend(backend, device)
+    single = cost.dim() == 2
+    c3 = cost[None] if single else cost
+    batch, n, m = c3.shape
+    if min(n, m) < 1:
+        raise ValueError(f"cost must have at least one row and one column, got {tuple(cost.shape)}")
+    dtype = v.compute_dtype(cost.dtype)
+    common = dict(dtype=dtype, device=device, check_values=check_inputs)
+    wa = v.marginal(n, batch, None, _weights_for("a", a, n, batch),
+                    mask_name="a", weights_name="a", **common)
+    wb = v.marginal(m, batch, None, _weights_for("b", b, m, batch),
+                    mask_name="b", weights_name="b", **common)
+    if check_inputs:
+        v.check_finite("cost", c3, (wa > 0)[:, :, None] & (wb > 0)[:, None, :])
+
+    loss, plan, f, g, iterations = SinkhornCostFunction.apply(
+        c3, wa, wb, float(eps), n_iters, tol, "auto"
+    )
+    with torch.no_grad():
+        error = (plan.sum(2) - wa).abs().sum(1) + (plan.sum(1) - wb).abs().sum(1)
+    out = SinkhornResult(plan, f, g, loss, iterations, error)
+    if single:
+        out = SinkhornResult(*(t[0] for t in (plan, f, g, loss, iterations, error)))
+    return out
+
+
+def _check_embeddings(student, teacher):
+    v.check_float_tensor("student", student)
+    v.check_float_tensor("teacher", teacher)
+    if student.dim() not in (2, 3) or teacher.dim() != student.dim():
+        raise ValueError(
+            "student and teacher must both be (n, d) or both (B, n, d), got shapes "
+            f"{tuple(student.shape)} and {tuple(teacher.shape)}"
+        )
+    if student.shape[-1] != teacher.shape[-1]:
+        raise ValueError(
+            f"student and teacher must have the same embedding size d, got "
+            f"{student.shape[-1]} and {teacher.shape[-1]}"
+        )
+    if student.dim() == 3 and student.shape[0] != teacher.shape[0]:
+        raise ValueError(
+            f"student and teacher must have the same batch size B, got "
+            f"{student.shape[0]} and {teacher.shape[0]}"
+        )
+    if student.shape[-2] < 1 or teacher.shape[-2] < 1 or student.shape[-1] < 1:
+        raise ValueError(
+            f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} must have "
+            "at least one token and one feature"
+        )
+
+
+def ot_distill_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    student_mask: torch.Tensor | None = None,
+    teacher_mask: torch.Tensor | None = None,
+    *,
+    student_weights: torch.Tensor | None = None,
+    teacher_weights: torch.Tensor | None = None,
+    cost: str = "cosine",
+    eps: float = 0.05,
+    n_iters: int = 100,
+    tol: float | None = None,
+    reduction: str = "mean",
+    backend: str = "auto",
+    check_inputs: bool = True,
+    strategy: str = "auto",
+) -> torch.Tensor:
+    """OPTICAL distillation loss: OT cost <P, C> between student and teacher token sets.
+
+    Args:
+        student: (B, n, d) or (n, d) token embeddings (any float dtype).
+        teacher: (B, m, d) or (m, d) token embeddings.
+        student_mask, teacher_mask: (B, n) / (B, m), bool or 0/1 (a Hugging Face
+            ``attention_mask`` works as is); masked tokens carry no mass and get zero gradient.
+        student_weights, teacher_weights: optional non-negative token weights (e.g. IDF),
+            multiplied with the masks and normalised per problem. Default uniform.
+        cost: ``"cosine"`` (C = 1 - cos, as in OPTICAL) or ``"sqeuclidean"`` (|x - y|^2).
+        eps: entropic regularisation (> 0), in cost units.
+        n_iters: Sinkhorn iterations; tol: early stop per problem (see :func:`sinkhorn`).
+        reduction: ``"mean"`` | ``"sum"`` over problems, or ``"none"`` for (B,).
+        backend: ``"auto"`` | ``"torch"`` | ``"triton"``.
+        check_inputs: run the value checks that need a device-to-host sync.
+        strategy: PyTorch backend only: ``"auto"`` | ``"dense"`` | ``"dense-scaling"`` |
+            ``"dense-log"`` | ``"streaming"`` (never store the (B, n, m) cost).
+
+    Returns:
+        The loss: a scalar, or (B,) with ``reduction="none"`` (() for unbatched inputs), in
+        fp32 for half-precision inputs.
+
+    N.B. The gradient (to the student, and to the teacher when it requires grad) is the
+    envelope gradient dL/dC = P pushed through C(student, teacher): exact for the entropic OT
+    value at convergence, an approximation of the gradient of <P, C>.
+    """
+    _check_embeddings(student, teacher)
+    v.check_choice("cost", cost, COSTS)
+    v.check_choice("reduction", reduction, REDUCTIONS)
+    v.check_choice("strategy", strategy, TORCH_STRATEGIES)
+    v.check_solver_options(eps, n_iters, tol)
+    device = v.check_same_device(
+        student=student, teacher=teacher, student_mask=student_mask,
+        teacher_mask=teacher_mask, student_weights=student_weights,
+        teacher_weights=teacher_weights,
+    )
+    _resolve_backend(backend, device)
+    single = student.dim() == 2
+    x, y = (student[None], teacher[None]) if single else (student, teacher)
+    batch, n, m = x.shape[0], x.shape[1], y.shape[1]
+    dtype = v.compute_dtype(student.dtype, teacher.dtype)
+    common = dict(dtype=dtype, device=device, check_values=check_inputs)
+    a = v.marginal(n, batch, student_mask, student_weights,
+                   mask_name="student_mask", weights_name="student_weights", **common)
+    b = v.marginal(m, batch, teacher_mask, teacher_weights,
+                   mask_name="teacher_mask", weights_name="teacher_weights", **common)
+    if check_inputs:
+        v.check_finite("student", x, (a > 0)[..., None])
+        v.check_finite("teacher", y, (b > 0)[..., None])
+
+    per_problem = OTDistillFunction.apply(x, y, a, b, cost, float(eps), n_iters, tol, strategy)
+    if reduction == "mean":
+        return per_problem.mean()
+    if reduction == "sum":
+        return per_problem.sum()
+    return per_problem[0] if single else per_problem

@@ -1,0 +1,122 @@
+r"""The one Sinkhorn loop, generic over a soft-min primitive.
+
+Entropic OT between weights a (B, n) and b (B, m) with cost C (B, n, m):
+
+    OT_eps(a, b) = min_{P >= 0, P 1 = a, P^T 1 = b}  <P, C> + eps * KL(P | a b^T)
+
+Its dual potentials f (B, n), g (B, m) give the plan  P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps)
+and satisfy the soft-min (soft c-transform) equations
+
+    g_j = -eps * log sum_i a_i exp((f_i - C_ij) / eps)      (column update)
+    f_i = -eps * log sum_j b_j exp((g_j - C_ij) / eps)      (row update)
+
+Sinkhorn alternates them from f = 0, column update first (POT's order), so after each
+iteration the plan's rows sum exactly to a and the error is in the columns:
+
+    err = sum_j |(P^T 1)_j - b_j| = sum_j b_j |exp((g_j - g'_j) / eps) - 1|,
+
+where g' is the next column update: the check costs nothing extra.
+
+A primitive (:class:`SoftMin`) implements both updates in whatever parameterisation of (f, g)
+is cheapest for it (log potentials, or scalings exp(-f/eps)) and what the loss and the gradient
+need from the final plan. Dense, streaming and Triton primitives plug in here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+# With ``tol`` set, convergence is checked every CHECK_EVERY iterations (one host sync each),
+# like POT; iteration counts are then multiples of it (or n_iters).
+CHECK_EVERY = 10
+
+
+class SoftMin(ABC):
+    """Both soft-min updates of one problem batch, in a primitive-defined state.
+
+    ``f_state``/``g_state`` are tensors (B, n)/(B, m) that determine f and g; the loop only
+    passes them between the methods.
+    """
+
+    @abstractmethod
+    def initial_f_state(self) -> torch.Tensor:
+        """The state of f = 0."""
+
+    @abstractmethod
+    def update_cols(self, f_state: torch.Tensor) -> torch.Tensor:
+        """g_state from f_state (the column soft-min)."""
+
+    @abstractmethod
+    def update_rows(self, g_state: torch.Tensor) -> torch.Tensor:
+        """f_state from g_state (the row soft-min)."""
+
+    @abstractmethod
+    def col_error(self, g_state: torch.Tensor, next_g_state: torch.Tensor) -> torch.Tensor:
+        """(B,) L1 column-marginal error of the plan (f, g), given the next column update."""
+
+    @abstractmethod
+    def potentials(
+        self, f_state: torch.Tensor, g_state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f, g) in the plan convention P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps)."""
+
+    @abstractmethod
+    def plan(self, f_state: torch.Tensor, g_state: torch.Tensor) -> torch.Tensor:
+        """The dense plan (B, n, m)."""
+
+    @abstractmethod
+    def loss(self, f_state: torch.Tensor, g_state: torch.Tensor) -> torch.Tensor:
+        """(B,) transport cost <P, C>."""
+
+    @abstractmethod
+    def plan_products(
+        self, f_state: torch.Tensor, g_state: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(P y, P^T x, P 1, P^T 1) for x (B, n, d), y (B, m, d): what the gradient needs."""
+
+    def for_backward(self) -> SoftMin:
+        """This primitive without the buffers that only the forward pass reads."""
+        return self
+
+
+@dataclass
+class LoopResult:
+    f_state: torch.Tensor
+    g_state: torch.Tensor
+    iterations: torch.Tensor  # (B,) int64: iterations each problem ran
+
+
+def run_sinkhorn(op: SoftMin, n_iters: int, tol: float | None) -> LoopResult:
+    """Run ``n_iters`` Sinkhorn iterations, or fewer per problem when ``tol`` is reached.
+
+    With ``tol=None`` nothing leaves the device inside the loop. With ``tol``, each problem
+    stops (its state frozen) once its L1 marginal error is <= tol at a check; the loop ends
+    when all have stopped.
+    """
+    f_state = op.initial_f_state()
+    batch = f_state.shape[0]
+    g_state = op.update_cols(f_state)
+    f_state = op.update_rows(g_state)
+    if tol is None:
+        for _ in range(n_iters - 1):
+            g_state = op.update_cols(f_state)
+            f_state = op.update_rows(g_state)
+        iterations = torch.full((batch,), n_iters, dtype=torch.int64, device=f_state.device)
+        return LoopResult(f_state, g_state, iterations)
+
+    done = torch.zeros(batch, dtype=torch.bool, device=f_state.device)
+    iterations = torch.ones(batch, dtype=torch.int64, device=f_state.device)
+    for it in range(1, n_iters):
+        next_g = op.update_cols(f_state)
+        if it % CHECK_EVERY == 0:
+            done |= op.col_error(g_state, next_g) <= tol
+            if bool(done.all()):
+                return LoopResult(f_state, g_state, iterations)
+        # A stopped problem keeps its g, so its row update reproduces its f exactly.
+        g_state = torch.where(done[:, None], g_state, next_g)
+        f_state = op.update_rows(g_state)
+        iterations += ~done
+    return LoopResult(f_state, g_state, iterations)

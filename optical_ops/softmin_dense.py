@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from .kernels.cpu_scaling import native_scaling_available, scaling_iterate
 from .sinkhorn_loop import SoftMin
 
 # Largest R/eps for which the scaling form is used, per compute dtype (see module docstring).
@@ -84,7 +85,8 @@ class DenseScalingSoftMin(SoftMin):
         self.eps = eps
         self.a, self.b = a, b
         self.shift = shift  # (B,) min of the cost over entries that carry mass
-        self.kernel = torch.exp((cost - shift[:, None, None]) / -eps)
+        # Our own buffer (never the user's), row-major for the native loop.
+        self.kernel = torch.exp((cost - shift[:, None, None]) / -eps).contiguous()
         self.cost: torch.Tensor | None = cost  # only the loss reads it
 
     def for_backward(self) -> DenseScalingSoftMin:
@@ -99,6 +101,11 @@ class DenseScalingSoftMin(SoftMin):
 
     def update_rows(self, t: torch.Tensor) -> torch.Tensor:
         return torch.bmm(self.kernel, (self.b / t)[:, :, None])[:, :, 0]
+
+    def iterate(self, s: torch.Tensor, n_iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if native_scaling_available(self.kernel):
+            return scaling_iterate(self.kernel, self.a, self.b, s, n_iters)
+        return super().iterate(s, n_iters)
 
     def col_error(self, t: torch.Tensor, next_t: torch.Tensor) -> torch.Tensor:
         return col_error_from_log_ratio(self.b, torch.log(next_t / t))

@@ -1,0 +1,48 @@
+"""Launcher for the native CPU scaling loop (``kernels/csrc/sinkhorn_scaling_cpu.cpp``).
+
+The extension is optional: when it was not built (no C++ compiler at install time) the
+PyTorch primitive runs its iterations op by op instead, with the same result.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from . import _sinkhorn_cpu
+except ImportError:  # not built: callers fall back to PyTorch ops
+    _sinkhorn_cpu = None
+
+
+def native_scaling_available(kernel: torch.Tensor) -> bool:
+    return (
+        _sinkhorn_cpu is not None
+        and kernel.device.type == "cpu"
+        and kernel.dtype in (torch.float32, torch.float64)
+    )
+
+
+def scaling_iterate(
+    kernel: torch.Tensor, a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, n_iters: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n_iters`` Sinkhorn iterations t <- K^T (a / s), s <- K (b / t) from the state ``s``.
+
+    kernel: (B, n, m) contiguous; a, s: (B, n); b: (B, m); one float dtype, CPU.
+    Returns the new (s, t). Reads K n_iters + 1 times (one fused pass per iteration).
+    """
+    if not native_scaling_available(kernel):
+        raise RuntimeError("the native CPU scaling loop is not available for this tensor")
+    if not kernel.is_contiguous():
+        raise ValueError("kernel must be contiguous (it is built by the solver, never by users)")
+    batch, n, m = kernel.shape
+    a, b = a.contiguous(), b.contiguous()
+    s = s.to(kernel.dtype).contiguous().clone()
+    t = kernel.new_empty(batch, m)
+    for name, ten, shape in (("a", a, (batch, n)), ("b", b, (batch, m)), ("s", s, (batch, n))):
+        if ten.dtype != kernel.dtype or tuple(ten.shape) != shape:
+            raise ValueError(f"{name} must be {kernel.dtype} of shape {shape}")
+    _sinkhorn_cpu.scaling_iterate(
+        kernel.data_ptr(), a.data_ptr(), b.data_ptr(), s.data_ptr(), t.data_ptr(),
+        batch, n, m, n_iters, kernel.dtype == torch.float64, torch.get_num_threads(),
+    )
+    return s, t

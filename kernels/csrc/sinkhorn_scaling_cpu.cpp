@@ -1,0 +1,177 @@
+// Scaling-domain Sinkhorn iterations on the CPU, on a stored kernel K = exp(-(C - min C) / eps).
+//
+// Problem b has K_b (n, m) row-major at K + b*n*m, weights a_b (n), b_b (m) and the states
+//   s = K v  (n),  t = K^T u  (m),   u = a / s,  v = b / t,
+// i.e. f = -eps log s and g = min C - eps log t (optical_ops/softmin_dense.py). One iteration is
+// the column update t <- K^T (a / s) followed by the row update s <- K (b / t).
+//
+// Memory traffic: the row update of iteration k and the column update of iteration k+1 both
+// walk K row by row, so one pass does both (row i: s_i = <K_i, v>, u_i = a_i / s_i, then
+// t' += u_i K_i while K_i is in L1). n_iters iterations read K n_iters + 1 times (4*n*m bytes
+// each in fp32) instead of 2 * n_iters times for two separate mat-vecs.
+//
+// Parallelism: many problems -> one problem per thread at a time, no synchronisation; few
+// problems -> the rows of each problem are split among threads, each keeps a partial t', and
+// the partials are summed between passes (two barriers per iteration).
+//
+// Built without any PyTorch header: the Python side passes data pointers of contiguous CPU
+// tensors it has checked (kernels/cpu_scaling.py). OpenMP resolves to the libgomp that torch
+// already loaded, so both share one thread pool.
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include <omp.h>
+
+// Whole solvers are cloned per x86-64 level (AVX-512 / AVX2 / SSE2, chosen at load time) so the
+// small helpers below inline into each clone and vectorise at its width.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PER_ISA __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define PER_ISA
+#endif
+#define INLINE inline __attribute__((always_inline))
+
+namespace {
+
+// <x, y> over len entries.
+template <typename T>
+INLINE T dot(const T* x, const T* y, int64_t len) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = 0; j < len; ++j) acc += x[j] * y[j];
+  return acc;
+}
+
+// acc += alpha * x over len entries.
+template <typename T>
+INLINE void axpy(T* acc, T alpha, const T* x, int64_t len) {
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) acc[j] += alpha * x[j];
+}
+
+// Rows [r0, r1) of one fused pass: s_i = <K_i, v>; with next_t, also next_t += (a_i / s_i) K_i.
+template <typename T>
+INLINE void row_pass(const T* K, int64_t m, const T* a, const T* v, T* s, T* next_t, int64_t r0,
+              int64_t r1) {
+  for (int64_t i = r0; i < r1; ++i) {
+    const T* row = K + i * m;
+    s[i] = dot(row, v, m);
+    if (next_t != nullptr) axpy(next_t, a[i] / s[i], row, m);
+  }
+}
+
+// All iterations of one problem on one thread; work buffers v, t2 of length m.
+template <typename T>
+PER_ISA void solve_one(const T* K, const T* a, const T* b, T* s, T* t, int64_t n, int64_t m, int iters,
+               T* v, T* t2) {
+  std::fill(t, t + m, T(0));
+  for (int64_t i = 0; i < n; ++i) axpy(t, a[i] / s[i], K + i * m, m);
+  for (int it = 0; it < iters; ++it) {
+    for (int64_t j = 0; j < m; ++j) v[j] = b[j] / t[j];
+    const bool last = it + 1 == iters;
+    if (!last) std::fill(t2, t2 + m, T(0));
+    row_pass(K, m, a, v, s, last ? nullptr : t2, 0, n);
+    if (!last) std::copy(t2, t2 + m, t);
+  }
+}
+
+// All iterations of one problem, rows split over the threads of the enclosing parallel region.
+// partial: threads * m scratch. Must be called by every thread of the team.
+template <typename T>
+PER_ISA void solve_shared(const T* K, const T* a, const T* b, T* s, T* t, int64_t n, int64_t m, int iters,
+                  T* v, T* partial) {
+  const int threads = omp_get_num_threads(), me = omp_get_thread_num();
+  const int64_t r0 = n * me / threads, r1 = n * (me + 1) / threads;
+  const int64_t c0 = m * me / threads, c1 = m * (me + 1) / threads;
+  T* mine = partial + static_cast<int64_t>(me) * m;
+  auto reduce_partials = [&]() {  // t = sum of the partials, then v = b / t, on my columns
+    for (int64_t j = c0; j < c1; ++j) {
+      T sum = 0;
+      for (int th = 0; th < threads; ++th) sum += partial[static_cast<int64_t>(th) * m + j];
+      t[j] = sum;
+      v[j] = b[j] / sum;
+    }
+  };
+  std::fill(mine, mine + m, T(0));
+  for (int64_t i = r0; i < r1; ++i) axpy(mine, a[i] / s[i], K + i * m, m);
+#pragma omp barrier
+  reduce_partials();
+#pragma omp barrier
+  for (int it = 0; it < iters; ++it) {
+    const bool last = it + 1 == iters;
+    if (!last) std::fill(mine, mine + m, T(0));
+    row_pass(K, m, a, v, s, last ? nullptr : mine, r0, r1);
+#pragma omp barrier
+    if (!last) reduce_partials();
+#pragma omp barrier
+  }
+}
+
+template <typename T>
+void iterate(const T* K, const T* a, const T* b, T* s, T* t, int64_t batch, int64_t n, int64_t m,
+             int iters, int threads) {
+  if (batch >= 2 * threads) {
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<T> v(m), t2(m);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t p = 0; p < batch; ++p)
+        solve_one(K + p * n * m, a + p * n, b + p * m, s + p * n, t + p * m, n, m, iters, v.data(),
+                  t2.data());
+    }
+    return;
+  }
+  std::vector<T> v(m), partial(static_cast<size_t>(threads) * m);
+#pragma omp parallel num_threads(threads)
+  for (int64_t p = 0; p < batch; ++p) {
+    solve_shared(K + p * n * m, a + p * n, b + p * m, s + p * n, t + p * m, n, m, iters, v.data(),
+                 partial.data());
+#pragma omp barrier
+  }
+}
+
+template <typename T>
+T* as_ptr(unsigned long long address) {
+  return reinterpret_cast<T*>(static_cast<uintptr_t>(address));
+}
+
+// scaling_iterate(K, a, b, s, t, batch, n, m, iters, is_double, threads): addresses of
+// contiguous CPU buffers. s holds the initial f-state on entry; s and t hold the final states.
+PyObject* scaling_iterate(PyObject*, PyObject* args) {
+  unsigned long long k, a, b, s, t;
+  long long batch, n, m;
+  int iters, is_double, threads;
+  if (!PyArg_ParseTuple(args, "KKKKKLLLipi", &k, &a, &b, &s, &t, &batch, &n, &m, &iters,
+                        &is_double, &threads))
+    return nullptr;
+  if (batch < 1 || n < 1 || m < 1 || iters < 1 || threads < 1) {
+    PyErr_SetString(PyExc_ValueError, "scaling_iterate: sizes, iters and threads must be >= 1");
+    return nullptr;
+  }
+  Py_BEGIN_ALLOW_THREADS
+  if (is_double)
+    iterate(as_ptr<const double>(k), as_ptr<const double>(a), as_ptr<const double>(b),
+            as_ptr<double>(s), as_ptr<double>(t), batch, n, m, iters, threads);
+  else
+    iterate(as_ptr<const float>(k), as_ptr<const float>(a), as_ptr<const float>(b),
+            as_ptr<float>(s), as_ptr<float>(t), batch, n, m, iters, threads);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"scaling_iterate", scaling_iterate, METH_VARARGS,
+     "Run scaling-domain Sinkhorn iterations in place (see kernels/cpu_scaling.py)."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sinkhorn_cpu",
+                      "Native CPU Sinkhorn iterations for optical-ot.", -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__sinkhorn_cpu(void) { return PyModule_Create(&module); }

@@ -1,0 +1,50 @@
+"""The native CPU scaling loop equals the PyTorch op-by-op iterations it replaces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import random_weights
+
+from optical_ops.kernels.cpu_scaling import native_scaling_available, scaling_iterate
+from optical_ops.sinkhorn_loop import SoftMin
+from optical_ops.softmin_dense import DenseScalingSoftMin
+
+pytestmark = pytest.mark.skipif(
+    not native_scaling_available(torch.ones(1)), reason="native CPU loop not built"
+)
+
+
+@pytest.mark.parametrize("batch,n,m", [(1, 1, 1), (1, 7, 300), (3, 129, 33), (9, 33, 7),
+                                       (64, 32, 32)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_iters", [1, 2, 17])
+def test_native_loop_equals_torch_ops(gen, batch, n, m, dtype, threads, n_iters):
+    cost = torch.rand(batch, n, m, generator=gen, dtype=torch.float64) * 2
+    a = random_weights(gen, batch, n, zeros=min(2, n - 1))
+    b = random_weights(gen, batch, m, zeros=min(1, m - 1))
+    a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+    op = DenseScalingSoftMin(cost.to(dtype), a.to(dtype), b.to(dtype), 0.1,
+                             shift=cost.amin((1, 2)).to(dtype))
+    s0 = torch.rand(batch, n, generator=gen, dtype=torch.float64).to(dtype) + 0.5
+    s0_before = s0.clone()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        s, t = scaling_iterate(op.kernel, op.a, op.b, s0, n_iters)
+    finally:
+        torch.set_num_threads(previous)
+    s_ref, t_ref = SoftMin.iterate(op, s0, n_iters)
+    rtol = 1e-12 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(s, s_ref, rtol=rtol, atol=0)
+    torch.testing.assert_close(t, t_ref, rtol=rtol, atol=0)
+    assert torch.equal(s0, s0_before)  # the input state is not modified
+
+
+def test_rejects_mismatched_buffers():
+    k = torch.rand(2, 3, 4)
+    with pytest.raises(ValueError, match=r"b must be torch.float32 of shape \(2, 4\)"):
+        scaling_iterate(k, torch.rand(2, 3), torch.rand(2, 5), torch.rand(2, 3), 3)
+    with pytest.raises(ValueError, match=r"kernel must be contiguous"):
+        scaling_iterate(k.transpose(1, 2), torch.rand(2, 4), torch.rand(2, 3), torch.rand(2, 4), 3)

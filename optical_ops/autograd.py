@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .costs import factorise
+from .costs import FactorisedCost, factorise
 from .sinkhorn_loop import SoftMin, run_sinkhorn
 from .softmin_dense import dense_softmin
 from .softmin_streaming import StreamingSoftMin
@@ -64,42 +64,36 @@ class SinkhornCostFunction(torch.autograd.Function):
 class OTDistillFunction(torch.autograd.Function):
     """Per-problem <P, C(x, y)> (B,) for embeddings x (B, n, d), y (B, m, d).
 
-    Backward: with G = grad_loss * P, dL/dx' = -s G y', dL/dy' = -s G^T x', dL/dr = G 1,
-    dL/dc = G^T 1 for the factors of :class:`~optical_ops.costs.FactorisedCost`; the chain rule
-    through the factors (normalisation for the cosine cost) is taken by autograd on a
-    recomputation of the factors, which costs O(B (n + m) d).
+    Backward: G = grad_loss * P enters through (G y', G^T x', G 1, G^T 1), which the
+    primitive computes from the final potentials, and the hand-derived chain rule of the cost
+    (:meth:`~optical_ops.costs.FactorisedCost.input_grads`).
     """
 
     @staticmethod
-    def forward(ctx, x, y, a, b, cost, eps, n_iters, tol, strategy):
+    def forward(ctx, x, y, a, b, cost, eps, n_iters, tol, strategy, check_inputs):
         fc = factorise(x.to(a.dtype), y.to(a.dtype), cost, a > 0, b > 0)
+        if check_inputs:
+            for name, finite, weights in zip(("student", "teacher"), fc.finite_rows(), (a, b)):
+                if not bool(finite[weights > 0].all()):
+                    raise ValueError(f"{name} contains NaN or inf at unmasked positions")
         op = embedding_softmin(fc, a, b, eps, strategy)
         res = run_sinkhorn(op, n_iters, tol)
         loss = op.loss(res.f_state, res.g_state)
-        ctx.save_for_backward(x, y, a, b, res.f_state, res.g_state)
+        ctx.save_for_backward(fc.x, fc.y, fc.row_offset, fc.col_offset, fc.row_scale,
+                              fc.col_scale, res.f_state, res.g_state)
         ctx.op = op.for_backward()
-        ctx.cost = cost
+        ctx.cost, ctx.scale = cost, fc.scale
+        ctx.dtypes = (x.dtype, y.dtype)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        x, y, a, b, f_state, g_state = ctx.saved_tensors
+        x, y, row_offset, col_offset, row_scale, col_scale, f_state, g_state = ctx.saved_tensors
+        fc = FactorisedCost(ctx.cost, x, y, row_offset, col_offset, row_scale, col_scale,
+                            ctx.scale)
         need_x, need_y = ctx.needs_input_grad[:2]
-        with torch.enable_grad():
-            xd = x.detach().requires_grad_(need_x)
-            yd = y.detach().requires_grad_(need_y)
-            fc = factorise(xd.to(a.dtype), yd.to(a.dtype), ctx.cost, a > 0, b > 0)
-        py, ptx, rows, cols = ctx.op.plan_products(f_state, g_state, fc.x.detach(), fc.y.detach())
-        gl = grad_loss[:, None]
-        pairs = [
-            (fc.x, (-fc.scale) * gl[..., None] * py),
-            (fc.y, (-fc.scale) * gl[..., None] * ptx),
-            (fc.row_offset, gl * rows),
-            (fc.col_offset, gl * cols),
-        ]
-        outputs, grads = zip(*[(t, gt) for t, gt in pairs if t.requires_grad])
-        inputs = [t for t, need in ((xd, need_x), (yd, need_y)) if need]
-        found = iter(torch.autograd.grad(outputs, inputs, grads, allow_unused=True))
-        grad_x = next(found) if need_x else None
-        grad_y = next(found) if need_y else None
-        return grad_x, grad_y, None, None, None, None, None, None, None
+        products = ctx.op.plan_products(f_state, g_state, x, y, row_scale, col_scale)
+        dx, dy = fc.input_grads(*products, grad_loss, need_x, need_y)
+        dx = None if dx is None else dx.to(ctx.dtypes[0])
+        dy = None if dy is None else dy.to(ctx.dtypes[1])
+        return dx, dy, None, None, None, None, None, None, None, None

@@ -1,15 +1,23 @@
-"""Ground costs between two token sets, in factorised form.
+r"""Ground costs between two token sets, in factorised form, with their input gradients.
 
-Both supported costs are affine in the inner product of (transformed) embeddings:
+Both supported costs are affine in a scaled inner product of the raw embeddings:
 
-    C_ij = r_i + c_j - s * <x'_i, y'_j>
+    C_ij = r_i + c_j - s * sigma_i * tau_j * <x_i, y_j>
 
-* ``"cosine"``:      x' = x / |x|, y' = y / |y|, r = c = 1/2, s = 1   ->  C = 1 - cos(x_i, y_j)
-* ``"sqeuclidean"``: x' = x, y' = y, r = |x|^2, c = |y|^2, s = 2       ->  C = |x_i - y_j|^2
+* ``"cosine"``:      sigma = 1/|x|, tau = 1/|y|, r = c = 1/2, s = 1  ->  C = 1 - cos(x_i, y_j)
+* ``"sqeuclidean"``: sigma = tau = 1, r = |x|^2, c = |y|^2, s = 2    ->  C = |x_i - y_j|^2
 
-so a dense cost is one batched matrix product, and a streaming solver can recompute any tile
-of C from the factors. The squared Euclidean form loses absolute precision ~ ulp * |x|^2 to
-cancellation (as in POT's ``ot.dist``); it is clamped at 0.
+A dense cost is one batched matrix product of the RAW embeddings followed by O(B n m) scaling,
+so nothing of size (B, n, d) is written for the cosine normalisation. The squared Euclidean
+form loses absolute precision ~ ulp * |x|^2 to cancellation (as POT's ``ot.dist``); it is
+clamped at 0.
+
+Gradient. With G = dL/dC (B, n, m), x' = sigma x and y' = tau y (the effective factors):
+
+    cosine:       dL/dx_i = -s sigma_i (g_i - x'_i <x'_i, g_i>),   g = G y'
+    sqeuclidean:  dL/dx_i = 2 x_i (G 1)_i - s (G y)_i
+
+and symmetrically for y with G^T. A solver supplies (G y', G^T x', G 1, G^T 1).
 """
 
 from __future__ import annotations
@@ -28,27 +36,82 @@ NORM_FLOOR = 1e-12
 
 @dataclass
 class FactorisedCost:
-    """C_ij = row_offset_i + col_offset_j - scale * <x_i, y_j>, batched.
+    """C_ij = row_offset_i + col_offset_j - scale * row_scale_i * col_scale_j * <x_i, y_j>.
 
-    x: (B, n, d), y: (B, m, d), row_offset: (B, n), col_offset: (B, m).
+    x: (B, n, d), y: (B, m, d) raw embeddings (padding zeroed); offsets and scales: (B, n)
+    and (B, m).
     """
 
+    kind: str
     x: torch.Tensor
     y: torch.Tensor
     row_offset: torch.Tensor
     col_offset: torch.Tensor
+    row_scale: torch.Tensor
+    col_scale: torch.Tensor
     scale: float
-    clamp_at_zero: bool
+    unit_scales: bool = False  # row_scale and col_scale are all ones: skip them
 
     def tile(self, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
-        """C[:, rows, cols] from the factors: one batched matmul (2*B*n*m*d FLOPs)."""
-        offsets = self.row_offset[:, rows, None] + self.col_offset[:, None, cols]
-        c = torch.baddbmm(offsets, self.x[:, rows], self.y[:, cols].transpose(1, 2),
-                          alpha=-self.scale)
-        return c.clamp_min_(0.0) if self.clamp_at_zero else c
+        """C[:, rows, cols]: one batched matmul (2 B n m d FLOPs) and O(B n m) scaling.
+
+        In place on the product unless autograd records it (``cost_matrix``).
+        """
+        row_offset, col_offset = self.row_offset[:, rows, None], self.col_offset[:, None, cols]
+        if self.unit_scales:
+            c = torch.baddbmm(row_offset + col_offset, self.x[:, rows],
+                              self.y[:, cols].transpose(1, 2), alpha=-self.scale)
+            return c.clamp_min_(0.0) if self.kind == "sqeuclidean" else c
+        c = torch.bmm(self.x[:, rows], self.y[:, cols].transpose(1, 2))
+        row_scale = self.row_scale[:, rows, None] * -self.scale
+        col_scale = self.col_scale[:, None, cols]
+        if c.requires_grad:
+            c = c * row_scale * col_scale + row_offset + col_offset
+            return c.clamp_min(0.0) if self.kind == "sqeuclidean" else c
+        c.mul_(row_scale).mul_(col_scale).add_(row_offset).add_(col_offset)
+        return c.clamp_min_(0.0) if self.kind == "sqeuclidean" else c
 
     def dense(self) -> torch.Tensor:
         return self.tile()
+
+    def with_unit_scales(self) -> FactorisedCost:
+        """The same cost with x' = sigma x and y' = tau y written out and unit scales."""
+        return FactorisedCost(
+            self.kind, self.x * self.row_scale[..., None], self.y * self.col_scale[..., None],
+            self.row_offset, self.col_offset, torch.ones_like(self.row_scale),
+            torch.ones_like(self.col_scale), self.scale, unit_scales=True,
+        )
+
+    def input_grads(self, g_y, g_x, rows, cols, grad_loss, need_x: bool, need_y: bool):
+        """(dL/dx, dL/dy) from P's products g_y = P y', g_x = P^T x', rows = P 1,
+        cols = P^T 1 and the upstream gradient grad_loss (B,) of the per-problem losses."""
+        w = grad_loss[:, None]
+        if self.kind == "cosine":
+            # dL/dz = -s w sigma (g - sigma^2 <z, g> z)  for z = x (g = g_y) or z = y (g = g_x)
+            def grad(z, sigma, g):
+                coef = -self.scale * w * sigma
+                radial = torch.linalg.vecdot(z, g) * sigma * sigma
+                return torch.addcmul(g * coef[..., None], z, (-coef * radial)[..., None])
+            dx = grad(self.x, self.row_scale, g_y) if need_x else None
+            dy = grad(self.y, self.col_scale, g_x) if need_y else None
+        else:
+            # dL/dz = w (2 z (P 1) - s P y)
+            def grad(z, mass, g):
+                coef = (2.0 * w * mass)[..., None]
+                return torch.addcmul(g * (-self.scale * w)[..., None], z, coef)
+            dx = grad(self.x, rows, g_y) if need_x else None
+            dy = grad(self.y, cols, g_x) if need_y else None
+        return dx, dy
+
+    def finite_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, n) and (B, m) masks of the embeddings with no NaN or inf entry.
+
+        Read off the factors (a NaN or inf entry makes the norm NaN or inf), so it costs
+        O(B (n + m)) instead of a pass over the embeddings.
+        """
+        if self.kind == "cosine":  # 1/|x| is NaN for NaN entries, 0 for inf entries
+            return tuple(torch.isfinite(z) & (z > 0) for z in (self.row_scale, self.col_scale))
+        return torch.isfinite(self.row_offset), torch.isfinite(self.col_offset)
 
 
 def factorise(
@@ -58,34 +121,32 @@ def factorise(
     row_valid: torch.Tensor | None = None,
     col_valid: torch.Tensor | None = None,
 ) -> FactorisedCost:
-    """Factors of ``cost`` between x (B, n, d) and y (B, m, d), differentiable w.r.t. x and y.
+    """Factors of ``cost`` between x (B, n, d) and y (B, m, d), in their (compute) dtype.
 
     Rows/columns where ``row_valid``/``col_valid`` (B, n)/(B, m) are False are zeroed, so
-    padding (even NaN padding) gives finite costs and zero gradients.
+    padding (even NaN padding) gives finite costs and zero gradients. Zeroing reads the
+    validity back to the host once and costs one pass only when something is masked.
     """
-    if row_valid is not None:
+    if row_valid is not None and not bool(row_valid.all()):
         x = torch.where(row_valid[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
-    if col_valid is not None:
+    if col_valid is not None and not bool(col_valid.all()):
         y = torch.where(col_valid[..., None], y, torch.zeros((), dtype=y.dtype, device=y.device))
     if cost == "cosine":
-        xn = x / x.norm(dim=-1, keepdim=True).clamp_min(NORM_FLOOR)
-        yn = y / y.norm(dim=-1, keepdim=True).clamp_min(NORM_FLOOR)
-        half = 0.5
-        return FactorisedCost(
-            xn, yn,
-            torch.full(x.shape[:-1], half, dtype=x.dtype, device=x.device),
-            torch.full(y.shape[:-1], half, dtype=y.dtype, device=y.device),
-            scale=1.0, clamp_at_zero=False,
-        )
+        half_x = torch.full(x.shape[:-1], 0.5, dtype=x.dtype, device=x.device)
+        half_y = torch.full(y.shape[:-1], 0.5, dtype=y.dtype, device=y.device)
+        inv_x = torch.linalg.vector_norm(x, dim=-1).clamp_min(NORM_FLOOR).reciprocal()
+        inv_y = torch.linalg.vector_norm(y, dim=-1).clamp_min(NORM_FLOOR).reciprocal()
+        return FactorisedCost("cosine", x, y, half_x, half_y, inv_x, inv_y, scale=1.0)
     if cost == "sqeuclidean":
-        return FactorisedCost(
-            x, y, (x * x).sum(-1), (y * y).sum(-1), scale=2.0, clamp_at_zero=True
-        )
+        ones_x = torch.ones(x.shape[:-1], dtype=x.dtype, device=x.device)
+        ones_y = torch.ones(y.shape[:-1], dtype=y.dtype, device=y.device)
+        sq_x, sq_y = (x * x).sum(-1), (y * y).sum(-1)
+        return FactorisedCost("sqeuclidean", x, y, sq_x, sq_y, ones_x, ones_y, scale=2.0)
     raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
 
 
 def cost_matrix(x: torch.Tensor, y: torch.Tensor, cost: str = "cosine") -> torch.Tensor:
-    """Cost matrix between two token sets (differentiable).
+    """Cost matrix between two token sets (differentiable with autograd).
 
     Args:
         x: (n, d) or (B, n, d) float tensor.

@@ -211,11 +211,9 @@ def ot_distill_loss(
                    mask_name="student_mask", weights_name="student_weights", **common)
     b = v.marginal(m, batch, teacher_mask, teacher_weights,
                    mask_name="teacher_mask", weights_name="teacher_weights", **common)
-    if check_inputs:
-        v.check_finite("student", x, (a > 0)[..., None])
-        v.check_finite("teacher", y, (b > 0)[..., None])
-
-    per_problem = OTDistillFunction.apply(x, y, a, b, cost, float(eps), n_iters, tol, strategy)
+    per_problem = OTDistillFunction.apply(
+        x, y, a, b, cost, float(eps), n_iters, tol, strategy, check_inputs
+    )
     if reduction == "mean":
         return per_problem.mean()
     if reduction == "sum":

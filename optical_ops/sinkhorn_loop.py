@@ -73,9 +73,18 @@ class SoftMin(ABC):
 
     @abstractmethod
     def plan_products(
-        self, f_state: torch.Tensor, g_state: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+        self,
+        f_state: torch.Tensor,
+        g_state: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_scale: torch.Tensor,
+        y_scale: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(P y, P^T x, P 1, P^T 1) for x (B, n, d), y (B, m, d): what the gradient needs."""
+        """(P y', P^T x', P 1, P^T 1) with x' = x_scale x (B, n, d), y' = y_scale y (B, m, d).
+
+        What the gradient needs (:meth:`optical_ops.costs.FactorisedCost.input_grads`).
+        """
 
     def iterate(self, f_state: torch.Tensor, n_iters: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n_iters`` full iterations (column then row update) -> (f_state, g_state).

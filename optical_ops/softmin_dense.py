@@ -68,9 +68,12 @@ class DenseLogSoftMin(SoftMin):
     def loss(self, f, g):
         return (self.plan(f, g) * self.neg_cost_eps).sum((1, 2)) * -self.eps
 
-    def plan_products(self, f, g, x, y):
+    def plan_products(self, f, g, x, y, x_scale, y_scale):
         p = self.plan(f, g)
-        return p @ y, p.transpose(1, 2) @ x, p.sum(2), p.sum(1)
+        rows, cols = p.sum(2), p.sum(1)
+        p_y = torch.bmm(p * y_scale[:, None, :], y)
+        p_x = torch.bmm(p.transpose(1, 2) * x_scale[:, None, :], x)
+        return p_y, p_x, rows, cols
 
 
 class DenseScalingSoftMin(SoftMin):
@@ -117,18 +120,22 @@ class DenseScalingSoftMin(SoftMin):
         return (self.a / s)[:, :, None] * self.kernel * (self.b / t)[:, None, :]
 
     def loss(self, s, t):
+        """sum_ij u_i K_ij C_ij v_j: one pass for K * C, then a mat-vec."""
         if self.cost is None:
             raise RuntimeError("the loss needs the cost, which for_backward() released")
-        return (self.plan(s, t) * self.cost).sum((1, 2))
+        u, v = self.a / s, self.b / t
+        weighted = torch.bmm(self.kernel * self.cost, v[:, :, None])[:, :, 0]
+        return (u * weighted).sum(1)
 
-    def plan_products(self, s, t, x, y):
+    def plan_products(self, s, t, x, y, x_scale, y_scale):
+        """P y' = u * (K (v y_scale y)): the scalings fold into (B, m) and (B, n) vectors."""
         u, v = self.a / s, self.b / t
         kt = self.kernel.transpose(1, 2)
-        py = u[:, :, None] * torch.bmm(self.kernel, v[:, :, None] * y)
-        ptx = v[:, :, None] * torch.bmm(kt, u[:, :, None] * x)
+        p_y = torch.bmm(self.kernel, (v * y_scale)[:, :, None] * y).mul_(u[:, :, None])
+        p_x = torch.bmm(kt, (u * x_scale)[:, :, None] * x).mul_(v[:, :, None])
         rows = u * torch.bmm(self.kernel, v[:, :, None])[:, :, 0]
         cols = v * torch.bmm(kt, u[:, :, None])[:, :, 0]
-        return py, ptx, rows, cols
+        return p_y, p_x, rows, cols
 
 
 def sanitised_cost_range(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor):

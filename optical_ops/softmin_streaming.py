@@ -1,6 +1,7 @@
 r"""Streaming soft-min: the cost is never stored; each half-iteration recomputes it in chunks.
 
-With the factorised cost C_ij = r_i + c_j - s <x_i, y_j> (:mod:`.costs`), the row update is
+With the factorised cost C_ij = r_i + c_j - s <x'_i, y'_j> (:mod:`.costs`; the scaled factors
+x' = sigma x and y' = tau y are written out once, O((n + m) d)), the row update is
 
     f_i = r_i - eps * LSE_j( log b_j + (g_j - c_j) / eps + (s / eps) <x_i, y_j> )
 
@@ -30,7 +31,7 @@ class StreamingSoftMin(SoftMin):
 
     def __init__(self, fc: FactorisedCost, a: torch.Tensor, b: torch.Tensor, eps: float,
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES):
-        self.fc, self.eps = fc, eps
+        self.fc, self.eps = fc.with_unit_scales(), eps
         self.a, self.b = a, b
         self.log_a, self.log_b = a.log(), b.log()
         self.chunk_bytes = chunk_bytes
@@ -79,7 +80,8 @@ class StreamingSoftMin(SoftMin):
     def loss(self, f, g):
         return sum((p * c).sum((1, 2)) for _, p, c in self._plan_tiles(f, g))
 
-    def plan_products(self, f, g, x, y):
+    def plan_products(self, f, g, x, y, x_scale, y_scale):
+        x, y = x * x_scale[..., None], y * y_scale[..., None]
         py = x.new_empty(x.shape[:2] + y.shape[2:])
         ptx = y.new_zeros(y.shape[:2] + x.shape[2:])
         rows_sum = self.a.new_empty(self.a.shape)

@@ -134,21 +134,37 @@ def test_teacher_gradient_only_when_asked(gen):
     assert y.grad is not None and torch.isfinite(y.grad).all()
 
 
+def _held_bytes(loss, packed_bytes):
+    """Bytes the backward holds: saved tensors plus the tensors on the primitive it keeps."""
+    op = loss.grad_fn.op  # the backward node is the Function's ctx
+    parts = [vars(op)] + ([vars(op.fc)] if hasattr(op, "fc") else [])
+    held = [t for part in parts for t in part.values() if isinstance(t, torch.Tensor)]
+    return packed_bytes + sum(t.numel() * t.element_size() for t in held)
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_backward_keeps_no_iteration_history(gen, strategy):
-    """Only x, y, a, b and the final potentials are saved: nothing per iteration."""
+    """Saved state is the inputs, the cost factors and the final potentials, whatever n_iters."""
     x = random_tokens(gen, 2, 33, 16).requires_grad_()
     y = random_tokens(gen, 2, 7, 16)
-    packed = []
+    held = {}
+    for n_iters in (5, 60):
+        packed = []
 
-    def pack(t):
-        packed.append(tuple(t.shape))
-        return t
+        def pack(t, packed=packed):
+            packed.append(t)
+            return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = ot_distill_loss(x, y, n_iters=50, reduction="none", strategy=strategy)
-    assert sorted(packed) == sorted([(2, 33, 16), (2, 7, 16), (2, 33), (2, 7), (2, 33), (2, 7)])
-    assert isinstance(loss.grad_fn, OTDistillFunction._backward_cls)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = ot_distill_loss(x, y, n_iters=n_iters, reduction="none", strategy=strategy)
+        assert isinstance(loss.grad_fn, OTDistillFunction._backward_cls)
+        shapes = sorted(tuple(t.shape) for t in packed)
+        assert shapes == sorted([(2, 33, 16), (2, 7, 16)] + [(2, 33), (2, 7)] * 3)
+        held[n_iters] = _held_bytes(loss, sum(t.numel() * t.element_size() for t in packed))
+    assert held[5] == held[60]
+    # At most the dense kernel (B n m) next to the inputs and O(B (n + m)) vectors.
+    dense = 2 * 33 * 7 * 8
+    assert held[60] <= dense + 2 * (2 * (33 + 7) * 16 * 8) + 16 * 2 * (33 + 7) * 8
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,7 @@ class SinkhornCostFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, *_):
         (plan,) = ctx.saved_tensors
-        grad_cost = (grad_loss[:, None, None] * plan).to(ctx.cost_dtype)
+        grad_cost = (plan * grad_loss[:, None, None]).to(ctx.cost_dtype)
         return grad_cost, None, None, None, None, None, None
 
 

@@ -84,21 +84,23 @@ class FactorisedCost:
 
     def input_grads(self, g_y, g_x, rows, cols, grad_loss, need_x: bool, need_y: bool):
         """(dL/dx, dL/dy) from P's products g_y = P y', g_x = P^T x', rows = P 1,
-        cols = P^T 1 and the upstream gradient grad_loss (B,) of the per-problem losses."""
+        cols = P^T 1 and the upstream gradient grad_loss (B,) of the per-problem losses.
+
+        g_y and g_x are the solver's own buffers: the gradients are formed in them, in place.
+        """
         w = grad_loss[:, None]
         if self.kind == "cosine":
             # dL/dz = -s w sigma (g - sigma^2 <z, g> z)  for z = x (g = g_y) or z = y (g = g_x)
             def grad(z, sigma, g):
                 coef = -self.scale * w * sigma
-                radial = torch.linalg.vecdot(z, g) * sigma * sigma
-                return torch.addcmul(g * coef[..., None], z, (-coef * radial)[..., None])
+                radial = (z * g).sum(-1) * sigma * sigma
+                return g.mul_(coef[..., None]).addcmul_(z, (-coef * radial)[..., None])
             dx = grad(self.x, self.row_scale, g_y) if need_x else None
             dy = grad(self.y, self.col_scale, g_x) if need_y else None
         else:
             # dL/dz = w (2 z (P 1) - s P y)
             def grad(z, mass, g):
-                coef = (2.0 * w * mass)[..., None]
-                return torch.addcmul(g * (-self.scale * w)[..., None], z, coef)
+                return g.mul_((-self.scale * w)[..., None]).addcmul_(z, (2.0 * w * mass)[..., None])
             dx = grad(self.x, rows, g_y) if need_x else None
             dy = grad(self.y, cols, g_x) if need_y else None
         return dx, dy

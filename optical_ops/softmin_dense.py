@@ -117,7 +117,8 @@ class DenseScalingSoftMin(SoftMin):
         return -self.eps * s.log(), self.shift[:, None] - self.eps * t.log()
 
     def plan(self, s, t):
-        return (self.a / s)[:, :, None] * self.kernel * (self.b / t)[:, None, :]
+        # The big operand first: TensorIterator lays the output out like its first input.
+        return self.kernel * (self.a / s)[:, :, None] * (self.b / t)[:, None, :]
 
     def loss(self, s, t):
         """sum_ij u_i K_ij C_ij v_j: one pass for K * C, then a mat-vec."""
@@ -128,13 +129,20 @@ class DenseScalingSoftMin(SoftMin):
         return (u * weighted).sum(1)
 
     def plan_products(self, s, t, x, y, x_scale, y_scale):
-        """P y' = u * (K (v y_scale y)): the scalings fold into (B, m) and (B, n) vectors."""
+        """P y' with P = diag(u) K diag(v): the diagonal scalings go on whichever operand of the
+        product is smaller, K (B, n, m) or the embeddings (B, n + m, d); the only large
+        allocations are the two results."""
         u, v = self.a / s, self.b / t
-        kt = self.kernel.transpose(1, 2)
-        p_y = torch.bmm(self.kernel, (v * y_scale)[:, :, None] * y).mul_(u[:, :, None])
-        p_x = torch.bmm(kt, (u * x_scale)[:, :, None] * x).mul_(v[:, :, None])
-        rows = u * torch.bmm(self.kernel, v[:, :, None])[:, :, 0]
+        k, kt = self.kernel, self.kernel.transpose(1, 2)
+        rows = u * torch.bmm(k, v[:, :, None])[:, :, 0]
         cols = v * torch.bmm(kt, u[:, :, None])[:, :, 0]
+        batch, n, m = k.shape
+        if n * m <= (n + m) * x.shape[2]:
+            p_y = torch.bmm(k * u[:, :, None] * (v * y_scale)[:, None, :], y)
+            p_x = torch.bmm(kt * v[:, :, None] * (u * x_scale)[:, None, :], x)
+        else:
+            p_y = torch.bmm(k, y * (v * y_scale)[:, :, None]).mul_(u[:, :, None])
+            p_x = torch.bmm(kt, x * (u * x_scale)[:, :, None]).mul_(v[:, :, None])
         return p_y, p_x, rows, cols
 
 

@@ -15,8 +15,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+# Shapes cover the three native paths: rows shared by the threads (batch < 2 threads), one
+# problem per thread with K^T copied (K <= 256 KiB), and one fused pass per iteration.
 @pytest.mark.parametrize("batch,n,m", [(1, 1, 1), (1, 7, 300), (3, 129, 33), (9, 33, 7),
-                                       (64, 32, 32)])
+                                       (64, 32, 32), (5, 257, 300)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("n_iters", [1, 2, 17])

@@ -10,6 +10,11 @@
 // t' += u_i K_i while K_i is in L1). n_iters iterations read K n_iters + 1 times (4*n*m bytes
 // each in fp32) instead of 2 * n_iters times for two separate mat-vecs.
 //
+// Small problems (K and a copy of K^T fit in L2 together) are cache-resident, so traffic does not
+// matter but the horizontal sum that ends each short row dot does: they copy K^T once and run
+// both updates as register-blocked sums of rows (s = sum_j v_j K^T_j, t = sum_i u_i K_i),
+// vectorised along rows with no horizontal reduction.
+//
 // Parallelism: many problems -> one problem per thread at a time, no synchronisation; few
 // problems -> the rows of each problem are split among threads, each keeps a partial t', and
 // the partials are summed between passes (two barriers per iteration).
@@ -54,6 +59,39 @@ INLINE void axpy(T* acc, T alpha, const T* x, int64_t len) {
   for (int64_t j = 0; j < len; ++j) acc[j] += alpha * x[j];
 }
 
+// acc[0:len] += sum_{i < rows} coef_i M[i, 0:len] (M row-major, row stride len). Register
+// blocked: per block of kLanes columns, four independent partial sums over rows i = 4k..4k+3,
+// so the accumulator is loaded and stored once per block instead of once per row (a chain of
+// store-to-load latencies that otherwise bounds short rows).
+template <typename T>
+INLINE void accumulate_rows(T* acc, const T* coef, const T* M, int64_t rows, int64_t len) {
+  constexpr int64_t kLanes = 64 / sizeof(T);  // one AVX-512 register
+  int64_t j0 = 0;
+  for (; j0 + kLanes <= len; j0 += kLanes) {
+    T p0[kLanes] = {}, p1[kLanes] = {}, p2[kLanes] = {}, p3[kLanes] = {};
+    int64_t i = 0;
+    for (; i + 4 <= rows; i += 4) {
+      const T* r = M + i * len + j0;
+      const T c0 = coef[i], c1 = coef[i + 1], c2 = coef[i + 2], c3 = coef[i + 3];
+#pragma omp simd
+      for (int64_t l = 0; l < kLanes; ++l) {
+        p0[l] += c0 * r[l];
+        p1[l] += c1 * r[len + l];
+        p2[l] += c2 * r[2 * len + l];
+        p3[l] += c3 * r[3 * len + l];
+      }
+    }
+    for (; i < rows; ++i) {
+      const T* r = M + i * len + j0;
+#pragma omp simd
+      for (int64_t l = 0; l < kLanes; ++l) p0[l] += coef[i] * r[l];
+    }
+#pragma omp simd
+    for (int64_t l = 0; l < kLanes; ++l) acc[j0 + l] += (p0[l] + p1[l]) + (p2[l] + p3[l]);
+  }
+  for (int64_t i = 0; i < rows && j0 < len; ++i) axpy(acc + j0, coef[i], M + i * len + j0, len - j0);
+}
+
 // Rows [r0, r1) of one fused pass: s_i = <K_i, v>; with next_t, also next_t += (a_i / s_i) K_i.
 template <typename T>
 INLINE void row_pass(const T* K, int64_t m, const T* a, const T* v, T* s, T* next_t, int64_t r0,
@@ -65,7 +103,27 @@ INLINE void row_pass(const T* K, int64_t m, const T* a, const T* v, T* s, T* nex
   }
 }
 
-// All iterations of one problem on one thread; work buffers v, t2 of length m.
+// Largest K (bytes) solved by solve_small: K and K^T then take at most half of a 1 MiB L2.
+constexpr int64_t kSmallBytes = 256 * 1024;
+
+// All iterations of one small problem on one thread; work buffers kt (m * n), u (n), v (m).
+template <typename T>
+PER_ISA void solve_small(const T* K, const T* a, const T* b, T* s, T* t, int64_t n, int64_t m,
+                         int iters, T* kt, T* u, T* v) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < m; ++j) kt[j * n + i] = K[i * m + j];
+  for (int it = 0; it < iters; ++it) {
+    for (int64_t i = 0; i < n; ++i) u[i] = a[i] / s[i];
+    std::fill(t, t + m, T(0));
+    accumulate_rows(t, u, K, n, m);
+    for (int64_t j = 0; j < m; ++j) v[j] = b[j] / t[j];
+    std::fill(s, s + n, T(0));
+    accumulate_rows(s, v, kt, m, n);
+  }
+}
+
+// All iterations of one problem on one thread, one fused pass per iteration; work buffers
+// v, t2 of length m.
 template <typename T>
 PER_ISA void solve_one(const T* K, const T* a, const T* b, T* s, T* t, int64_t n, int64_t m, int iters,
                T* v, T* t2) {
@@ -116,13 +174,20 @@ template <typename T>
 void iterate(const T* K, const T* a, const T* b, T* s, T* t, int64_t batch, int64_t n, int64_t m,
              int iters, int threads) {
   if (batch >= 2 * threads) {
+    const bool small = n * m * static_cast<int64_t>(sizeof(T)) <= kSmallBytes;
 #pragma omp parallel num_threads(threads)
     {
-      std::vector<T> v(m), t2(m);
+      std::vector<T> v(m), t2(m), u(small ? n : 0), kt(small ? n * m : 0);
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t p = 0; p < batch; ++p)
-        solve_one(K + p * n * m, a + p * n, b + p * m, s + p * n, t + p * m, n, m, iters, v.data(),
-                  t2.data());
+      for (int64_t p = 0; p < batch; ++p) {
+        const T* kp = K + p * n * m;
+        if (small)
+          solve_small(kp, a + p * n, b + p * m, s + p * n, t + p * m, n, m, iters, kt.data(),
+                      u.data(), v.data());
+        else
+          solve_one(kp, a + p * n, b + p * m, s + p * n, t + p * m, n, m, iters, v.data(),
+                    t2.data());
+      }
     }
     return;
   }

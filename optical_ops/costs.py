@@ -52,23 +52,26 @@ class FactorisedCost:
     scale: float
     unit_scales: bool = False  # row_scale and col_scale are all ones: skip them
 
-    def tile(self, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
+    def tile(self, rows: slice = slice(None), cols: slice = slice(None),
+             out: torch.Tensor | None = None) -> torch.Tensor:
         """C[:, rows, cols]: one batched matmul (2 B n m d FLOPs) and O(B n m) scaling.
 
-        In place on the product unless autograd records it (``cost_matrix``).
+        In place on the product (written to ``out`` when given) unless autograd records it
+        (``cost_matrix``).
         """
         row_offset, col_offset = self.row_offset[:, rows, None], self.col_offset[:, None, cols]
+        y_t = self.y[:, cols].transpose(1, 2)
         if self.unit_scales:
-            c = torch.baddbmm(row_offset + col_offset, self.x[:, rows],
-                              self.y[:, cols].transpose(1, 2), alpha=-self.scale)
-            return c.clamp_min_(0.0) if self.kind == "sqeuclidean" else c
-        c = torch.bmm(self.x[:, rows], self.y[:, cols].transpose(1, 2))
-        row_scale = self.row_scale[:, rows, None] * -self.scale
-        col_scale = self.col_scale[:, None, cols]
-        if c.requires_grad:
-            c = c * row_scale * col_scale + row_offset + col_offset
-            return c.clamp_min(0.0) if self.kind == "sqeuclidean" else c
-        c.mul_(row_scale).mul_(col_scale).add_(row_offset).add_(col_offset)
+            c = torch.baddbmm(col_offset, self.x[:, rows], y_t, alpha=-self.scale, out=out)
+            c.add_(row_offset)
+        else:
+            c = torch.bmm(self.x[:, rows], y_t, out=out)
+            row_scale = self.row_scale[:, rows, None] * -self.scale
+            col_scale = self.col_scale[:, None, cols]
+            if c.requires_grad:
+                c = c * row_scale * col_scale + row_offset + col_offset
+                return c.clamp_min(0.0) if self.kind == "sqeuclidean" else c
+            c.mul_(row_scale).mul_(col_scale).add_(row_offset).add_(col_offset)
         return c.clamp_min_(0.0) if self.kind == "sqeuclidean" else c
 
     def dense(self) -> torch.Tensor:

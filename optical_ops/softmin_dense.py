@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from .kernels.cpu_scaling import native_scaling_available, scaling_iterate
+from .logsumexp import logsumexp_
 from .sinkhorn_loop import SoftMin
 
 # Largest R/eps for which the scaling form is used, per compute dtype (see module docstring).
@@ -42,17 +43,27 @@ class DenseLogSoftMin(SoftMin):
         self.a, self.b = a, b
         self.log_a, self.log_b = a.log(), b.log()  # -inf where a weight is zero
         self.neg_cost_eps = cost / -eps  # (B, n, m), reused by every half-iteration
+        self._scratch: torch.Tensor | None = None  # one (B, n, m) buffer for all iterations
+
+    def for_backward(self) -> DenseLogSoftMin:
+        self._scratch = None
+        return self
+
+    def _softmin(self, h: torch.Tensor, dim: int) -> torch.Tensor:
+        """-eps LSE over ``dim`` of -C/eps + h: reads and writes B n m once per pass."""
+        if self._scratch is None:
+            self._scratch = torch.empty_like(self.neg_cost_eps)
+        torch.add(self.neg_cost_eps, h, out=self._scratch)
+        return logsumexp_(self._scratch, dim).mul_(-self.eps)
 
     def initial_f_state(self) -> torch.Tensor:
         return self.a.new_zeros(self.a.shape)
 
     def update_cols(self, f: torch.Tensor) -> torch.Tensor:
-        h = self.log_a + f / self.eps
-        return -self.eps * torch.logsumexp(self.neg_cost_eps + h[:, :, None], dim=1)
+        return self._softmin((self.log_a + f / self.eps)[:, :, None], dim=1)
 
     def update_rows(self, g: torch.Tensor) -> torch.Tensor:
-        h = self.log_b + g / self.eps
-        return -self.eps * torch.logsumexp(self.neg_cost_eps + h[:, None, :], dim=2)
+        return self._softmin((self.log_b + g / self.eps)[:, None, :], dim=2)
 
     def col_error(self, g: torch.Tensor, next_g: torch.Tensor) -> torch.Tensor:
         return col_error_from_log_ratio(self.b, (g - next_g) / self.eps)
@@ -136,7 +147,7 @@ class DenseScalingSoftMin(SoftMin):
         k, kt = self.kernel, self.kernel.transpose(1, 2)
         rows = u * torch.bmm(k, v[:, :, None])[:, :, 0]
         cols = v * torch.bmm(kt, u[:, :, None])[:, :, 0]
-        batch, n, m = k.shape
+        n, m = k.shape[1:]
         if n * m <= (n + m) * x.shape[2]:
             p_y = torch.bmm(k * u[:, :, None] * (v * y_scale)[:, None, :], y)
             p_x = torch.bmm(kt * v[:, :, None] * (u * x_scale)[:, None, :], x)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .costs import FactorisedCost, factorise
+from .ragged import length_buckets
 from .sinkhorn_loop import SoftMin, run_sinkhorn
 from .softmin_dense import dense_softmin
 from .softmin_streaming import StreamingSoftMin
@@ -64,36 +65,63 @@ class SinkhornCostFunction(torch.autograd.Function):
 class OTDistillFunction(torch.autograd.Function):
     """Per-problem <P, C(x, y)> (B,) for embeddings x (B, n, d), y (B, m, d).
 
-    Backward: G = grad_loss * P enters through (G y', G^T x', G 1, G^T 1), which the
-    primitive computes from the final potentials, and the hand-derived chain rule of the cost
+    Ragged batches are solved in length buckets (:mod:`.ragged`). Backward: G = grad_loss * P
+    enters through (G y', G^T x', G 1, G^T 1), which each bucket's primitive computes from its
+    final potentials, and the hand-derived chain rule of the cost
     (:meth:`~optical_ops.costs.FactorisedCost.input_grads`).
     """
 
     @staticmethod
     def forward(ctx, x, y, a, b, cost, eps, n_iters, tol, strategy, check_inputs):
-        fc = factorise(x.to(a.dtype), y.to(a.dtype), cost, a > 0, b > 0)
-        if check_inputs:
-            for name, finite, weights in zip(("student", "teacher"), fc.finite_rows(), (a, b)):
-                if not bool(finite[weights > 0].all()):
-                    raise ValueError(f"{name} contains NaN or inf at unmasked positions")
-        op = embedding_softmin(fc, a, b, eps, strategy)
-        res = run_sinkhorn(op, n_iters, tol)
-        loss = op.loss(res.f_state, res.g_state)
-        ctx.save_for_backward(fc.x, fc.y, fc.row_offset, fc.col_offset, fc.row_scale,
-                              fc.col_scale, res.f_state, res.g_state)
-        ctx.op = op.for_backward()
+        losses = a.new_empty(a.shape[0])
+        ctx.buckets, ctx.ops, saved = length_buckets(a, b), [], []
+        for bucket in ctx.buckets:
+            xb, yb, ab, bb = bucket.take(x, y, a, b)
+            fc = factorise(xb.to(a.dtype), yb.to(a.dtype), cost, ab > 0, bb > 0)
+            if check_inputs:
+                for name, finite, w in zip(("student", "teacher"), fc.finite_rows(), (ab, bb)):
+                    if not bool(finite[w > 0].all()):
+                        raise ValueError(f"{name} contains NaN or inf at unmasked positions")
+            op = embedding_softmin(fc, ab, bb, eps, strategy)
+            res = run_sinkhorn(op, n_iters, tol)
+            loss = op.loss(res.f_state, res.g_state)
+            if bucket.index is None:
+                losses = loss
+            else:
+                losses[bucket.index] = loss
+            ctx.ops.append(op.for_backward())
+            saved += [fc.x, fc.y, fc.row_offset, fc.col_offset, fc.row_scale, fc.col_scale,
+                      res.f_state, res.g_state]
+        ctx.save_for_backward(*saved)
         ctx.cost, ctx.scale = cost, fc.scale
-        ctx.dtypes = (x.dtype, y.dtype)
-        return loss
+        ctx.input_shapes = (x.shape, y.shape)
+        ctx.input_dtypes = (x.dtype, y.dtype)
+        return losses
 
     @staticmethod
     def backward(ctx, grad_loss):
-        x, y, row_offset, col_offset, row_scale, col_scale, f_state, g_state = ctx.saved_tensors
-        fc = FactorisedCost(ctx.cost, x, y, row_offset, col_offset, row_scale, col_scale,
-                            ctx.scale)
         need_x, need_y = ctx.needs_input_grad[:2]
-        products = ctx.op.plan_products(f_state, g_state, x, y, row_scale, col_scale)
-        dx, dy = fc.input_grads(*products, grad_loss, need_x, need_y)
-        dx = None if dx is None else dx.to(ctx.dtypes[0])
-        dy = None if dy is None else dy.to(ctx.dtypes[1])
+        saved = ctx.saved_tensors
+        (x_shape, y_shape), (x_dtype, y_dtype) = ctx.input_shapes, ctx.input_dtypes
+        single = len(ctx.buckets) == 1 and ctx.buckets[0].is_whole(x_shape[1], y_shape[1])
+        dx = dy = None
+        if not single:
+            dx = grad_loss.new_zeros(x_shape, dtype=x_dtype) if need_x else None
+            dy = grad_loss.new_zeros(y_shape, dtype=y_dtype) if need_y else None
+        for k, (bucket, op) in enumerate(zip(ctx.buckets, ctx.ops)):
+            x, y, row_offset, col_offset, row_scale, col_scale, f, g = saved[8 * k : 8 * k + 8]
+            fc = FactorisedCost(ctx.cost, x, y, row_offset, col_offset, row_scale, col_scale,
+                                ctx.scale)
+            products = op.plan_products(f, g, x, y, row_scale, col_scale)
+            wb = grad_loss if bucket.index is None else grad_loss[bucket.index]
+            gx, gy = fc.input_grads(*products, wb, need_x, need_y)
+            if single:
+                dx = None if gx is None else gx.to(x_dtype)
+                dy = None if gy is None else gy.to(y_dtype)
+                continue
+            rows = slice(None) if bucket.index is None else bucket.index
+            if need_x:
+                dx[rows, : bucket.n] = gx.to(x_dtype)
+            if need_y:
+                dy[rows, : bucket.m] = gy.to(y_dtype)
         return dx, dy, None, None, None, None, None, None, None, None

@@ -136,8 +136,9 @@ def test_teacher_gradient_only_when_asked(gen):
 
 def _held_bytes(loss, packed_bytes):
     """Bytes the backward holds: saved tensors plus the tensors on the primitive it keeps."""
-    op = loss.grad_fn.op  # the backward node is the Function's ctx
-    parts = [vars(op)] + ([vars(op.fc)] if hasattr(op, "fc") else [])
+    parts = []
+    for op in loss.grad_fn.ops:  # the backward node is the Function's ctx
+        parts += [vars(op)] + ([vars(op.fc)] if hasattr(op, "fc") else [])
     held = [t for part in parts for t in part.values() if isinstance(t, torch.Tensor)]
     return packed_bytes + sum(t.numel() * t.element_size() for t in held)
 
@@ -218,6 +219,48 @@ def test_streaming_matches_dense_on_many_chunks(gen, monkeypatch):
     torch.testing.assert_close(stream, dense, rtol=1e-12, atol=0)
     torch.testing.assert_close(gx, x.grad, rtol=1e-10, atol=1e-14)
     torch.testing.assert_close(gy, y.grad, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_ragged_batch_is_solved_in_length_buckets(gen, strategy):
+    """Lengths spread over [1, 40]: several buckets, each trimmed; results equal the unpadded
+    problems one by one, and padding gets zero gradient."""
+    from optical_ops.ragged import length_buckets
+
+    batch, n, m = 9, 40, 37
+    lx = torch.tensor([40, 3, 17, 1, 25, 8, 33, 12, 2])
+    ly = torch.tensor([5, 37, 2, 30, 11, 1, 20, 36, 9])
+    mx = torch.arange(n)[None] < lx[:, None]
+    my = torch.arange(m)[None] < ly[:, None]
+    a = mx / mx.sum(1, keepdim=True)
+    b = my / my.sum(1, keepdim=True)
+    buckets = length_buckets(a.double(), b.double())
+    assert len(buckets) > 1 and sorted(torch.cat([k.index for k in buckets]).tolist()) == list(
+        range(batch))
+    x = random_tokens(gen, batch, n, 16).requires_grad_()
+    y = random_tokens(gen, batch, m, 16).requires_grad_()
+    upstream = torch.rand(batch, generator=gen, dtype=torch.float64)
+    loss = ot_distill_loss(x, y, mx, my, reduction="none", strategy=strategy, n_iters=60)
+    (loss * upstream).sum().backward()
+    for i in range(batch):
+        xi = x.detach()[i, : lx[i]].clone().requires_grad_()
+        yi = y.detach()[i, : ly[i]].clone().requires_grad_()
+        li = ot_distill_loss(xi, yi, strategy=strategy, n_iters=60)
+        (li * upstream[i]).backward()
+        torch.testing.assert_close(loss[i], li, rtol=1e-12, atol=0)
+        torch.testing.assert_close(x.grad[i, : lx[i]], xi.grad, rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(y.grad[i, : ly[i]], yi.grad, rtol=1e-10, atol=1e-14)
+        assert (x.grad[i, lx[i] :] == 0).all() and (y.grad[i, ly[i] :] == 0).all()
+
+
+def test_even_lengths_stay_in_one_trimmed_bucket():
+    from optical_ops.ragged import length_buckets
+
+    a = torch.ones(6, 10, dtype=torch.float64)
+    a[:, 8:] = 0  # trailing padding everywhere: trimmed, not split
+    b = torch.ones(6, 12, dtype=torch.float64)
+    (bucket,) = length_buckets(a, b)
+    assert bucket.index is None and (bucket.n, bucket.m) == (8, 12)
 
 
 def test_auto_strategy_streams_large_costs(monkeypatch):

@@ -1,0 +1,69 @@
+"""Length buckets: solve a padded batch in groups padded only to their own longest problem.
+
+A batch of sentence pairs padded to (n, m) costs B n m per cost entry pass and B n m d per
+product, but only sum_b n_b m_b entries carry mass (n_b, m_b: each problem's extent, up to its
+last token with positive weight). Problems are independent, so sorting them by n_b m_b and
+splitting into a few groups, each trimmed to its own extent, removes most of the padded work;
+the solver then runs once per group (a handful of batched calls, never one per problem).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# At most this many groups, and only when they save at least this fraction of the padded work.
+MAX_BUCKETS = 4
+MIN_SAVING = 0.25
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Problems ``index`` (None: the whole batch, in order) trimmed to n rows and m columns."""
+
+    index: torch.Tensor | None
+    n: int
+    m: int
+
+    def take(self, x, y, a, b) -> list[torch.Tensor]:
+        """x (B, n, d), y (B, m, d), a (B, n), b (B, m) restricted to the bucket (views unless
+        problems are selected)."""
+        out = []
+        for t, extent in ((x, self.n), (y, self.m), (a, self.n), (b, self.m)):
+            t = t[:, :extent] if extent < t.shape[1] else t
+            out.append(t if self.index is None else t.index_select(0, self.index))
+        return out
+
+    def is_whole(self, n: int, m: int) -> bool:
+        return self.index is None and (self.n, self.m) == (n, m)
+
+
+def extents(weights: torch.Tensor) -> torch.Tensor:
+    """(B,) one past the last index with positive weight, per problem."""
+    positions = torch.arange(1, weights.shape[1] + 1, device=weights.device)
+    return ((weights > 0) * positions).amax(dim=1)
+
+
+def length_buckets(a: torch.Tensor, b: torch.Tensor) -> list[Bucket]:
+    """Groups for weights a (B, n), b (B, m); one host sync.
+
+    Problems sorted by n_b m_b are cut into up to :data:`MAX_BUCKETS` groups of equal count.
+    Returns a single bucket (the batch trimmed to its largest extents) unless the groups save
+    at least :data:`MIN_SAVING` of the entries.
+    """
+    batch = a.shape[0]
+    rows, cols = (t.tolist() for t in torch.stack([extents(a), extents(b)]).cpu())
+    whole = Bucket(None, max(rows), max(cols))
+    order = sorted(range(batch), key=lambda p: rows[p] * cols[p], reverse=True)
+    groups = min(MAX_BUCKETS, batch)
+    bounds = [round(g * batch / groups) for g in range(groups + 1)]
+    parts = [order[lo:hi] for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+    padded = sum(len(p) * max(rows[i] for i in p) * max(cols[i] for i in p) for p in parts)
+    if padded > (1.0 - MIN_SAVING) * batch * whole.n * whole.m:
+        return [whole]
+    return [
+        Bucket(torch.tensor(sorted(p), device=a.device), max(rows[i] for i in p),
+               max(cols[i] for i in p))
+        for p in parts
+    ]

@@ -19,6 +19,11 @@ import torch
 from . import _validation as v
 from .autograd import TORCH_STRATEGIES, OTDistillFunction, SinkhornCostFunction
 from .costs import COSTS
+from .triton_backend import (
+    TritonOTDistillFunction,
+    TritonSinkhornCostFunction,
+    triton_unavailable_reason,
+)
 
 BACKENDS = ("auto", "torch", "triton")
 REDUCTIONS = ("mean", "sum", "none")
@@ -44,10 +49,28 @@ class SinkhornResult:
     marginal_error: torch.Tensor
 
 
-def _resolve_backend(backend: str, device: torch.device) -> str:
+def _resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """"torch" or "triton"; "auto" takes Triton for CUDA tensors when it can run them."""
     v.check_choice("backend", backend, BACKENDS)
+    if backend == "torch":
+        return "torch"
+    reason = triton_unavailable_reason(device, dtype)
     if backend == "triton":
-        raise NotImplementedError("backend='triton' is not available in this build")
+        if reason is not None:
+            raise RuntimeError(f"backend='triton' cannot run: {reason}; use backend='torch'")
+        return "triton"
+    return "triton" if device.type == "cuda" and reason is None else "torch"
+
+
+def _torch_only(backend: str, **options) -> str:
+    """The backend to resolve when options only the PyTorch backend supports are set."""
+    used = sorted(k for k, val in options.items() if val not in (None, False))
+    if not used:
+        return backend
+    if backend == "triton":
+        verb = "is" if len(used) == 1 else "are"
+        raise ValueError(f"{' and '.join(used)} {verb} supported by the PyTorch backend only; "
+                         "use backend='torch' or 'auto'")
     return "torch"
 
 
@@ -69,6 +92,7 @@ def sinkhorn(
     eps: float = 0.05,
     n_iters: int = 100,
     tol: float | None = None,
+    tau: float | None = None,
     backend: str = "auto",
     check_inputs: bool = True,
 ) -> SinkhornResult:
@@ -81,8 +105,12 @@ def sinkhorn(
         b: column weights (m,) or (B, m), likewise.
         eps: entropic regularisation (> 0), in the units of the cost.
         n_iters: Sinkhorn iterations (>= 1); with ``tol=None`` exactly this many.
-        tol: stop a problem once its L1 marginal error is <= tol (checked every 10 iterations).
-        backend: ``"auto"`` | ``"torch"`` | ``"triton"``.
+        tol: stop a problem once its L1 marginal error is <= tol (checked every 10 iterations;
+            for unbalanced OT, once the column scaling changes by <= tol between updates).
+        tau: None for balanced OT; a number > 0 for unbalanced OT, where the marginal
+            constraints become penalties tau KL(P 1 | a) + tau KL(P^T 1 | b) (PyTorch backend).
+        backend: ``"auto"`` (Triton for CUDA tensors when triton is installed, else PyTorch) |
+            ``"torch"`` | ``"triton"`` (fp16/bf16/fp32 costs; the cost is read in place).
         check_inputs: run the value checks that need a device-to-host sync.
 
     Returns:
@@ -96,8 +124,9 @@ def sinkhorn(
     if cost.dim() not in (2, 3):
         raise ValueError(f"cost must be (n, m) or (B, n, m), got shape {tuple(cost.shape)}")
     v.check_solver_options(eps, n_iters, tol)
+    v.check_tau(tau)
     device = v.check_same_device(cost=cost, a=a, b=b)
-    _resolve_backend(backend, device)
+    use = _resolve_backend(_torch_only(backend, tau=tau), device, cost.dtype)
     single = cost.dim() == 2
     c3 = cost[None] if single else cost
     batch, n, m = c3.shape
@@ -112,9 +141,14 @@ def sinkhorn(
     if check_inputs:
         v.check_finite("cost", c3, (wa > 0)[:, :, None] & (wb > 0)[:, None, :])
 
-    loss, plan, f, g, iterations = SinkhornCostFunction.apply(
-        c3, wa, wb, float(eps), n_iters, tol, "auto"
-    )
+    if use == "triton":
+        loss, plan, f, g, iterations = TritonSinkhornCostFunction.apply(
+            c3, wa, wb, float(eps), n_iters, tol
+        )
+    else:
+        loss, plan, f, g, iterations = SinkhornCostFunction.apply(
+            c3, wa, wb, float(eps), n_iters, tol, tau
+        )
     with torch.no_grad():
         error = (plan.sum(2) - wa).abs().sum(1) + (plan.sum(1) - wb).abs().sum(1)
     out = SinkhornResult(plan, f, g, loss, iterations, error)
@@ -160,6 +194,8 @@ def ot_distill_loss(
     eps: float = 0.05,
     n_iters: int = 100,
     tol: float | None = None,
+    tau: float | None = None,
+    debias: bool = False,
     reduction: str = "mean",
     backend: str = "auto",
     check_inputs: bool = True,
@@ -177,8 +213,16 @@ def ot_distill_loss(
         cost: ``"cosine"`` (C = 1 - cos, as in OPTICAL) or ``"sqeuclidean"`` (|x - y|^2).
         eps: entropic regularisation (> 0), in cost units.
         n_iters: Sinkhorn iterations; tol: early stop per problem (see :func:`sinkhorn`).
+        tau: None (balanced) or > 0: unbalanced OT with KL-relaxed marginals (as in
+            :func:`sinkhorn`); the loss stays <P, C>.
+        debias: return the Sinkhorn divergence (Feydy et al., 2019)
+            S = OT_eps(x, y) - OT_eps(x, x)/2 - OT_eps(y, y)/2 of the entropic values
+            OT_eps = <P, C> + eps KL(P | a b^T), which is >= 0 and 0 when the two weighted token
+            sets coincide (balanced OT only).
         reduction: ``"mean"`` | ``"sum"`` over problems, or ``"none"`` for (B,).
-        backend: ``"auto"`` | ``"torch"`` | ``"triton"``.
+        backend: ``"auto"`` (Triton for CUDA tensors when triton is installed and
+            ``strategy="auto"``, else PyTorch) | ``"torch"`` | ``"triton"`` (fp16/bf16/fp32
+            inputs, read in place; see :mod:`optical_ops.triton_backend`).
         check_inputs: run the value checks that need a device-to-host sync.
         strategy: PyTorch backend only: ``"auto"`` | ``"dense"`` | ``"dense-scaling"`` |
             ``"dense-log"`` | ``"streaming"`` (never store the (B, n, m) cost).
@@ -196,24 +240,46 @@ def ot_distill_loss(
     v.check_choice("reduction", reduction, REDUCTIONS)
     v.check_choice("strategy", strategy, TORCH_STRATEGIES)
     v.check_solver_options(eps, n_iters, tol)
+    v.check_tau(tau)
+    if not isinstance(debias, bool):
+        raise TypeError(f"debias must be a bool, got {type(debias).__name__}")
+    if debias and tau is not None:
+        raise ValueError("debias=True is defined for balanced OT only: pass tau=None")
     device = v.check_same_device(
         student=student, teacher=teacher, student_mask=student_mask,
         teacher_mask=teacher_mask, student_weights=student_weights,
         teacher_weights=teacher_weights,
     )
-    _resolve_backend(backend, device)
+    dtype = v.compute_dtype(student.dtype, teacher.dtype)
+    # A PyTorch strategy asked for under "auto" keeps the PyTorch backend.
+    backend = _torch_only(backend, tau=tau, debias=debias)
+    use = _resolve_backend("torch" if backend == "auto" and strategy != "auto" else backend,
+                           device, dtype)
+    if use == "triton" and strategy != "auto":
+        raise ValueError(f"strategy={strategy!r} applies to the PyTorch backend only; "
+                         "backend='triton' picks the fused or streaming kernels itself")
     single = student.dim() == 2
     x, y = (student[None], teacher[None]) if single else (student, teacher)
     batch, n, m = x.shape[0], x.shape[1], y.shape[1]
-    dtype = v.compute_dtype(student.dtype, teacher.dtype)
     common = dict(dtype=dtype, device=device, check_values=check_inputs)
     a = v.marginal(n, batch, student_mask, student_weights,
                    mask_name="student_mask", weights_name="student_weights", **common)
     b = v.marginal(m, batch, teacher_mask, teacher_weights,
                    mask_name="teacher_mask", weights_name="teacher_weights", **common)
-    per_problem = OTDistillFunction.apply(
-        x, y, a, b, cost, float(eps), n_iters, tol, strategy, check_inputs
-    )
+    if use == "triton":
+        per_problem = TritonOTDistillFunction.apply(
+            x, y, a, b, cost, float(eps), n_iters, tol, check_inputs
+        )
+    else:
+        def solve(p, q, wp, wq, value):
+            return OTDistillFunction.apply(p, q, wp, wq, cost, float(eps), n_iters, tol,
+                                           strategy, check_inputs, tau, value)
+
+        if debias:
+            per_problem = (solve(x, y, a, b, "entropic") - 0.5 * solve(x, x, a, a, "entropic")
+                           - 0.5 * solve(y, y, b, b, "entropic"))
+        else:
+            per_problem = solve(x, y, a, b, "transport")
     if reduction == "mean":
         return per_problem.mean()
     if reduction == "sum":

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .functional import ot_distill_loss
+from . import _validation as v
+from .functional import BACKENDS, _torch_only, ot_distill_loss
 
 
 class OTDistillLoss(nn.Module):
@@ -22,9 +23,14 @@ class OTDistillLoss(nn.Module):
         passed = tensor_args.intersection(options)
         if passed:
             raise TypeError(f"pass {sorted(passed)} to forward(), not to the constructor")
-        # Check the options once, on a tiny problem, so a typo fails at construction.
+        # Check the options once, on a tiny CPU problem with the PyTorch backend, so a typo
+        # fails at construction whatever device the loss will run on.
+        checked = dict(options)
+        backend = checked.pop("backend", "auto")
+        v.check_choice("backend", backend, BACKENDS)
+        _torch_only(backend, tau=options.get("tau"), debias=options.get("debias", False))
         probe = torch.ones(1, 1)
-        ot_distill_loss(probe, probe, **options)
+        ot_distill_loss(probe, probe, backend="torch", **checked)
         self.options = options
 
     def forward(

@@ -1,0 +1,159 @@
+r"""Cost tiles computed on chip from raw embeddings: the one cost helper of every kernel.
+
+Two costs between token embeddings x (B, n, d) and y (B, m, d), and a given dense cost:
+
+* cosine:      C_ij = 1 - <x_i, y_j> rx_i ry_j,          rx_i = 1 / max(|x_i|, floor)
+* sqeuclidean: C_ij = max(qx_i + qy_j - 2 <x_i, y_j>, 0), qx_i = |x_i|^2
+* dense:       C_ij read from a (B, n, m) tensor.
+
+The per-token statistics (rx, qx) are computed once per call in fp32 (O(B (n + m) d) reads), so
+a tile costs one ``tl.dot`` chain over d: 2 * BLOCK_N * BLOCK_M * d FLOPs, and
+(BLOCK_N + BLOCK_M) * d elements read. fp16/bf16 embeddings are multiplied as they are on the
+tensor cores with fp32 accumulation (their products are exact in fp32). fp32 embeddings use
+:data:`DOT_PRECISION` = ``"tf32x3"``: each operand is split into a TF32 head and a TF32 tail and
+three TF32 products are summed, which keeps the cost at fp32 accuracy at 3x the TF32
+tensor-core work. Plain TF32 (10 mantissa bits) errs by ~1e-4 on a cosine of d = 768 tokens,
+which the exponent (g_j - C_ij) / eps turns into ~1e-3 relative on the plan at eps = 0.05 (and
+on the gradient): more than fp16 inputs cost (see tests/test_triton_kernels.py).
+Massless tokens (weight 0, padding) are loaded as zeros, so whatever they hold (NaN padding
+included) gives a finite cost: 1 for cosine, |y_j|^2 or |x_i|^2 for sqeuclidean, 0 for dense.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ._launch import pow2_at_least
+
+# The COST argument of every kernel (Python ints for the launchers, constexprs for the kernels).
+DENSE, COSINE, SQEUCLIDEAN = 0, 1, 2
+COST_DENSE = tl.constexpr(DENSE)
+COST_COSINE = tl.constexpr(COSINE)
+COST_KINDS = {"cosine": COSINE, "sqeuclidean": SQEUCLIDEAN}
+
+DOT_PRECISION = tl.constexpr("tf32x3")
+
+# Triton's interpreter (3.9) stores bf16 as uint16 and its tl.dot multiplies those bits as
+# integers; under it bf16 operands are widened to fp32 first, which gives the same products.
+_INTERPRETED = tl.constexpr(bool(triton.knobs.runtime.interpret))
+
+# Feature chunk of the cost dot product, by embedding element size: x and y chunks of
+# BLOCK_D * itemsize = 64 bytes per row (16 fp32 or 32 half values) are staged in shared
+# memory per pipeline stage. 128-byte chunks spill in the streaming kernels on sm_80 for fp32
+# (the 3xTF32 split holds three copies of each operand fragment).
+DOT_CHUNK_BYTES = 64
+
+
+@triton.jit
+def cost_tile(x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd, xs_ptr, ys_ptr,
+              rows, cols, row_ok, col_ok, d,
+              COST: tl.constexpr, BLOCK_D: tl.constexpr):
+    """fp32 tile C[rows, cols] of one problem (pointers already offset to the problem).
+
+    ``row_ok``/``col_ok``: tokens that exist and carry mass; the others are read as zeros.
+    COST_DENSE: x_ptr is C with row/column strides (stride_xn, stride_xd); y and stats unused.
+    """
+    rows64 = rows.to(tl.int64)
+    cols64 = cols.to(tl.int64)
+    if COST == COST_DENSE:
+        c = tl.load(x_ptr + rows64[:, None] * stride_xn + cols64[None, :] * stride_xd,
+                    mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+    else:
+        dots = tl.zeros((rows.shape[0], cols.shape[0]), dtype=tl.float32)
+        for k in range(0, d, BLOCK_D):
+            feats = k + tl.arange(0, BLOCK_D)
+            in_d = feats < d
+            xk = tl.load(x_ptr + rows64[:, None] * stride_xn + feats[None, :] * stride_xd,
+                         mask=row_ok[:, None] & in_d[None, :], other=0.0)
+            yk = tl.load(y_ptr + cols64[:, None] * stride_ym + feats[None, :] * stride_yd,
+                         mask=col_ok[:, None] & in_d[None, :], other=0.0)
+            if xk.dtype != yk.dtype or (_INTERPRETED and xk.dtype == tl.bfloat16):
+                xk = xk.to(tl.float32)  # mixed half types meet in fp32
+                yk = yk.to(tl.float32)
+            dots = tl.dot(xk, tl.trans(yk), dots, input_precision=DOT_PRECISION)
+        xs = tl.load(xs_ptr + rows, mask=row_ok, other=0.0)
+        ys = tl.load(ys_ptr + cols, mask=col_ok, other=0.0)
+        if COST == COST_COSINE:
+            c = 1.0 - dots * xs[:, None] * ys[None, :]
+        else:
+            c = tl.maximum(xs[:, None] + ys[None, :] - 2.0 * dots, 0.0)
+    return c
+
+
+@dataclass(frozen=True)
+class CostOperands:
+    """What the kernels need to rebuild any tile of C (B, n, m): the ``cost_tile`` arguments.
+
+    Embedding costs: x (B, n, d), y (B, m, d) in the caller's dtype and strides, and the
+    per-token statistics x_stat (B, n), y_stat (B, m), fp32 contiguous. Dense: x is C itself
+    and (row_stride, col_stride) its strides; the transposed cost swaps them, so the column
+    soft-min is the row soft-min of :meth:`transposed`.
+    """
+
+    kind: int
+    x: torch.Tensor
+    y: torch.Tensor
+    x_stat: torch.Tensor
+    y_stat: torch.Tensor
+    n: int
+    m: int
+    d: int
+    dense_strides: tuple[int, int, int] = (0, 0, 0)
+
+    def transposed(self) -> CostOperands:
+        if self.kind == DENSE:
+            sb, sn, sm = self.dense_strides
+            return CostOperands(self.kind, self.x, self.x, self.x, self.x, self.m, self.n, 0,
+                                (sb, sm, sn))
+        return CostOperands(self.kind, self.y, self.x, self.y_stat, self.x_stat, self.m, self.n,
+                            self.d)
+
+    def args(self) -> tuple:
+        """(x_ptr, stride_xb, stride_xn, stride_xd, y_ptr, stride_yb, stride_ym, stride_yd,
+        xs_ptr, ys_ptr)."""
+        if self.kind == DENSE:
+            return (self.x, *self.dense_strides, self.x, *self.dense_strides, self.x, self.x)
+        return (self.x, *self.x.stride(), self.y, *self.y.stride(), self.x_stat, self.y_stat)
+
+    @property
+    def batch(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x.dtype
+
+
+def token_stat(t: torch.Tensor, valid: torch.Tensor, kind: int, norm_floor: float):
+    """(B, n) fp32: 1 / max(|t_i|, norm_floor) for cosine, |t_i|^2 for sqeuclidean; 0 where
+    ``valid`` is False (padding may hold NaN). Reads B * n * d."""
+    norm = torch.linalg.vector_norm(t, dim=-1, dtype=torch.float32)
+    stat = 1.0 / norm.clamp_min(norm_floor) if kind == COSINE else norm * norm
+    return torch.where(valid, stat, torch.zeros((), dtype=stat.dtype, device=stat.device))
+
+
+def embedding_operands(x, y, cost: str, row_valid, col_valid, norm_floor: float) -> CostOperands:
+    """Operands of ``cost`` ("cosine" | "sqeuclidean") between x (B, n, d) and y (B, m, d).
+
+    x and y are used in place, whatever their strides (unit stride along d is the fast case).
+    ``row_valid``/``col_valid`` (B, n)/(B, m) bool mark the tokens with mass.
+    """
+    kind = COST_KINDS[cost]
+    return CostOperands(kind, x, y, token_stat(x, row_valid, kind, norm_floor),
+                        token_stat(y, col_valid, kind, norm_floor),
+                        x.shape[1], y.shape[1], x.shape[2])
+
+
+def dense_operands(cost: torch.Tensor) -> CostOperands:
+    """Operands that read C (B, n, m) in place."""
+    return CostOperands(DENSE, cost, cost, cost, cost, cost.shape[1], cost.shape[2], 0,
+                        tuple(cost.stride()))
+
+
+def dot_block_d(dtype: torch.dtype, d: int) -> int:
+    """Feature chunk of the cost dot product (see :data:`DOT_CHUNK_BYTES`)."""
+    return min(pow2_at_least(d), DOT_CHUNK_BYTES // dtype.itemsize)

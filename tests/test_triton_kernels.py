@@ -1,0 +1,383 @@
+"""Triton backend against POT (float64) and the PyTorch backend.
+
+On a machine without a GPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set in
+conftest.py before anything imports them), so the shapes are small and iteration counts fixed:
+at a fixed iteration count POT's ``sinkhorn_log`` started from f = 0 (``warmstart`` log u =
+log a) produces the same iterate (column update first), so every comparison is exact up to
+floating-point error. Both solvers are
+checked: the fused one-launch kernel and the streaming kernels (forced by a zero tile limit).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from reference import assert_close_up_to_constant, random_tokens, random_weights
+
+from optical_ops import OTDistillLoss, cost_matrix, ot_distill_loss, sinkhorn
+from optical_ops import autograd as pytorch_backend
+
+triton_backend = pytest.importorskip("optical_ops.triton_backend")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+pytestmark = [
+    pytest.mark.triton,
+    pytest.mark.skipif(not triton_backend.triton_available(DEVICE),
+                       reason=str(triton_backend.triton_unavailable_reason(DEVICE))),
+]
+
+from optical_ops.kernels import sinkhorn_fused  # noqa: E402  (needs triton)
+from optical_ops.kernels.cost_tile import COSINE, embedding_operands  # noqa: E402
+
+# Kernel error vs POT <= YARDSTICK * (same-dtype PyTorch error vs POT) + ATOL[dtype]: the
+# PyTorch backend computes half inputs in fp32 after rounding them, as the kernels do. In fp32
+# a plan entry is exp of a sum of terms ~ C / eps ~ 30 (ulp ~ 2e-6): ~1e-6 relative either way.
+YARDSTICK = 2.0
+ATOL = {torch.float32: 5e-6, torch.float16: 2e-5, torch.bfloat16: 1e-4}
+# fp32 kernels against float64 POT at a fixed iterate (relative to the largest entry).
+FP32_RTOL = 2e-5
+ITERS = 30
+
+
+def use_path(name, monkeypatch):
+    """Route the next calls to a solver: "fused"; or, by allowing no fused tile, streaming over
+    a dense cost built by a kernel ("dense"), or over recomputed cost tiles ("streaming")."""
+    if name != "fused":
+        monkeypatch.setattr(sinkhorn_fused, "MAX_TILE", 0)
+    if name == "streaming":
+        monkeypatch.setattr(pytorch_backend, "DENSE_MAX_BYTES", 0)
+    return name
+
+
+@pytest.fixture(params=["fused", "dense", "streaming"])
+def path(request, monkeypatch):
+    return use_path(request.param, monkeypatch)
+
+
+@pytest.fixture(params=["fused", "streaming"])
+def cost_path(request, monkeypatch):
+    """For a given dense cost the two streaming paths are the same."""
+    return use_path(request.param, monkeypatch)
+
+
+def pot_iterate(cost, a, b, eps, n_iters):
+    """POT ``sinkhorn_log`` in float64 after exactly ``n_iters`` iterations from f = 0.
+
+    Returns plan, f, g (NaN where a weight is 0; P_ij = a_i b_j exp((f_i + g_j - C_ij)/eps))
+    and the loss <P, C>."""
+    ot = pytest.importorskip("ot")
+    cost, a, b = (np.asarray(t, dtype=np.float64) for t in (cost, a, b))
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore")
+        log_a, log_b = np.log(a), np.log(b)
+        plan, log = ot.sinkhorn(a, b, cost, eps, method="sinkhorn_log", numItermax=n_iters,
+                                stopThr=0.0, log=True, warmstart=(log_a, np.zeros_like(b)))
+        f = np.where(a > 0, eps * (log["log_u"] - log_a), np.nan)
+        g = np.where(b > 0, eps * (log["log_v"] - log_b), np.nan)
+    return {"plan": plan, "f": f, "g": g, "loss": float((plan * cost).sum())}
+
+
+def rel(x, ref) -> float:
+    x, ref = np.asarray(x, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    return float(np.abs(x - ref).max() / max(np.abs(ref).max(), 1e-300))
+
+
+def pot_envelope(x, y, a, b, cost, eps, n_iters, upstream):
+    """POT's loss per problem at ``n_iters`` and d(sum_k upstream_k <P_k, C_k(x, y)>)/d(x, y)
+    with the plans P_k fixed (the envelope gradient), all in float64."""
+    x = x.detach().double().requires_grad_()
+    y = y.detach().double().requires_grad_()
+    losses, total = [], 0.0
+    for k in range(x.shape[0]):
+        c = cost_matrix(x[k], y[k], cost)
+        ref = pot_iterate(c.detach(), a[k], b[k], eps, n_iters)
+        losses.append(ref["loss"])
+        total = total + upstream[k] * (torch.as_tensor(ref["plan"]) * c).sum()
+    total.backward()
+    return np.array(losses), x.grad.numpy(), y.grad.numpy()
+
+
+def normalised(w):
+    return w / w.sum(1, keepdim=True)
+
+
+def ragged_problem(gen, batch, n, m, d, dtype=torch.float64):
+    """Embeddings with NaN padding, masks leaving 1..n (1..m) tokens, and random weights."""
+    x, y = random_tokens(gen, batch, n, d), random_tokens(gen, batch, m, d)
+    len_x = torch.randint(1, n + 1, (batch,), generator=gen)
+    len_y = torch.randint(1, m + 1, (batch,), generator=gen)
+    len_x[0], len_y[0] = n, m
+    mx = torch.arange(n)[None] < len_x[:, None]
+    my = torch.arange(m)[None] < len_y[:, None]
+    x = torch.where(mx[..., None], x, torch.full_like(x, float("nan")))
+    y = torch.where(my[..., None], y, torch.full_like(y, float("nan")))
+    wx, wy = random_weights(gen, batch, n), random_weights(gen, batch, m)
+    a, b = normalised(wx * mx), normalised(wy * my)
+    return x.to(dtype), y.to(dtype), mx, my, wx, wy, a, b
+
+
+def distill(x, y, mx, my, wx, wy, backend, cost="cosine", eps=0.05, n_iters=ITERS, **kw):
+    return ot_distill_loss(x.to(DEVICE), y.to(DEVICE), mx.to(DEVICE), my.to(DEVICE),
+                           student_weights=wx.to(DEVICE), teacher_weights=wy.to(DEVICE),
+                           cost=cost, eps=eps, n_iters=n_iters, reduction="none",
+                           backend=backend, **kw)
+
+
+@pytest.mark.parametrize("n,m,d", [(1, 7, 5), (7, 33, 100), (33, 7, 33)])
+@pytest.mark.parametrize("cost", ["cosine", "sqeuclidean"])
+def test_loss_and_gradients_match_pot(gen, path, n, m, d, cost):
+    """Ragged masks, weights, NaN padding, odd sizes, grad_output != 1, both inputs."""
+    x, y, mx, my, wx, wy, a, b = ragged_problem(gen, 3, n, m, d, dtype=torch.float32)
+    eps = 0.05 if cost == "cosine" else 0.5 * d
+    xg, yg = x.to(DEVICE).requires_grad_(), y.to(DEVICE).requires_grad_()
+    loss = distill(xg, yg, mx, my, wx, wy, "triton", cost, eps)
+    upstream = torch.tensor([1.0, -0.5, 2.0])
+    (loss * upstream.to(DEVICE)).sum().backward()
+    ref_loss, ref_gx, ref_gy = pot_envelope(x.nan_to_num(), y.nan_to_num(), a, b, cost, eps,
+                                            ITERS, upstream)
+    assert loss.dtype == torch.float32
+    assert rel(loss.detach().cpu(), ref_loss) < FP32_RTOL
+    assert torch.isfinite(xg.grad).all() and torch.isfinite(yg.grad).all()
+    assert (xg.grad[~mx.to(DEVICE)] == 0).all() and (yg.grad[~my.to(DEVICE)] == 0).all()
+    assert rel(xg.grad.cpu(), ref_gx) < 10 * FP32_RTOL
+    assert rel(yg.grad.cpu(), ref_gy) < 10 * FP32_RTOL
+
+
+@pytest.mark.parametrize("n,m", [(1, 1), (7, 33), (33, 7)])
+def test_dense_cost_plan_potentials_marginals_match_pot(gen, cost_path, n, m):
+    """``sinkhorn(cost, backend="triton")``: the kernels read the given cost in place."""
+    cost = torch.rand(2, n, m, generator=gen, dtype=torch.float64) * 2
+    a = normalised(random_weights(gen, 2, n, zeros=min(2, n - 1)))
+    b = normalised(random_weights(gen, 2, m, zeros=min(1, m - 1)))
+    cost[:, a[0] == 0] = float("nan")  # massless rows may hold anything
+    res = sinkhorn(cost.float().to(DEVICE), a.float().to(DEVICE), b.float().to(DEVICE),
+                   eps=0.1, n_iters=ITERS, backend="triton")
+    for k in range(2):
+        ref = pot_iterate(cost[k].nan_to_num(), a[k], b[k], 0.1, ITERS)
+        plan = res.plan[k].cpu()
+        assert rel(plan, ref["plan"]) < FP32_RTOL
+        assert abs(res.loss[k].item() - ref["loss"]) <= FP32_RTOL * ref["loss"] + 1e-7
+        assert_close_up_to_constant(res.f[k].cpu(), ref["f"], atol=1e-5)
+        assert_close_up_to_constant(res.g[k].cpu(), ref["g"], atol=1e-5)
+        # Rows match a after the final row update; columns match POT's iterate.
+        np.testing.assert_allclose(plan.sum(1), a[k], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(plan.sum(0), ref["plan"].sum(0), rtol=0, atol=1e-6)
+        assert (plan[a[k] == 0] == 0).all()
+    torch.testing.assert_close(res.iterations.cpu(), torch.full((2,), ITERS))
+
+
+def test_dense_cost_gradient_is_the_plan(gen):
+    cost = torch.rand(2, 7, 9, generator=gen).to(DEVICE).requires_grad_()
+    res = sinkhorn(cost, n_iters=ITERS, backend="triton")
+    upstream = torch.tensor([0.3, -2.0], device=DEVICE)
+    (res.loss * upstream).sum().backward()
+    torch.testing.assert_close(cost.grad, upstream[:, None, None] * res.plan, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_low_precision_inputs_against_the_pytorch_yardstick(gen, path, dtype):
+    """Three ways: kernel and PyTorch backend on the same rounded inputs, POT on the exact
+    ones; the kernel's error must be within YARDSTICK x PyTorch's + ATOL[dtype]."""
+    x, y, mx, my, wx, wy, a, b = ragged_problem(gen, 2, 17, 40, 48)
+    upstream = torch.tensor([1.0, 0.5])
+    ref_loss, ref_gx, ref_gy = pot_envelope(x.nan_to_num(), y.nan_to_num(), a, b, "cosine",
+                                            0.05, ITERS, upstream)
+    errors = {}
+    for backend in ("torch", "triton"):
+        xd = x.to(dtype).to(DEVICE).requires_grad_()
+        yd = y.to(dtype).to(DEVICE).requires_grad_()
+        loss = distill(xd, yd, mx, my, wx, wy, backend)
+        (loss * upstream.to(DEVICE)).sum().backward()
+        assert loss.dtype == torch.float32 and xd.grad.dtype == dtype
+        errors[backend] = [rel(loss.detach().cpu(), ref_loss), rel(xd.grad.float().cpu(), ref_gx),
+                           rel(yd.grad.float().cpu(), ref_gy)]
+    for name, kernel, torch_err in zip(("loss", "grad x", "grad y"), errors["triton"],
+                                       errors["torch"]):
+        assert kernel <= YARDSTICK * torch_err + ATOL[dtype], (name, kernel, torch_err)
+
+
+def test_mixed_half_dtypes_and_strided_inputs(gen, path):
+    """fp16 student with a bf16 teacher (the dot meets in fp32), and inputs read through
+    strides (feature stride != 1, batch-transposed views) without copies."""
+    x64, y64 = random_tokens(gen, 2, 9, 40), random_tokens(gen, 2, 21, 40)
+    ones_x, ones_y = torch.ones(2, 9, dtype=torch.bool), torch.ones(2, 21, dtype=torch.bool)
+    w_x, w_y = torch.ones(2, 9), torch.ones(2, 21)
+    ref = distill(x64, y64, ones_x, ones_y, w_x, w_y, "torch")
+    mixed = distill(x64.half(), y64.bfloat16(), ones_x, ones_y, w_x, w_y, "triton")
+    assert rel(mixed.cpu(), ref) < 1e-2
+    xs = x64.float().transpose(1, 2).contiguous().transpose(1, 2)  # stride along d is 9
+    ys = y64.float().transpose(0, 1).contiguous().transpose(0, 1)  # batch stride 40
+    assert xs.stride(2) != 1 and ys.stride(0) == 40
+    strided = distill(xs, ys, ones_x, ones_y, w_x, w_y, "triton")
+    assert rel(strided.cpu(), ref) < FP32_RTOL
+
+
+def test_tolerance_stops_each_problem_on_its_own(gen, cost_path):
+    """Same rule as the PyTorch loop: checks every 10 iterations, frozen per problem."""
+    cost = torch.rand(3, 20, 24, generator=gen) * 2
+    cost[0] = 1.0  # all-equal costs: converged after one iteration
+    tol = 1e-4
+    res = sinkhorn(cost.to(DEVICE), eps=0.1, n_iters=200, tol=tol, backend="triton")
+    ref = sinkhorn(cost, eps=0.1, n_iters=200, tol=tol, backend="torch")
+    iters = res.iterations.cpu()
+    assert iters[0] == 10
+    assert (iters[1:] > 10).all() and (iters % 10 == 0).all() and (iters < 200).all()
+    assert ((iters - ref.iterations).abs() <= 10).all()
+    assert (res.marginal_error.cpu() <= 2 * tol).all()
+    unreached = sinkhorn(cost[1:2].to(DEVICE), eps=0.1, n_iters=17, tol=1e-12, backend="triton")
+    assert unreached.iterations.item() == 17
+
+
+def test_tolerance_stops_the_distillation_loss_like_the_pytorch_backend(gen, path):
+    x, y, mx, my, wx, wy, _, _ = ragged_problem(gen, 3, 12, 20, 16, dtype=torch.float32)
+    kwargs = dict(eps=0.1, n_iters=300, tol=1e-5)
+    ref = distill(x, y, mx, my, wx, wy, "torch", **kwargs)
+    assert rel(distill(x, y, mx, my, wx, wy, "triton", **kwargs).cpu(), ref) < 1e-4
+
+
+def test_no_host_sync_without_tol(gen, path, monkeypatch):
+    """tol=None, check_inputs=False: forward and backward never read a tensor on the host, so
+    the sequence can be captured in a CUDA graph."""
+    x = random_tokens(gen, 2, 9, 16, dtype=torch.float32).to(DEVICE).requires_grad_()
+    y = random_tokens(gen, 2, 12, 16, dtype=torch.float32).to(DEVICE).requires_grad_()
+    mask = torch.ones(2, 9, dtype=torch.bool, device=DEVICE)
+    mask[1, 5:] = False
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("host sync")
+
+    for name in ("__bool__", "item", "tolist", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    loss = ot_distill_loss(x, y, mask, n_iters=12, backend="triton", check_inputs=False)
+    loss.backward()
+    monkeypatch.undo()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
+
+
+def test_module_and_padding_equal_the_unpadded_problem(gen):
+    """The nn.Module form, and a padded problem equals the same problem without padding."""
+    x, y, mx, my, wx, wy, _, _ = ragged_problem(gen, 2, 12, 20, 16, dtype=torch.float32)
+    module = OTDistillLoss(backend="triton", n_iters=ITERS, reduction="none")
+    padded = module(x.to(DEVICE), y.to(DEVICE), mx.to(DEVICE), my.to(DEVICE), wx.to(DEVICE),
+                    wy.to(DEVICE))
+    k = 1
+    lx, ly = int(mx[k].sum()), int(my[k].sum())
+    alone = module(x[k, :lx].to(DEVICE), y[k, :ly].to(DEVICE),
+                   student_weights=wx[k, :lx].to(DEVICE), teacher_weights=wy[k, :ly].to(DEVICE))
+    torch.testing.assert_close(padded[k], alone, rtol=1e-5, atol=0)
+
+
+def test_the_three_solvers_agree_on_the_same_problem(gen, monkeypatch):
+    x, y, mx, my, wx, wy, _, _ = ragged_problem(gen, 2, 33, 7, 40, dtype=torch.float32)
+    losses = {}
+    for name in ("fused", "dense", "streaming"):
+        use_path(name, monkeypatch)
+        losses[name] = distill(x, y, mx, my, wx, wy, "triton")
+    torch.testing.assert_close(losses["dense"], losses["fused"], rtol=1e-5, atol=0)
+    torch.testing.assert_close(losses["streaming"], losses["fused"], rtol=1e-5, atol=0)
+
+
+def test_streaming_primitive_matches_the_pytorch_one(gen):
+    """TritonStreamingSoftMin against StreamingSoftMin in the generic loop: potentials, plan,
+    loss and the plan products the SoftMin interface promises."""
+    from optical_ops.costs import NORM_FLOOR, factorise
+    from optical_ops.sinkhorn_loop import run_sinkhorn
+    from optical_ops.softmin_streaming import StreamingSoftMin
+    from optical_ops.softmin_triton import TritonStreamingSoftMin
+
+    x, y, _, _, _, _, a, b = ragged_problem(gen, 2, 9, 12, 16, dtype=torch.float32)
+    x, y, a, b = x.to(DEVICE), y.to(DEVICE), a.float().to(DEVICE), b.float().to(DEVICE)
+    fc = factorise(x, y, "cosine", a > 0, b > 0)
+    ref = StreamingSoftMin(fc, a, b, 0.1)
+    op = TritonStreamingSoftMin(embedding_operands(x, y, "cosine", a > 0, b > 0, NORM_FLOOR),
+                                b, a.log(), b.log(), 0.1)
+    got, want = run_sinkhorn(op, 15, None), run_sinkhorn(ref, 15, None)
+    f, g = op.potentials(got.f_state, got.g_state)
+    torch.testing.assert_close(f, want.f_state, rtol=0, atol=1e-5)
+    torch.testing.assert_close(g, want.g_state, rtol=0, atol=1e-5)
+    torch.testing.assert_close(op.plan(f, g), ref.plan(f, g), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(op.loss(f, g), ref.loss(f, g), rtol=1e-5, atol=0)
+    scales = (fc.x, fc.y, fc.row_scale, fc.col_scale)
+    for mine, theirs in zip(op.plan_products(f, g, *scales), ref.plan_products(f, g, *scales)):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_block_size_choice():
+    cfg = sinkhorn_fused.fused_config(32, 32, 768, torch.float32)
+    assert (cfg.block_n, cfg.block_m, cfg.num_warps) == (32, 32, 4)
+    cfg = sinkhorn_fused.fused_config(33, 100, 1024, torch.bfloat16)
+    assert (cfg.block_n, cfg.block_m, cfg.block_d, cfg.num_warps) == (64, 128, 32, 8)
+    assert sinkhorn_fused.fused_config(128, 128, 64, torch.float32) is None
+    assert sinkhorn_fused.fused_config(1, 1, 1, torch.float32).block_n == 16  # tl.dot minimum
+
+
+def test_backend_resolution(monkeypatch):
+    x = torch.randn(2, 5, 8)
+    with pytest.raises(RuntimeError, match=r"backend='triton' cannot run: its kernels take "
+                                           r"float16, bfloat16 or float32 inputs"):
+        ot_distill_loss(x.double(), x.double(), backend="triton")
+    with pytest.raises(ValueError, match=r"strategy='streaming' applies to the PyTorch"):
+        ot_distill_loss(x, x, backend="triton", strategy="streaming")
+    if DEVICE.type == "cpu":
+        auto = ot_distill_loss(x, x, n_iters=5, reduction="none")  # auto on CPU: PyTorch
+        torch.testing.assert_close(auto, ot_distill_loss(x, x, n_iters=5, reduction="none",
+                                                         backend="torch"))
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match=r"needs CUDA tensors, got cpu tensors .*"
+                                               r"TRITON_INTERPRET=1"):
+            ot_distill_loss(x, x, backend="triton")
+
+
+def test_fp32_dot_precision_choice(gen):
+    """The fp32 cost uses 3xTF32 (DOT_PRECISION). The interpreter multiplies in full fp32, so
+    the choice is checked by emulation: operands truncated to TF32 (10 mantissa bits, what the
+    tensor cores read), split into head + tail for 3xTF32. On cosine costs of d = 768 tokens
+    at eps = 0.05, plain TF32 errs by ~1e-4 on the cost and ~1e-3 on the plan (the exponent is
+    C / eps); 3xTF32 stays at the fp32 level (~4e-8 on the cost, ~4e-7 on the plan)."""
+    from optical_ops.kernels.cost_tile import DOT_PRECISION
+
+    assert DOT_PRECISION.value == "tf32x3"
+
+    def tf32(t):  # keep the top 10 mantissa bits
+        return (t.float().view(torch.int32) & ~0x1FFF).view(torch.float32).double()
+
+    def cosine_cost(product, x, y):
+        xn, yn = x / x.norm(dim=-1, keepdim=True), y / y.norm(dim=-1, keepdim=True)
+        return 1 - product(xn.float(), yn.float())
+
+    x, y = random_tokens(gen, 32, 768), random_tokens(gen, 32, 768)
+    exact = cosine_cost(lambda p, q: p.double() @ q.double().T, x, y)
+
+    def x3(p, q):
+        ph, qh = tf32(p), tf32(q)
+        return ph @ qh.T + ph @ tf32(q - qh).T + tf32(p - ph) @ qh.T
+
+    uniform = np.full(32, 1 / 32)
+    ref = pot_iterate(exact, uniform, uniform, 0.05, 100)
+    errors = {}
+    for name, product in (("tf32", lambda p, q: tf32(p) @ tf32(q).T), ("tf32x3", x3)):
+        c = cosine_cost(product, x, y)
+        got = pot_iterate(c, uniform, uniform, 0.05, 100)
+        errors[name] = dict(cost=float((c - exact).abs().max()), plan=rel(got["plan"], ref["plan"]),
+                            loss=abs(got["loss"] / ref["loss"] - 1))
+    assert errors["tf32x3"]["cost"] < 1e-6 and errors["tf32x3"]["plan"] < 1e-5
+    assert errors["tf32x3"]["loss"] < 1e-6
+    assert errors["tf32"]["plan"] > 100 * errors["tf32x3"]["plan"]
+    assert errors["tf32"]["plan"] > 1e-4  # beyond what fp16 inputs cost (see the yardstick)
+
+
+def test_kernel_operands_match_the_pytorch_factors(gen):
+    """The per-token statistics the kernels read equal the PyTorch backend's scales."""
+    from optical_ops.costs import NORM_FLOOR, factorise
+
+    x, y = random_tokens(gen, 2, 7, 16, dtype=torch.float32), random_tokens(gen, 2, 9, 16)
+    y = y.float()
+    x[0, 3] = 0.0
+    valid_x, valid_y = torch.ones(2, 7, dtype=torch.bool), torch.ones(2, 9, dtype=torch.bool)
+    ops = embedding_operands(x, y, "cosine", valid_x, valid_y, NORM_FLOOR)
+    fc = factorise(x, y, "cosine")
+    assert ops.kind == COSINE
+    torch.testing.assert_close(ops.x_stat, fc.row_scale)
+    torch.testing.assert_close(ops.transposed().x_stat, fc.col_scale)

@@ -34,6 +34,15 @@ def check_solver_options(eps: float, n_iters: int, tol: float | None) -> None:
         raise ValueError(f"tol must be None or a finite number > 0, got {tol!r}")
 
 
+def check_tau(tau: float | None) -> None:
+    if tau is None:
+        return
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)):
+        raise TypeError(f"tau must be None or a Python float, got {type(tau).__name__}")
+    if not (math.isfinite(tau) and tau > 0):
+        raise ValueError(f"tau must be None (balanced OT) or a finite number > 0, got {tau}")
+
+
 def check_float_tensor(name: str, t: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")

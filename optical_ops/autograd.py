@@ -14,8 +14,8 @@ import torch
 
 from .costs import FactorisedCost, factorise
 from .ragged import length_buckets
-from .sinkhorn_loop import SoftMin, run_sinkhorn
-from .softmin_dense import dense_softmin
+from .sinkhorn_loop import SoftMin, entropic_value, run_sinkhorn
+from .softmin_dense import damping, dense_softmin
 from .softmin_streaming import StreamingSoftMin
 
 TORCH_STRATEGIES = ("auto", "dense", "dense-scaling", "dense-log", "streaming")
@@ -31,21 +31,21 @@ def pick_strategy(batch: int, n: int, m: int, dtype: torch.dtype, strategy: str)
     return "dense" if batch * n * m * itemsize <= DENSE_MAX_BYTES else "streaming"
 
 
-def embedding_softmin(fc, a, b, eps: float, strategy: str) -> SoftMin:
+def embedding_softmin(fc, a, b, eps: float, strategy: str, tau: float | None) -> SoftMin:
     """The primitive for a factorised cost, by strategy (see :data:`TORCH_STRATEGIES`)."""
     strategy = pick_strategy(a.shape[0], a.shape[1], b.shape[1], a.dtype, strategy)
     if strategy == "streaming":
-        return StreamingSoftMin(fc, a, b, eps)
+        return StreamingSoftMin(fc, a, b, eps, damping(eps, tau))
     method = {"dense": "auto", "dense-scaling": "scaling", "dense-log": "log"}[strategy]
-    return dense_softmin(fc.dense(), a, b, eps, method)
+    return dense_softmin(fc.dense(), a, b, eps, method, tau)
 
 
 class SinkhornCostFunction(torch.autograd.Function):
     """(loss, plan, f, g, iterations) for a dense cost (B, n, m); only ``loss`` has a gradient."""
 
     @staticmethod
-    def forward(ctx, cost, a, b, eps, n_iters, tol, method):
-        op = dense_softmin(cost.to(a.dtype), a, b, eps, method)
+    def forward(ctx, cost, a, b, eps, n_iters, tol, tau):
+        op = dense_softmin(cost.to(a.dtype), a, b, eps, "auto", tau)
         res = run_sinkhorn(op, n_iters, tol)
         plan = op.plan(res.f_state, res.g_state)
         loss = op.loss(res.f_state, res.g_state)
@@ -63,7 +63,9 @@ class SinkhornCostFunction(torch.autograd.Function):
 
 
 class OTDistillFunction(torch.autograd.Function):
-    """Per-problem <P, C(x, y)> (B,) for embeddings x (B, n, d), y (B, m, d).
+    """Per-problem value (B,) of the plan P between embeddings x (B, n, d) and y (B, m, d):
+    ``value="transport"``: <P, C>; ``"entropic"``: <P, C> + eps KL(P | a b^T). Both get the
+    envelope gradient dL/dC = P.
 
     Ragged batches are solved in length buckets (:mod:`.ragged`). Backward: G = grad_loss * P
     enters through (G y', G^T x', G 1, G^T 1), which each bucket's primitive computes from its
@@ -72,7 +74,7 @@ class OTDistillFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, y, a, b, cost, eps, n_iters, tol, strategy, check_inputs):
+    def forward(ctx, x, y, a, b, cost, eps, n_iters, tol, strategy, check_inputs, tau, value):
         losses = a.new_empty(a.shape[0])
         ctx.buckets, ctx.ops, saved = length_buckets(a, b), [], []
         for bucket in ctx.buckets:
@@ -82,9 +84,12 @@ class OTDistillFunction(torch.autograd.Function):
                 for name, finite, w in zip(("student", "teacher"), fc.finite_rows(), (ab, bb)):
                     if not bool(finite[w > 0].all()):
                         raise ValueError(f"{name} contains NaN or inf at unmasked positions")
-            op = embedding_softmin(fc, ab, bb, eps, strategy)
+            op = embedding_softmin(fc, ab, bb, eps, strategy, tau)
             res = run_sinkhorn(op, n_iters, tol)
-            loss = op.loss(res.f_state, res.g_state)
+            if value == "entropic":
+                loss = entropic_value(op, res.f_state, res.g_state, eps)
+            else:
+                loss = op.loss(res.f_state, res.g_state)
             if bucket.index is None:
                 losses = loss
             else:
@@ -124,4 +129,4 @@ class OTDistillFunction(torch.autograd.Function):
                 dx[rows, : bucket.n] = gx.to(x_dtype)
             if need_y:
                 dy[rows, : bucket.m] = gy.to(y_dtype)
-        return dx, dy, None, None, None, None, None, None, None, None
+        return dx, dy, None, None, None, None, None, None, None, None, None, None

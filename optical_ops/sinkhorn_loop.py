@@ -86,6 +86,13 @@ class SoftMin(ABC):
         What the gradient needs (:meth:`optical_ops.costs.FactorisedCost.input_grads`).
         """
 
+    def marginals(
+        self, f_state: torch.Tensor, g_state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P 1, P^T 1), (B, n) and (B, m). Primitives that never store P override this."""
+        plan = self.plan(f_state, g_state)
+        return plan.sum(2), plan.sum(1)
+
     def iterate(self, f_state: torch.Tensor, n_iters: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n_iters`` full iterations (column then row update) -> (f_state, g_state).
 
@@ -99,6 +106,19 @@ class SoftMin(ABC):
     def for_backward(self) -> SoftMin:
         """This primitive without the buffers that only the forward pass reads."""
         return self
+
+
+def entropic_value(op: SoftMin, f_state: torch.Tensor, g_state: torch.Tensor,
+                   eps: float) -> torch.Tensor:
+    """(B,) OT_eps(P) = <P, C> + eps KL(P | a b^T) of the current plan, exactly.
+
+    From log P_ij = log a_i b_j + (f_i + g_j - C_ij)/eps:
+    eps KL(P | a b^T) = sum_ij P_ij (f_i + g_j) - <P, C> - eps (sum P - 1), hence
+    OT_eps(P) = <P 1, f> + <P^T 1, g> - eps (sum P - 1).
+    """
+    f, g = op.potentials(f_state, g_state)
+    rows, cols = op.marginals(f_state, g_state)
+    return (rows * f).sum(1) + (cols * g).sum(1) - eps * (rows.sum(1) - 1.0)
 
 
 @dataclass

@@ -36,10 +36,14 @@ def col_error_from_log_ratio(b: torch.Tensor, log_ratio: torch.Tensor) -> torch.
 
 
 class DenseLogSoftMin(SoftMin):
-    """Log-domain updates on a dense cost. States are the potentials f (B, n), g (B, m)."""
+    """Log-domain updates on a dense cost. States are the potentials f (B, n), g (B, m).
 
-    def __init__(self, cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float):
-        self.eps = eps
+    ``damping`` = tau / (tau + eps) < 1 gives unbalanced OT (see :func:`dense_softmin`).
+    """
+
+    def __init__(self, cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float,
+                 damping: float = 1.0):
+        self.eps, self.damping = eps, damping
         self.a, self.b = a, b
         self.log_a, self.log_b = a.log(), b.log()  # -inf where a weight is zero
         self.neg_cost_eps = cost / -eps  # (B, n, m), reused by every half-iteration
@@ -54,7 +58,7 @@ class DenseLogSoftMin(SoftMin):
         if self._scratch is None:
             self._scratch = torch.empty_like(self.neg_cost_eps)
         torch.add(self.neg_cost_eps, h, out=self._scratch)
-        return logsumexp_(self._scratch, dim).mul_(-self.eps)
+        return logsumexp_(self._scratch, dim).mul_(-self.eps * self.damping)
 
     def initial_f_state(self) -> torch.Tensor:
         return self.a.new_zeros(self.a.shape)
@@ -139,14 +143,18 @@ class DenseScalingSoftMin(SoftMin):
         weighted = torch.bmm(self.kernel * self.cost, v[:, :, None])[:, :, 0]
         return (u * weighted).sum(1)
 
+    def marginals(self, s, t):
+        u, v = self.a / s, self.b / t
+        return (u * torch.bmm(self.kernel, v[:, :, None])[:, :, 0],
+                v * torch.bmm(self.kernel.transpose(1, 2), u[:, :, None])[:, :, 0])
+
     def plan_products(self, s, t, x, y, x_scale, y_scale):
         """P y' with P = diag(u) K diag(v): the diagonal scalings go on whichever operand of the
         product is smaller, K (B, n, m) or the embeddings (B, n + m, d); the only large
         allocations are the two results."""
         u, v = self.a / s, self.b / t
         k, kt = self.kernel, self.kernel.transpose(1, 2)
-        rows = u * torch.bmm(k, v[:, :, None])[:, :, 0]
-        cols = v * torch.bmm(kt, u[:, :, None])[:, :, 0]
+        rows, cols = self.marginals(s, t)
         n, m = k.shape[1:]
         if n * m <= (n + m) * x.shape[2]:
             p_y = torch.bmm(k * u[:, :, None] * (v * y_scale)[:, None, :], y)
@@ -173,19 +181,33 @@ def sanitised_cost_range(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
     return torch.where(valid, cost, lo[:, None, None]), lo, hi
 
 
+def damping(eps: float, tau: float | None) -> float:
+    """lambda = tau / (tau + eps): the soft-min damping of unbalanced OT (1 when balanced).
+
+    Unbalanced OT replaces the marginal constraints by tau KL(P 1 | a) + tau KL(P^T 1 | b);
+    its Sinkhorn updates are the balanced ones multiplied by lambda (Chizat et al., 2018).
+    """
+    return 1.0 if tau is None else tau / (tau + eps)
+
+
 def dense_softmin(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float,
-                  method: str = "auto") -> SoftMin:
+                  method: str = "auto", tau: float | None = None) -> SoftMin:
     """The dense primitive for ``cost`` (B, n, m) with weights a (B, n), b (B, m).
 
     ``method``: ``"scaling"``, ``"log"``, or ``"auto"``: scaling when max R/eps is within
     :data:`SCALING_MAX_RANGE`. Choosing reads two numbers back to the host, before the loop.
+    Unbalanced OT (``tau`` set) always runs in the log domain: it is not invariant to the cost
+    shift the scaling form relies on.
     """
     if method not in ("auto", "scaling", "log"):
         raise ValueError(f"method must be 'auto', 'scaling' or 'log', got {method!r}")
+    if tau is not None and method == "scaling":
+        raise ValueError("unbalanced OT (tau) runs in the log domain only")
     cost, lo, hi = sanitised_cost_range(cost, a, b)
     if method == "auto":
         spread = float((hi - lo).max()) / eps
-        method = "scaling" if spread <= SCALING_MAX_RANGE[cost.dtype] else "log"
+        fits = spread <= SCALING_MAX_RANGE[cost.dtype] and tau is None
+        method = "scaling" if fits else "log"
     if method == "log":
-        return DenseLogSoftMin(cost, a, b, eps)
+        return DenseLogSoftMin(cost, a, b, eps, damping(eps, tau))
     return DenseScalingSoftMin(cost, a, b, eps, shift=lo)

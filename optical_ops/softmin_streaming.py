@@ -29,8 +29,8 @@ class StreamingSoftMin(SoftMin):
     """Log-domain updates that recompute the cost from its factors. States: f (B, n), g (B, m)."""
 
     def __init__(self, fc: FactorisedCost, a: torch.Tensor, b: torch.Tensor, eps: float,
-                 chunk_bytes: int | None = None):
-        self.fc, self.eps = fc.with_unit_scales(), eps
+                 damping: float = 1.0, chunk_bytes: int | None = None):
+        self.fc, self.eps, self.damping = fc.with_unit_scales(), eps, damping
         self.a, self.b = a, b
         self.log_a, self.log_b = a.log(), b.log()
         self.chunk_bytes = DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
@@ -62,7 +62,7 @@ class StreamingSoftMin(SoftMin):
             (z,) = self._buffers(rows, y.shape[1], 1)
             torch.baddbmm(h, x[:, rows], y.transpose(1, 2), alpha=self.fc.scale / self.eps, out=z)
             out[:, rows] = own_offset[:, rows] - self.eps * logsumexp_(z, dim=2)
-        return out
+        return out.mul_(self.damping)
 
     def initial_f_state(self) -> torch.Tensor:
         return self.a.new_zeros(self.a.shape)
@@ -93,6 +93,14 @@ class StreamingSoftMin(SoftMin):
 
     def plan(self, f, g):
         return torch.cat([p.clone() for _, p, _ in self._plan_tiles(f, g)], dim=1)
+
+    def marginals(self, f, g):
+        rows_sum = self.a.new_empty(self.a.shape)
+        cols_sum = self.b.new_zeros(self.b.shape)
+        for rows, p, _ in self._plan_tiles(f, g):
+            rows_sum[:, rows] = p.sum(2)
+            cols_sum += p.sum(1)
+        return rows_sum, cols_sum
 
     def loss(self, f, g):
         total = self.a.new_zeros(self.a.shape[0])

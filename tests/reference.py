@@ -10,7 +10,6 @@ import torch
 
 # Converged solves: iterate until POT's marginal error is at round-off.
 CONVERGED_ITERS = 20000
-CONVERGED_TOL = 1e-13
 
 
 def pot_sinkhorn(cost, a=None, b=None, eps=0.05, n_iters=None):
@@ -25,7 +24,7 @@ def pot_sinkhorn(cost, a=None, b=None, eps=0.05, n_iters=None):
     a = np.full(n, 1.0) if a is None else np.asarray(a, dtype=np.float64)
     b = np.full(m, 1.0) if b is None else np.asarray(b, dtype=np.float64)
     a, b = a / a.sum(), b / b.sum()
-    iters, stop = (CONVERGED_ITERS, 1e-15) if n_iters is None else (n_iters, 0.0)
+    iters, stop = (CONVERGED_ITERS, 1e-14) if n_iters is None else (n_iters, 0.0)
     with warnings.catch_warnings(), np.errstate(divide="ignore"):
         warnings.simplefilter("ignore")
         plan, log = ot.sinkhorn(a, b, cost, eps, method="sinkhorn_log", numItermax=iters,

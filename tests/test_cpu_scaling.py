@@ -44,6 +44,30 @@ def test_native_loop_equals_torch_ops(gen, batch, n, m, dtype, threads, n_iters)
     assert torch.equal(s0, s0_before)  # the input state is not modified
 
 
+# Shapes and iteration counts that reach each threaded path of the native loop with 2 threads:
+# rows shared by the threads (one large problem), and the batch split over the threads with
+# K^T copied (K <= 256 KiB) or with one fused pass per iteration (larger K).
+@pytest.mark.parametrize(
+    "batch,n,m,n_iters", [(1, 520, 515, 3), (8, 128, 130, 40), (4, 300, 301, 12)]
+)
+def test_threaded_paths_equal_torch_ops(gen, batch, n, m, n_iters):
+    cost = torch.rand(batch, n, m, generator=gen, dtype=torch.float64) * 2
+    a = random_weights(gen, batch, n, zeros=2)
+    b = random_weights(gen, batch, m, zeros=1)
+    a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+    op = DenseScalingSoftMin(cost, a, b, 0.1, shift=cost.amin((1, 2)))
+    s0 = torch.ones(batch, n, dtype=torch.float64)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        s, t = scaling_iterate(op.kernel, op.a, op.b, s0, n_iters)
+    finally:
+        torch.set_num_threads(previous)
+    s_ref, t_ref = SoftMin.iterate(op, s0, n_iters)
+    torch.testing.assert_close(s, s_ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(t, t_ref, rtol=1e-12, atol=0)
+
+
 def test_rejects_mismatched_buffers():
     k = torch.rand(2, 3, 4)
     with pytest.raises(ValueError, match=r"b must be torch.float32 of shape \(2, 4\)"):

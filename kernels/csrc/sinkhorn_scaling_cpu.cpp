@@ -15,9 +15,9 @@
 // both updates as register-blocked sums of rows (s = sum_j v_j K^T_j, t = sum_i u_i K_i),
 // vectorised along rows with no horizontal reduction.
 //
-// Parallelism: many problems -> one problem per thread at a time, no synchronisation; few
+// Parallelism: many problems -> one problem per thread at a time, no synchronisation; few large
 // problems -> the rows of each problem are split among threads, each keeps a partial t', and
-// the partials are summed between passes (two barriers per iteration).
+// the partials are summed between passes (two barriers per iteration); little work -> one thread.
 //
 // Built without any PyTorch header: the Python side passes data pointers of contiguous CPU
 // tensors it has checked (kernels/cpu_scaling.py). OpenMP resolves to the libgomp that torch
@@ -170,34 +170,49 @@ PER_ISA void solve_shared(const T* K, const T* a, const T* b, T* s, T* t, int64_
   }
 }
 
+// Thread counts: a parallel region costs a fork/join, and sharing one problem's rows costs two
+// barriers per iteration; on a busy machine each can wait a scheduler slice for a descheduled
+// partner. So problems are shared only when an iteration is long (kSharedMinEntries entries of
+// K), and a batch runs on several threads only when its total work is (kParallelMinWork).
+constexpr int64_t kSharedMinEntries = int64_t(1) << 18;
+constexpr int64_t kParallelMinWork = int64_t(1) << 22;
+
+template <typename T>
+void solve_batch(const T* K, const T* a, const T* b, T* s, T* t, int64_t batch, int64_t n,
+                 int64_t m, int iters, int threads) {
+  const bool small = n * m * static_cast<int64_t>(sizeof(T)) <= kSmallBytes;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> v(m), t2(m), u(small ? n : 0), kt(small ? n * m : 0);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t p = 0; p < batch; ++p) {
+      const T* kp = K + p * n * m;
+      if (small)
+        solve_small(kp, a + p * n, b + p * m, s + p * n, t + p * m, n, m, iters, kt.data(),
+                    u.data(), v.data());
+      else
+        solve_one(kp, a + p * n, b + p * m, s + p * n, t + p * m, n, m, iters, v.data(),
+                  t2.data());
+    }
+  }
+}
+
 template <typename T>
 void iterate(const T* K, const T* a, const T* b, T* s, T* t, int64_t batch, int64_t n, int64_t m,
              int iters, int threads) {
-  if (batch >= 2 * threads) {
-    const bool small = n * m * static_cast<int64_t>(sizeof(T)) <= kSmallBytes;
+  const int64_t work = batch * n * m * iters;
+  if (threads > 1 && batch < 2 * threads && n * m >= kSharedMinEntries) {
+    std::vector<T> v(m), partial(static_cast<size_t>(threads) * m);
 #pragma omp parallel num_threads(threads)
-    {
-      std::vector<T> v(m), t2(m), u(small ? n : 0), kt(small ? n * m : 0);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t p = 0; p < batch; ++p) {
-        const T* kp = K + p * n * m;
-        if (small)
-          solve_small(kp, a + p * n, b + p * m, s + p * n, t + p * m, n, m, iters, kt.data(),
-                      u.data(), v.data());
-        else
-          solve_one(kp, a + p * n, b + p * m, s + p * n, t + p * m, n, m, iters, v.data(),
-                    t2.data());
-      }
+    for (int64_t p = 0; p < batch; ++p) {
+      solve_shared(K + p * n * m, a + p * n, b + p * m, s + p * n, t + p * m, n, m, iters,
+                   v.data(), partial.data());
+#pragma omp barrier
     }
     return;
   }
-  std::vector<T> v(m), partial(static_cast<size_t>(threads) * m);
-#pragma omp parallel num_threads(threads)
-  for (int64_t p = 0; p < batch; ++p) {
-    solve_shared(K + p * n * m, a + p * n, b + p * m, s + p * n, t + p * m, n, m, iters, v.data(),
-                 partial.data());
-#pragma omp barrier
-  }
+  const bool parallel = threads > 1 && batch >= 2 && work >= kParallelMinWork;
+  solve_batch(K, a, b, s, t, batch, n, m, iters, parallel ? threads : 1);
 }
 
 template <typename T>

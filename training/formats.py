@@ -10,8 +10,9 @@ score that is not finite).
 * **TSV bitext** – one sentence pair per line, fields separated by tabs, no quoting. Either
   exactly two fields ``source<TAB>target`` and no header, or a header row naming the columns
   (e.g. the UDHR files: ``article<TAB>paragraph<TAB>english<TAB>other``) from which the caller
-  picks the source and target columns by name. Fields are stripped of surrounding whitespace;
-  an empty source or target is an error.
+  picks columns by name: :func:`read_bitext` a source and a target, :func:`read_tsv_rows` any
+  columns (the UDHR reader takes all four). Fields are stripped of surrounding whitespace; an
+  empty field in a chosen column is an error.
 * **JSONL queries** (BEIR/MIRACL topics) – one object per line, the id under ``_id``,
   ``query_id`` or ``id`` and the text under ``text``, ``query`` or ``title`` (first key present
   wins, in that order).
@@ -31,11 +32,12 @@ Languages are named by ISO 639-1 or ISO 639-3 codes, see :func:`lookup_language`
 from __future__ import annotations
 
 import codecs
+import gzip
 import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple, Union
 
 from .metrics import rank_documents
@@ -76,9 +78,13 @@ class Language(NamedTuple):
     name: str
 
 
-def _lines(path: PathLike) -> Iterator[tuple[int, str]]:
-    """Yield ``(line number, line)`` for the non-blank lines, without the line end or BOM."""
-    with open(path, "rb") as handle:
+def data_lines(path: PathLike) -> Iterator[tuple[int, str]]:
+    """Yield ``(line number, line)`` for the non-blank lines, without the line end or BOM.
+
+    Files ending in ``.gz`` are decompressed on the fly.
+    """
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if number == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8) :]
@@ -108,72 +114,95 @@ def _write_lines(path: PathLike, lines: Iterable[str]) -> None:
 # --- TSV bitext -------------------------------------------------------------------------------
 
 
-def read_bitext(
-    path: PathLike, *, source: str | None = None, target: str | None = None
-) -> list[SentencePair]:
-    """Sentence pairs of a TSV file, in file order.
+class TsvRow(NamedTuple):
+    """The chosen fields of one TSV row and the 1-based line it came from."""
 
-    With no column names the file has no header and every line is ``source<TAB>target``. With
-    ``source`` and ``target`` naming header columns, the first line is the header and each row
-    must have as many fields as it.
+    line: int
+    fields: tuple[str, ...]
+
+
+def read_tsv_rows(path: PathLike, columns: Sequence[str] | None = None) -> list[TsvRow]:
+    """Rows of a TSV bitext file, in file order, each field stripped and non-empty.
+
+    With no ``columns`` the file has no header and every line is ``source<TAB>target``. With
+    ``columns`` naming header columns, the first line is the header, each row must have as many
+    fields as it, and each row keeps the named columns in the order asked.
     """
-    if (source is None) != (target is None):
-        raise ValueError("name both the source and the target column, or neither")
-    lines = _lines(path)
-    if source is None or target is None:
-        width, indices, sides = 2, (0, 1), ("source", "target")
+    lines = data_lines(path)
+    if columns is None:
+        width, indices, names = 2, (0, 1), ("source", "target")
     else:
         header_number, header = next(lines, (None, ""))
         if header_number is None:
             raise DataFormatError(path, None, "empty file: expected a header row of column names")
-        names = [name.strip() for name in header.split("\t")]
-        repeated = sorted({name for name in names if names.count(name) > 1})
+        header_names = [name.strip() for name in header.split("\t")]
+        repeated = sorted({name for name in header_names if header_names.count(name) > 1})
         if repeated:
             raise DataFormatError(path, header_number, f"header repeats column(s) {repeated}")
-        for name in (source, target):
-            if name not in names:
+        for name in columns:
+            if name not in header_names:
                 raise DataFormatError(
-                    path, header_number, f"header has no column {name!r}; its columns: {names}"
+                    path,
+                    header_number,
+                    f"header has no column {name!r}; its columns: {header_names}",
                 )
-        width = len(names)
-        indices = (names.index(source), names.index(target))
-        sides = (source, target)
+        width = len(header_names)
+        indices = tuple(header_names.index(name) for name in columns)
+        names = tuple(columns)
 
-    pairs = []
+    rows = []
     for number, line in lines:
         fields = line.split("\t")
         if len(fields) != width:
             raise DataFormatError(
                 path, number, f"expected {width} tab-separated fields, found {len(fields)}"
             )
-        texts = [fields[index].strip() for index in indices]
-        for side, text in zip(sides, texts):
+        chosen = tuple(fields[index].strip() for index in indices)
+        for name, text in zip(names, chosen):
             if not text:
-                raise DataFormatError(path, number, f"empty {side!r} field")
-        pairs.append(SentencePair(*texts))
-    if not pairs:
+                raise DataFormatError(path, number, f"empty {name!r} field")
+        rows.append(TsvRow(number, chosen))
+    if not rows:
         raise DataFormatError(path, None, "no sentence pairs")
-    return pairs
+    return rows
+
+
+def read_bitext(
+    path: PathLike, *, source: str | None = None, target: str | None = None
+) -> list[SentencePair]:
+    """Sentence pairs of a TSV file, in file order (see :func:`read_tsv_rows`).
+
+    With no column names the file has no header; otherwise ``source`` and ``target`` name the
+    header columns to pair.
+    """
+    if (source is None) != (target is None):
+        raise ValueError("name both the source and the target column, or neither")
+    columns = None if source is None else (source, target)
+    return [SentencePair(*row.fields) for row in read_tsv_rows(path, columns)]
 
 
 def write_bitext(
-    path: PathLike, pairs: Iterable[tuple[str, str]], *, header: tuple[str, str] | None = None
+    path: PathLike, rows: Iterable[Sequence[str]], *, header: Sequence[str] | None = None
 ) -> None:
-    """Write ``source<TAB>target`` lines, preceded by a ``header`` row if one is given."""
-    rows = [] if header is None else [header]
-    rows.extend(pairs)
-    for row in rows:
+    """Write tab-separated rows (``source<TAB>target`` pairs, or rows as wide as ``header``),
+    preceded by the ``header`` row if one is given."""
+    lines = [] if header is None else [tuple(header)]
+    lines.extend(tuple(row) for row in rows)
+    width = len(lines[0]) if lines else 2
+    for row in lines:
+        if len(row) != width:
+            raise ValueError(f"TSV row {row!r} has {len(row)} fields, expected {width}")
         for field in row:
             if not field.strip() or any(char in field for char in "\t\r\n"):
                 raise ValueError(f"TSV field {field!r} must be non-empty with no tab or newline")
-    _write_lines(path, ("\t".join(row) for row in rows))
+    _write_lines(path, ("\t".join(row) for row in lines))
 
 
 # --- JSONL queries and corpus -----------------------------------------------------------------
 
 
 def _json_objects(path: PathLike) -> Iterator[tuple[int, dict]]:
-    for number, line in _lines(path):
+    for number, line in data_lines(path):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
@@ -215,7 +244,7 @@ def _string(path: PathLike, number: int, key: str, value: object) -> str:
     return value
 
 
-def _check_new(path: PathLike, number: int, identifier: str, first_lines: dict[str, int]) -> None:
+def check_new_id(path: PathLike, number: int, identifier: str, first_lines: dict[str, int]) -> None:
     if identifier in first_lines:
         raise DataFormatError(
             path, number, f"duplicate id {identifier!r} (first on line {first_lines[identifier]})"
@@ -233,7 +262,7 @@ def read_queries(path: PathLike) -> dict[str, str]:
         text = _string(path, number, key, value)
         if not text.strip():
             raise DataFormatError(path, number, f"empty query text under {key!r}")
-        _check_new(path, number, identifier, first_lines)
+        check_new_id(path, number, identifier, first_lines)
         queries[identifier] = text
     if not queries:
         raise DataFormatError(path, None, "no queries")
@@ -252,7 +281,7 @@ def read_corpus(path: PathLike) -> dict[str, Document]:
         title = _string(path, number, "title", record.get("title", ""))
         if not (title.strip() or text.strip()):
             raise DataFormatError(path, number, "empty document: both 'title' and 'text' are empty")
-        _check_new(path, number, identifier, first_lines)
+        check_new_id(path, number, identifier, first_lines)
         corpus[identifier] = Document(title=title, text=text)
     if not corpus:
         raise DataFormatError(path, None, "no documents")
@@ -304,7 +333,7 @@ def read_qrels(path: PathLike) -> dict[str, dict[str, int]]:
     """``{query id: {doc id: relevance}}`` of a TREC qrels file, in file order."""
     qrels: dict[str, dict[str, int]] = {}
     first_lines: dict[tuple[str, str], int] = {}
-    for number, line in _lines(path):
+    for number, line in data_lines(path):
         fields = line.split()
         if len(fields) != 4:
             raise DataFormatError(
@@ -341,7 +370,7 @@ def read_run(path: PathLike) -> dict[str, dict[str, float]]:
     """``{query id: {doc id: score}}`` of a TREC run file; an empty file is an empty run."""
     run: dict[str, dict[str, float]] = {}
     first_lines: dict[tuple[str, str], int] = {}
-    for number, line in _lines(path):
+    for number, line in data_lines(path):
         fields = line.split()
         if len(fields) != 6:
             raise DataFormatError(
@@ -398,9 +427,11 @@ _LANGUAGES = (
     Language("fa", "fas", "Persian"),
     Language("fi", "fin", "Finnish"),
     Language("fr", "fra", "French"),
+    Language("ka", "kat", "Georgian"),
     Language("ha", "hau", "Hausa"),
     Language("hi", "hin", "Hindi"),
     Language("id", "ind", "Indonesian"),
+    Language("ig", "ibo", "Igbo"),
     Language("it", "ita", "Italian"),
     Language("ja", "jpn", "Japanese"),
     Language("kk", "kaz", "Kazakh"),
@@ -419,6 +450,7 @@ _LANGUAGES = (
     Language("vi", "vie", "Vietnamese"),
     Language("yo", "yor", "Yoruba"),
     Language("zh", "zho", "Chinese"),
+    Language("zu", "zul", "Zulu"),
 )
 # Other ISO 639-3 codes in use for the same languages (macrolanguage vs. individual language).
 _ALIASES = {"swa": "sw", "arb": "ar", "cmn": "zh", "pes": "fa"}

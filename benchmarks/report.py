@@ -91,6 +91,13 @@ def floor_line(w: dict[str, Any]) -> str:
     if over:
         text += ("; ours/floor fwd " + _number(over.get("fwd"), ".2f") + "x, fwd+bwd "
                  + _number(over.get("fwdbwd"), ".2f") + "x")
+    real = w.get("floor_real_tokens")
+    if real:
+        text += (f"; over the real tokens only: floor fwd {seconds(real['fwd_s'])}, fwd+bwd "
+                 f"{seconds(real['fwdbwd_s'])}")
+        if over:
+            text += (", ours/floor fwd " + _number(over.get("fwd_real_tokens"), ".2f")
+                     + "x, fwd+bwd " + _number(over.get("fwdbwd_real_tokens"), ".2f") + "x")
     return text
 
 

@@ -78,7 +78,8 @@ class WorkloadResult:
     iterations: int
     entries: int  # sum_b n_b m_b
     padded_entries: int  # B n m
-    floor: Floor
+    floor: Floor  # BENCHMARKS.md: E = B n m
+    floor_real_tokens: Floor | None  # ragged workloads: E = sum_b n_b m_b, stricter
     reference: dict[str, Any] | None
     load: Load
     implementations: list[ImplementationResult]
@@ -108,13 +109,17 @@ def run_workload(workload: Workload, impls: list[Implementation], options: Optio
     gc.collect()
 
     log(f"  {workload.name}: floor (matmul rate and read bandwidth)")
-    entries = problem.entries()
-    floors = floor(workload, entries, matmul_rate(), read_bandwidth(entries))
-    _ratios(results, floors)
+    entries, padded = problem.entries(), workload.batch * workload.n * workload.m
+    flops = matmul_rate()
+    floors = floor(workload, padded, flops, read_bandwidth(padded))
+    real = None
+    if workload.ragged:
+        real = floor(workload, entries, flops, read_bandwidth(entries),
+                     "E = real token counts, sum of n_b m_b")
+    _ratios(results, floors, real)
     return WorkloadResult(
         workload.name, workload.shape(), workload.stands_for, workload.batch, workload.n,
-        workload.m, workload.d, workload.iterations, entries,
-        workload.batch * workload.n * workload.m, floors,
+        workload.m, workload.d, workload.iterations, entries, padded, floors, real,
         None if reference is None else {"source": reference.source, "loss": reference.loss,
                                         "implementation": reference.implementation},
         load, list(results.values()))
@@ -220,13 +225,16 @@ def _time_interleaved(calls, warm_s, results, options: Options) -> Load:
     return load
 
 
-def _ratios(results: dict[str, ImplementationResult], floors) -> None:
+def _ratios(results: dict[str, ImplementationResult], floors, real=None) -> None:
     ours = next((r for r in results.values() if r.name == "ours-torch"), None)
-    for mode, floor_s in (("fwd", floors.fwd_s), ("fwdbwd", floors.fwdbwd_s)):
+    for mode in ("fwd", "fwdbwd"):
         ours_timing = getattr(ours, mode) if ours is not None else None
         if ours_timing is None:
             continue
-        ours.over_floor[mode] = ours_timing["median"] / floor_s
+        ours.over_floor[mode] = ours_timing["median"] / getattr(floors, f"{mode}_s")
+        if real is not None:
+            ours.over_floor[f"{mode}_real_tokens"] = (
+                ours_timing["median"] / getattr(real, f"{mode}_s"))
         for r in results.values():
             timing = getattr(r, mode)
             if timing is not None and r is not ours:

@@ -119,6 +119,20 @@ class FactorisedCost:
         return torch.isfinite(self.row_offset), torch.isfinite(self.col_offset)
 
 
+def _row_norms(z: torch.Tensor, valid: torch.Tensor | None):
+    """(z, |z_i|): rows outside ``valid`` are zeroed only if one of them is not finite.
+
+    Padding with finite values needs no copy: it carries no mass, so its cost entries are
+    replaced downstream and its gradient rows are zero. NaN or inf padding would poison the
+    products, so then (one host sync to know) those rows are zeroed.
+    """
+    norm = torch.linalg.vector_norm(z, dim=-1)
+    if valid is not None and bool((~torch.isfinite(norm) & ~valid).any()):
+        z = torch.where(valid[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
+        norm = torch.where(valid, norm, torch.zeros((), dtype=norm.dtype, device=norm.device))
+    return z, norm
+
+
 def factorise(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -128,26 +142,23 @@ def factorise(
 ) -> FactorisedCost:
     """Factors of ``cost`` between x (B, n, d) and y (B, m, d), in their (compute) dtype.
 
-    Rows/columns where ``row_valid``/``col_valid`` (B, n)/(B, m) are False are zeroed, so
-    padding (even NaN padding) gives finite costs and zero gradients. Zeroing reads the
-    validity back to the host once and costs one pass only when something is masked.
+    ``row_valid``/``col_valid`` (B, n)/(B, m) mark the tokens with mass; the others may hold
+    anything, NaN included (see :func:`_row_norms`).
     """
-    if row_valid is not None and not bool(row_valid.all()):
-        x = torch.where(row_valid[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
-    if col_valid is not None and not bool(col_valid.all()):
-        y = torch.where(col_valid[..., None], y, torch.zeros((), dtype=y.dtype, device=y.device))
+    if cost not in COSTS:
+        raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
+    x, norm_x = _row_norms(x, row_valid)
+    y, norm_y = _row_norms(y, col_valid)
     if cost == "cosine":
-        half_x = torch.full(x.shape[:-1], 0.5, dtype=x.dtype, device=x.device)
-        half_y = torch.full(y.shape[:-1], 0.5, dtype=y.dtype, device=y.device)
-        inv_x = torch.linalg.vector_norm(x, dim=-1).clamp_min(NORM_FLOOR).reciprocal()
-        inv_y = torch.linalg.vector_norm(y, dim=-1).clamp_min(NORM_FLOOR).reciprocal()
-        return FactorisedCost("cosine", x, y, half_x, half_y, inv_x, inv_y, scale=1.0)
-    if cost == "sqeuclidean":
-        ones_x = torch.ones(x.shape[:-1], dtype=x.dtype, device=x.device)
-        ones_y = torch.ones(y.shape[:-1], dtype=y.dtype, device=y.device)
-        sq_x, sq_y = (x * x).sum(-1), (y * y).sum(-1)
-        return FactorisedCost("sqeuclidean", x, y, sq_x, sq_y, ones_x, ones_y, scale=2.0)
-    raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
+        return FactorisedCost(
+            "cosine", x, y, torch.full_like(norm_x, 0.5), torch.full_like(norm_y, 0.5),
+            norm_x.clamp_min(NORM_FLOOR).reciprocal(), norm_y.clamp_min(NORM_FLOOR).reciprocal(),
+            scale=1.0,
+        )
+    return FactorisedCost(
+        "sqeuclidean", x, y, norm_x * norm_x, norm_y * norm_y, torch.ones_like(norm_x),
+        torch.ones_like(norm_y), scale=2.0,
+    )
 
 
 def cost_matrix(x: torch.Tensor, y: torch.Tensor, cost: str = "cosine") -> torch.Tensor:

@@ -3,7 +3,7 @@
 A batch of sentence pairs padded to (n, m) costs B n m per cost entry pass and B n m d per
 product, but only sum_b n_b m_b entries carry mass (n_b, m_b: each problem's extent, up to its
 last token with positive weight). Problems are independent, so sorting them by n_b m_b and
-splitting into a few groups, each trimmed to its own extent, removes most of the padded work;
+splitting into a few groups, each trimmed to its own extent, removes much of the padded work;
 the solver then runs once per group (a handful of batched calls, never one per problem).
 """
 
@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-# At most this many groups, and only when they save at least this fraction of the padded work.
-MAX_BUCKETS = 4
+# At most this many groups, only when they save at least this fraction of the padded work; each
+# group costs about as much fixed work (launches, gathers) as this many cost entries.
+MAX_BUCKETS = 8
 MIN_SAVING = 0.25
+BUCKET_OVERHEAD = 12_000
 
 
 @dataclass(frozen=True)
@@ -45,25 +47,38 @@ def extents(weights: torch.Tensor) -> torch.Tensor:
     return ((weights > 0) * positions).amax(dim=1)
 
 
+def _split(order: list[int], groups: int) -> list[list[int]]:
+    bounds = [round(g * len(order) / groups) for g in range(groups + 1)]
+    return [order[lo:hi] for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+
+
 def length_buckets(a: torch.Tensor, b: torch.Tensor) -> list[Bucket]:
     """Groups for weights a (B, n), b (B, m); one host sync.
 
-    Problems sorted by n_b m_b are cut into up to :data:`MAX_BUCKETS` groups of equal count.
-    Returns a single bucket (the batch trimmed to its largest extents) unless the groups save
-    at least :data:`MIN_SAVING` of the entries.
+    Candidates: the problems sorted by n_b m_b, by n_b or by m_b, cut into 1 to
+    :data:`MAX_BUCKETS` groups of equal count; the one with the fewest padded entries plus
+    :data:`BUCKET_OVERHEAD` per group wins. A single bucket (the batch trimmed to its largest
+    extents) is kept unless the groups save at least :data:`MIN_SAVING` of the entries.
     """
     batch = a.shape[0]
     rows, cols = (t.tolist() for t in torch.stack([extents(a), extents(b)]).cpu())
     whole = Bucket(None, max(rows), max(cols))
-    order = sorted(range(batch), key=lambda p: rows[p] * cols[p], reverse=True)
-    groups = min(MAX_BUCKETS, batch)
-    bounds = [round(g * batch / groups) for g in range(groups + 1)]
-    parts = [order[lo:hi] for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
-    padded = sum(len(p) * max(rows[i] for i in p) * max(cols[i] for i in p) for p in parts)
-    if padded > (1.0 - MIN_SAVING) * batch * whole.n * whole.m:
+
+    def padded(parts):
+        return sum(len(p) * max(rows[i] for i in p) * max(cols[i] for i in p) for p in parts)
+
+    keys = (lambda p: rows[p] * cols[p], lambda p: rows[p], lambda p: cols[p])
+    candidates = [
+        _split(sorted(range(batch), key=key, reverse=True), groups)
+        for key in keys for groups in range(2, min(MAX_BUCKETS, batch) + 1)
+    ]
+    if not candidates:
+        return [whole]
+    best = min(candidates, key=lambda parts: padded(parts) + BUCKET_OVERHEAD * len(parts))
+    if padded(best) > (1.0 - MIN_SAVING) * batch * whole.n * whole.m:
         return [whole]
     return [
         Bucket(torch.tensor(sorted(p), device=a.device), max(rows[i] for i in p),
                max(cols[i] for i in p))
-        for p in parts
+        for p in best
     ]

@@ -2,22 +2,27 @@ r"""Autograd functions of the Triton backend (``backend="triton"``).
 
 Same objective, iterations and conventions as the PyTorch backend (:mod:`.sinkhorn_loop`):
 P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps), from f = 0, column update first; the loss is
-the transport cost <P, C> per problem. Two solvers:
+the transport cost <P, C> per problem. Three solvers, by size
+(:mod:`optical_ops.kernels.sinkhorn_fused`):
 
-* problems whose cost tile fits on chip (:func:`~optical_ops.kernels.sinkhorn_fused.fused_config`,
-  up to 64 x 128 tokens): one fused launch computes C, runs every iteration and the loss, with
-  ``tol`` checked on the device per problem;
+* the cost tile fits in registers (:func:`~optical_ops.kernels.sinkhorn_fused.fused_config`,
+  padded up to 64 x 128 tokens): one fused launch computes C, runs every iteration and the
+  loss, with ``tol`` checked on the device per problem;
+* up to 256 x 256 tokens (:func:`~optical_ops.kernels.sinkhorn_fused.strip_config`), while the
+  dense C (B, n, m) fp32 fits :data:`optical_ops.autograd.DENSE_MAX_BYTES`: C built once by a
+  kernel, then the same fused kernel sweeps it in row strips from L1/L2, all iterations in
+  that one launch (two launches per solve);
 * larger ones: :func:`~optical_ops.sinkhorn_loop.run_sinkhorn` over
   :class:`~optical_ops.softmin_triton.TritonStreamingSoftMin`, one streaming launch per
-  half-iteration, over a dense C built once by a kernel while it fits
-  :data:`optical_ops.autograd.DENSE_MAX_BYTES` (no dot products per iteration), and beyond
-  that over cost tiles recomputed from the embeddings (C never stored, O(B (n + m) d) memory).
-  The backward makes the same choice.
+  half-iteration, over a dense C built once by a kernel while it fits DENSE_MAX_BYTES (no dot
+  products per iteration), and beyond that over cost tiles recomputed from the embeddings
+  (C never stored, O(B (n + m) d) memory). The backward makes the same dense-or-recompute
+  choice.
 
 fp16/bf16/fp32 inputs are read as they are and computed in fp32 (fp32 cost products in 3xTF32,
 see :mod:`optical_ops.kernels.cost_tile`); float64 is left to the PyTorch backend. With
 ``tol=None`` the launch sequence has no host sync (CUDA-graph capturable); with ``tol`` the
-fused path still has none, the streaming path reads one flag every CHECK_EVERY iterations.
+fused paths still have none, the streaming path reads one flag every CHECK_EVERY iterations.
 
 N.B. The gradient is the envelope gradient dL/dC = P pushed through C(x, y), exact for the
 entropic OT value at convergence and an approximation of the gradient of <P, C> (see
@@ -78,17 +83,22 @@ def _iteration_operands(ops, log_a, log_b):
 
 
 def _solve(ops, b, log_a, log_b, eps, n_iters, tol, write_plan):
-    """(f, g, loss, iterations, plan or None): fused when the tile fits, else streaming."""
-    from .kernels.sinkhorn_fused import fused_config, sinkhorn_fused
+    """(f, g, loss, iterations, plan or None): fused in one launch when the tile fits in
+    registers, or when the problem fits the strip mode over a dense cost (given, or built once
+    while it fits DENSE_MAX_BYTES); else streaming, one launch per half-iteration."""
+    from .kernels.cost_tile import DENSE
+    from .kernels.sinkhorn_fused import fused_config, sinkhorn_fused, strip_config
     from .kernels.sinkhorn_streaming import transport_cost
     from .softmin_triton import TritonStreamingSoftMin
 
-    if fused_config(ops.n, ops.m, ops.d, ops.dtype) is not None:
-        return sinkhorn_fused(ops, log_a, log_b, eps, n_iters, tol, CHECK_EVERY, write_plan)
-    ops = _iteration_operands(ops, log_a, log_b)
-    res = run_sinkhorn(TritonStreamingSoftMin(ops, b, log_a, log_b, eps), n_iters, tol)
-    loss, plan = transport_cost(ops, log_a, log_b, res.f_state, res.g_state, eps, write_plan)
-    return res.f_state, res.g_state, loss, res.iterations, plan
+    if fused_config(ops.n, ops.m, ops.d, ops.dtype) is None:
+        ops = _iteration_operands(ops, log_a, log_b)
+        if ops.kind != DENSE or strip_config(ops.n, ops.m) is None:
+            res = run_sinkhorn(TritonStreamingSoftMin(ops, b, log_a, log_b, eps), n_iters, tol)
+            loss, plan = transport_cost(ops, log_a, log_b, res.f_state, res.g_state, eps,
+                                        write_plan)
+            return res.f_state, res.g_state, loss, res.iterations, plan
+    return sinkhorn_fused(ops, log_a, log_b, eps, n_iters, tol, CHECK_EVERY, write_plan)
 
 
 def _factors(kind: int, x, y, x_stat, y_stat) -> FactorisedCost:

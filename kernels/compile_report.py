@@ -2,7 +2,8 @@
 
     python -m optical_ops.kernels.compile_report [--json] [--arch 80 90] [--quick]
 
-Runs the real launchers (fused forward, streaming soft-min and transport cost, backward) on
+Runs the real launchers (fused forward with the tile in registers and in strips over the dense
+cost, cost matrix, streaming soft-min and transport cost, backward) on
 meta tensors for a grid of shapes (the benchmark workloads W1-W5 and the distillation range
 n, m <= 256, d <= 1024) and dtypes, records each launch instead of running it, compiles every
 distinct (kernel, block sizes, specialisation) for sm_80 and sm_90 with
@@ -42,9 +43,10 @@ WORKLOADS = [  # name, B, n, m, d (BENCHMARKS.md; W2's ragged lengths pad to 128
     ("W4", 1, 4096, 4096, 256), ("W5", 1, 16384, 16384, 64),
 ]
 DISTILL_SIZES = [(1, 7), (7, 33), (16, 16), (32, 32), (64, 64), (17, 128), (64, 128), (100, 50),
-                 (128, 100), (128, 128), (200, 77), (256, 256)]
+                 (65, 65), (128, 100), (128, 128), (200, 77), (256, 33), (65, 256), (256, 256)]
 DISTILL_D = [100, 1024]
-QUICK_SIZES = [(64, 128), (128, 128)]  # the largest fused tile, and the streaming blocks
+# The largest resident tile; strips of 128, 64 and 256 columns (and the streaming blocks).
+QUICK_SIZES = [(64, 128), (128, 128), (200, 50), (256, 256)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -84,14 +86,20 @@ def record_launches(batch, n, m, d, dtype, cost) -> list[Launch]:
         ops = embedding_operands(x, y, cost, valid_x, valid_y, 1e-12)
     dense = cost == "dense"
     with recording() as launches:
-        if sinkhorn_fused.fused_config(n, m, ops.d, dtype) is not None:
+        if sinkhorn_fused.fused_config(n, m, ops.d, dtype) is not None:  # resident
             for tol in (None, 1e-6):
                 sinkhorn_fused.sinkhorn_fused(ops, log_a, log_b, 0.05, 100, tol, 10,
                                               write_plan=dense)
-        else:  # streaming over recomputed tiles, and (embeddings) over a dense cost built once
-            solved = [ops] if dense else [ops, dense_operands(
-                sinkhorn_streaming.cost_matrix(ops, log_a, log_b))]
-            for iterate in solved:
+        else:
+            built = ops if dense else dense_operands(
+                sinkhorn_streaming.cost_matrix(ops, log_a, log_b))
+            if sinkhorn_fused.strip_config(n, m) is not None:  # strips over a dense cost
+                for tol in (None, 1e-6):
+                    sinkhorn_fused.sinkhorn_fused(built, log_a, log_b, 0.05, 100, tol, 10,
+                                                  write_plan=dense)
+            # Streaming, beyond the strip bounds or the dense budget: over recomputed tiles,
+            # and (embeddings) over a dense cost built once.
+            for iterate in [ops] if dense else [ops, built]:
                 sinkhorn_streaming.softmin(iterate.transposed(), log_b, log_a, f, 0.05)
                 sinkhorn_streaming.softmin(iterate, log_a, log_b, g, 0.05)
                 sinkhorn_streaming.transport_cost(iterate, log_a, log_b, f, g, 0.05,

@@ -33,6 +33,9 @@ from .lse import LOG2E, log2_potential, lse2_fold, plan_tile, softmin_from_lse2
 # and 64-row programs give n / 64 programs per problem.
 STREAM_BLOCK = 64
 STREAM_WARPS = 8
+# Row stride of the dense cost built by cost_matrix, in entries: a multiple of Triton's
+# divisibility specialisation (16).
+ROW_ALIGN = 16
 
 
 @triton.jit
@@ -66,7 +69,7 @@ def _softmin_kernel(
 @triton.jit
 def _cost_matrix_kernel(
     x_ptr, stride_xb, stride_xn, stride_xd, y_ptr, stride_yb, stride_ym, stride_yd,
-    xs_ptr, ys_ptr, loga_ptr, logb_ptr, out_ptr, n, m, d,
+    xs_ptr, ys_ptr, loga_ptr, logb_ptr, out_ptr, stride_ob, stride_on, n, m, d,
     COST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_b = tl.program_id(2).to(tl.int64)
@@ -80,7 +83,7 @@ def _cost_matrix_kernel(
                   y_ptr + pid_b * stride_yb, stride_ym, stride_yd,
                   xs_ptr + pid_b * n, ys_ptr + pid_b * m, rows, cols, row_ok, col_ok, d,
                   COST, BLOCK_D)
-    out = out_ptr + pid_b * n * m + rows.to(tl.int64)[:, None] * m + cols[None, :]
+    out = out_ptr + pid_b * stride_ob + rows.to(tl.int64)[:, None] * stride_on + cols[None, :]
     tl.store(out, c, mask=(rows < n)[:, None] & (cols < m)[None, :])
 
 
@@ -140,12 +143,18 @@ def softmin(ops: CostOperands, own_log_w: torch.Tensor, log_w: torch.Tensor, pot
 
 def cost_matrix(ops: CostOperands, log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
     """The dense cost C (B, n, m) fp32, one tile per program (2 B n m d FLOPs, writes B n m):
-    when it fits in memory, the soft-min reads it (``dense_operands``) instead of recomputing
-    it every half-iteration. Massless tokens are read as zeros, so every entry is finite."""
+    when it fits in memory, the soft-min and the fused strips read it (``dense_operands``)
+    instead of recomputing it every half-iteration. Massless tokens are read as zeros, so every
+    entry is finite. Rows are padded to ROW_ALIGN entries (a strided view): every row then
+    starts 64-byte aligned, which Triton's alignment specialisation turns into 4-wide
+    per-thread layouts for the kernels that read C (half the registers of the fused strips)."""
     cfg = streaming_config(ops.n, ops.m, ops.d, ops.dtype)
-    out = torch.empty(ops.batch, ops.n, ops.m, dtype=torch.float32, device=log_a.device)
+    width = triton.cdiv(ops.m, ROW_ALIGN) * ROW_ALIGN
+    out = torch.empty(ops.batch, ops.n, width, dtype=torch.float32,
+                      device=log_a.device)[:, :, :ops.m]
     grid = (triton.cdiv(ops.n, cfg.block_n), triton.cdiv(ops.m, cfg.block_m), ops.batch)
-    launch(_cost_matrix_kernel, grid, (*ops.args(), log_a, log_b, out, ops.n, ops.m, ops.d),
+    launch(_cost_matrix_kernel, grid, (*ops.args(), log_a, log_b, out, out.stride(0),
+                                       out.stride(1), ops.n, ops.m, ops.d),
            dict(COST=ops.kind, **cfg.meta()))
     return out
 

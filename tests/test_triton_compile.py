@@ -44,6 +44,22 @@ def test_every_kernel_compiles_for_both_targets(report):
     assert all(r["registers"] > 0 for r in rows)
 
 
+def test_both_fused_modes_compile_for_both_targets(report):
+    """The fused kernel with its tile in registers (RESIDENT=True) and in strips of 64, 128 and
+    256 columns over a dense cost (RESIDENT=False), for every operand dtype (the strips read
+    fp32 costs built from any embeddings, and users' fp16/bf16/fp32 costs)."""
+    _, rows = report
+    fused = [r for r in rows if r["kernel"] == "_sinkhorn_fused_kernel"]
+    for arch in (80, 90):
+        for dtype in ("fp32", "fp16", "bf16"):
+            modes = {"RESIDENT=True" in r["config"] for r in fused
+                     if r["arch"] == arch and dtype in r["config"]}
+            assert modes == {True, False}, (arch, dtype)
+        widths = {c for r in fused if r["arch"] == arch and "RESIDENT=False" in r["config"]
+                  for c in r["config"].split() if c.startswith("BLOCK_M=")}
+        assert widths == {"BLOCK_M=64", "BLOCK_M=128", "BLOCK_M=256"}, arch
+
+
 def test_no_spills_and_shared_memory_within_the_target(report):
     returncode, rows = report
     spills = [r for r in rows if r["spill_stores"] or r["spill_loads"]]

@@ -4,8 +4,10 @@ On a machine without a GPU the kernels run in Triton's interpreter (TRITON_INTER
 conftest.py before anything imports them), so the shapes are small and iteration counts fixed:
 at a fixed iteration count POT's ``sinkhorn_log`` started from f = 0 (``warmstart`` log u =
 log a) produces the same iterate (column update first), so every comparison is exact up to
-floating-point error. Both solvers are
-checked: the fused one-launch kernel and the streaming kernels (forced by a zero tile limit).
+floating-point error. Every solver is checked: the fused one-launch kernel with the tile in
+registers ("fused") and with strips re-read from a dense cost ("strips", forced by a zero
+register-tile limit and strips of a few rows, so problems span several strips), and the
+streaming kernels (forced by zero strip bounds).
 """
 
 from __future__ import annotations
@@ -39,24 +41,37 @@ ATOL = {torch.float32: 5e-6, torch.float16: 2e-5, torch.bfloat16: 1e-4}
 # fp32 kernels against float64 POT at a fixed iterate (relative to the largest entry).
 FP32_RTOL = 2e-5
 ITERS = 30
+# Strip entries on the "strips" path: several strips on most test shapes (33 x 7: 32 + 1 rows;
+# 17 x 40: 8 + 8 + 1; a quarter of the rows per strip on unaligned dense costs), one on the
+# smallest.
+STRIP_TILE = 512
 
 
 def use_path(name, monkeypatch):
-    """Route the next calls to a solver: "fused"; or, by allowing no fused tile, streaming over
-    a dense cost built by a kernel ("dense"), or over recomputed cost tiles ("streaming")."""
+    """Route the next calls to a solver: "fused" (tile in registers); "strips" (no register
+    tile, STRIP_TILE entries per strip); or, with no fused mode allowed, streaming over a dense
+    cost built by a kernel ("dense") or over recomputed cost tiles ("streaming")."""
     if name != "fused":
         monkeypatch.setattr(sinkhorn_fused, "MAX_TILE", 0)
+    if name == "strips":
+        monkeypatch.setattr(sinkhorn_fused, "STRIP_TILE", STRIP_TILE)
+    if name in ("dense", "streaming"):
+        monkeypatch.setattr(sinkhorn_fused, "MAX_STRIP_COLS", 0)
     if name == "streaming":
         monkeypatch.setattr(pytorch_backend, "DENSE_MAX_BYTES", 0)
     return name
 
 
-@pytest.fixture(params=["fused", "dense", "streaming"])
+@pytest.fixture(params=["fused", "strips", "streaming"])
 def path(request, monkeypatch):
+    """The solvers the dispatch picks by size. "dense" (streaming over a cost built by a kernel,
+    past the strip bounds) is made of parts checked here (the built cost in "strips", the
+    streaming soft-min over a dense cost in the dense-cost tests); the agreement and host-sync
+    tests run it whole."""
     return use_path(request.param, monkeypatch)
 
 
-@pytest.fixture(params=["fused", "streaming"])
+@pytest.fixture(params=["fused", "strips", "streaming"])
 def cost_path(request, monkeypatch):
     """For a given dense cost the two streaming paths are the same."""
     return use_path(request.param, monkeypatch)
@@ -237,9 +252,11 @@ def test_tolerance_stops_the_distillation_loss_like_the_pytorch_backend(gen, pat
     assert rel(distill(x, y, mx, my, wx, wy, "triton", **kwargs).cpu(), ref) < 1e-4
 
 
-def test_no_host_sync_without_tol(gen, path, monkeypatch):
+@pytest.mark.parametrize("solver", ["fused", "strips", "dense", "streaming"])
+def test_no_host_sync_without_tol(gen, solver, monkeypatch):
     """tol=None, check_inputs=False: forward and backward never read a tensor on the host, so
     the sequence can be captured in a CUDA graph."""
+    use_path(solver, monkeypatch)
     x = random_tokens(gen, 2, 9, 16, dtype=torch.float32).to(DEVICE).requires_grad_()
     y = random_tokens(gen, 2, 12, 16, dtype=torch.float32).to(DEVICE).requires_grad_()
     mask = torch.ones(2, 9, dtype=torch.bool, device=DEVICE)
@@ -269,14 +286,44 @@ def test_module_and_padding_equal_the_unpadded_problem(gen):
     torch.testing.assert_close(padded[k], alone, rtol=1e-5, atol=0)
 
 
-def test_the_three_solvers_agree_on_the_same_problem(gen, monkeypatch):
+def test_the_four_solvers_agree_on_the_same_problem(gen, monkeypatch):
     x, y, mx, my, wx, wy, _, _ = ragged_problem(gen, 2, 33, 7, 40, dtype=torch.float32)
     losses = {}
-    for name in ("fused", "dense", "streaming"):
+    for name in ("fused", "strips", "dense", "streaming"):
         use_path(name, monkeypatch)
         losses[name] = distill(x, y, mx, my, wx, wy, "triton")
-    torch.testing.assert_close(losses["dense"], losses["fused"], rtol=1e-5, atol=0)
-    torch.testing.assert_close(losses["streaming"], losses["fused"], rtol=1e-5, atol=0)
+    for name in ("strips", "dense", "streaming"):
+        torch.testing.assert_close(losses[name], losses["fused"], rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("n,m,d,strip", [(33, 40, 24, 1024), (7, 70, 9, 512)])
+def test_strips_across_several_strips_match_pot(gen, monkeypatch, n, m, d, strip):
+    """The strip mode where a problem spans several strips, the last one partial (33 x 40:
+    three strips of 16 rows x 64 columns; 7 x 70: two of 4 x 128; a quarter of the rows on the
+    unaligned dense cost), with ragged masks, weights and NaN padding: loss, gradients, and the
+    plan and potentials of the dense-cost mode, against POT."""
+    use_path("strips", monkeypatch)
+    monkeypatch.setattr(sinkhorn_fused, "STRIP_TILE", strip)
+    cfg = sinkhorn_fused.strip_config(n, m)
+    assert n > cfg.block_n and n % cfg.block_n and cfg.block_m >= m  # a partial last strip
+    x, y, mx, my, wx, wy, a, b = ragged_problem(gen, 2, n, m, d, dtype=torch.float32)
+    xg, yg = x.to(DEVICE).requires_grad_(), y.to(DEVICE).requires_grad_()
+    loss = distill(xg, yg, mx, my, wx, wy, "triton")
+    upstream = torch.tensor([1.0, -0.5])
+    (loss * upstream.to(DEVICE)).sum().backward()
+    ref_loss, ref_gx, ref_gy = pot_envelope(x.nan_to_num(), y.nan_to_num(), a, b, "cosine",
+                                            0.05, ITERS, upstream)
+    assert rel(loss.detach().cpu(), ref_loss) < FP32_RTOL
+    assert rel(xg.grad.cpu(), ref_gx) < 10 * FP32_RTOL
+    assert rel(yg.grad.cpu(), ref_gy) < 10 * FP32_RTOL
+    cost = cost_matrix(x.detach().nan_to_num(), y.detach().nan_to_num(), "cosine")
+    res = sinkhorn(cost.float().to(DEVICE), a.float().to(DEVICE), b.float().to(DEVICE),
+                   eps=0.05, n_iters=ITERS, backend="triton")
+    for k in range(2):
+        ref = pot_iterate(cost[k], a[k], b[k], 0.05, ITERS)
+        assert rel(res.plan[k].cpu(), ref["plan"]) < FP32_RTOL
+        assert_close_up_to_constant(res.f[k].cpu(), ref["f"], atol=1e-5)
+        assert_close_up_to_constant(res.g[k].cpu(), ref["g"], atol=1e-5)
 
 
 def test_streaming_primitive_matches_the_pytorch_one(gen):
@@ -311,6 +358,73 @@ def test_block_size_choice():
     assert (cfg.block_n, cfg.block_m, cfg.block_d, cfg.num_warps) == (64, 128, 32, 8)
     assert sinkhorn_fused.fused_config(128, 128, 64, torch.float32) is None
     assert sinkhorn_fused.fused_config(1, 1, 1, torch.float32).block_n == 16  # tl.dot minimum
+    # Strips hold whole rows: 8192 entries on aligned rows, 2048 on unaligned ones.
+    for n, m, blocks in ((128, 128, (64, 128)), (256, 256, (32, 256)), (200, 50, (128, 64)),
+                         (65, 256, (32, 256)), (7, 70, (8, 128))):
+        cfg = sinkhorn_fused.strip_config(n, m)
+        assert (cfg.block_n, cfg.block_m, cfg.num_warps, cfg.max_registers) == (*blocks, 8, 255)
+    assert sinkhorn_fused.strip_config(200, 50, aligned=False).block_n == 32
+    assert sinkhorn_fused.strip_config(257, 16) is None
+    assert sinkhorn_fused.strip_config(16, 257) is None
+
+
+def test_the_cost_built_for_the_strips_has_aligned_rows(gen):
+    """cost_matrix pads rows to 16 entries (a strided view), which rows_aligned recognises."""
+    from optical_ops.costs import NORM_FLOOR
+    from optical_ops.kernels.cost_tile import dense_operands
+    from optical_ops.kernels.sinkhorn_streaming import cost_matrix as kernel_cost_matrix
+
+    x, y = random_tokens(gen, 2, 5, 12, dtype=torch.float32), random_tokens(gen, 2, 19, 12)
+    y = y.float()
+    valid_x, valid_y = torch.ones(2, 5, dtype=torch.bool), torch.ones(2, 19, dtype=torch.bool)
+    ops = embedding_operands(x.to(DEVICE), y.to(DEVICE), "cosine", valid_x.to(DEVICE),
+                             valid_y.to(DEVICE), NORM_FLOOR)
+    log_w = torch.zeros(2, 5, device=DEVICE), torch.zeros(2, 19, device=DEVICE)
+    built = kernel_cost_matrix(ops, *log_w)
+    assert built.shape == (2, 5, 19) and built.stride() == (5 * 32, 32, 1)
+    torch.testing.assert_close(built.cpu(), cost_matrix(x, y, "cosine"), rtol=0, atol=1e-6)
+    assert sinkhorn_fused.rows_aligned(dense_operands(built))
+    assert not sinkhorn_fused.rows_aligned(dense_operands(built.contiguous()))
+
+
+@pytest.mark.parametrize("n,m,solver", [
+    (64, 128, "registers"), (128, 64, "registers"), (65, 128, "strips"), (256, 256, "strips"),
+    (200, 50, "strips"), (257, 64, "streaming"), (32, 257, "streaming"),
+])
+def test_dispatch_by_problem_size(n, m, solver):
+    """The real thresholds, read off the recorded launches (meta tensors: nothing runs)."""
+    from optical_ops.kernels._launch import recording
+
+    batch = 3
+    x = torch.empty(batch, n, 64, device="meta")
+    y = torch.empty(batch, m, 64, device="meta")
+    log_a, log_b = torch.empty(batch, n, device="meta"), torch.empty(batch, m, device="meta")
+    ops = embedding_operands(x, y, "cosine", log_a > 0, log_b > 0, 1e-12)
+    with recording() as launches:
+        triton_backend._solve(ops, log_b, log_a, log_b, 0.05, 5, None, False)
+    kernels = [(r.kernel.fn.__name__, r.meta.get("RESIDENT")) for r in launches]
+    if solver == "registers":
+        assert kernels == [("_sinkhorn_fused_kernel", True)]
+    elif solver == "strips":
+        assert kernels == [("_cost_matrix_kernel", None), ("_sinkhorn_fused_kernel", False)]
+    else:  # dense cost built once, then one launch per half-iteration
+        assert kernels[0] == ("_cost_matrix_kernel", None)
+        assert kernels[1:-1] == [("_softmin_kernel", None)] * 10
+        assert kernels[-1] == ("_plan_cost_kernel", None)
+
+
+def test_strips_need_the_dense_cost_to_fit_the_budget(monkeypatch):
+    """Past DENSE_MAX_BYTES the strip range streams over recomputed tiles instead."""
+    from optical_ops.kernels._launch import recording
+
+    monkeypatch.setattr(pytorch_backend, "DENSE_MAX_BYTES", 3 * 128 * 128 * 4 - 1)
+    x = torch.empty(3, 128, 64, device="meta")
+    log_w = torch.empty(3, 128, device="meta")
+    ops = embedding_operands(x, x, "cosine", log_w > 0, log_w > 0, 1e-12)
+    with recording() as launches:
+        triton_backend._solve(ops, log_w, log_w, log_w, 0.05, 5, None, False)
+    assert {(r.kernel.fn.__name__, r.meta["COST"]) for r in launches} == {
+        ("_softmin_kernel", COSINE), ("_plan_cost_kernel", COSINE)}
 
 
 def test_backend_resolution(monkeypatch):

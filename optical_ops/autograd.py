@@ -81,9 +81,7 @@ class OTDistillFunction(torch.autograd.Function):
             xb, yb, ab, bb = bucket.take(x, y, a, b)
             fc = factorise(xb.to(a.dtype), yb.to(a.dtype), cost, ab > 0, bb > 0)
             if check_inputs:
-                for name, finite, w in zip(("student", "teacher"), fc.finite_rows(), (ab, bb)):
-                    if not bool(finite[w > 0].all()):
-                        raise ValueError(f"{name} contains NaN or inf at unmasked positions")
+                fc.check_finite(ab, bb)
             op = embedding_softmin(fc, ab, bb, eps, strategy, tau)
             res = run_sinkhorn(op, n_iters, tol)
             if value == "entropic":

@@ -118,6 +118,15 @@ class FactorisedCost:
             return tuple(torch.isfinite(z) & (z > 0) for z in (self.row_scale, self.col_scale))
         return torch.isfinite(self.row_offset), torch.isfinite(self.col_offset)
 
+    def check_finite(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Raise unless the embeddings are finite at every token with mass (a_i > 0, b_j > 0);
+        one host sync for both sides."""
+        finite_x, finite_y = self.finite_rows()
+        bad = torch.stack([(~finite_x & (a > 0)).any(), (~finite_y & (b > 0)).any()]).tolist()
+        for name, is_bad in zip(("student", "teacher"), bad):
+            if is_bad:
+                raise ValueError(f"{name} contains NaN or inf at unmasked positions")
+
 
 def _row_norms(z: torch.Tensor, valid: torch.Tensor | None):
     """(z, |z_i|): rows outside ``valid`` are zeroed only if one of them is not finite.

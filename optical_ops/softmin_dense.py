@@ -172,7 +172,7 @@ def sanitised_cost_range(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
     Setting them to the minimum keeps K = exp(-(C - min C) / eps) <= 1 there and every
     soft-min sum positive. Returns (cost, lo, hi) with lo, hi of shape (B,).
     """
-    if bool((a > 0).all()) and bool((b > 0).all()):
+    if bool((a > 0).all() & (b > 0).all()):  # one host sync
         return cost, cost.amin((1, 2)), cost.amax((1, 2))
     valid = (a > 0)[:, :, None] & (b > 0)[:, None, :]
     inf = torch.tensor(float("inf"), dtype=cost.dtype, device=cost.device)

@@ -131,10 +131,7 @@ class TritonOTDistillFunction(torch.autograd.Function):
 
         ops = embedding_operands(x, y, cost, a > 0, b > 0, NORM_FLOOR)
         if check_inputs:
-            fc = _factors(ops.kind, x, y, ops.x_stat, ops.y_stat)
-            for name, finite, weights in zip(("student", "teacher"), fc.finite_rows(), (a, b)):
-                if not bool(finite[weights > 0].all()):
-                    raise ValueError(f"{name} contains NaN or inf at unmasked positions")
+            _factors(ops.kind, x, y, ops.x_stat, ops.y_stat).check_finite(a, b)
         log_a, log_b = _log_weights(a), _log_weights(b)
         f, g, loss, _, _ = _solve(ops, b, log_a, log_b, eps, n_iters, tol, write_plan=False)
         ctx.save_for_backward(x, y, ops.x_stat, ops.y_stat, log_a, log_b, f, g)

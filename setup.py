@@ -9,15 +9,24 @@ torch is a run-time dependency but is never pinned here: install the build you w
 
 from setuptools import Extension, setup
 
-# The native CPU Sinkhorn loop: plain C++ with OpenMP, no PyTorch headers, so it builds without
-# torch. Optional: without a compiler the package installs and falls back to PyTorch ops.
-native_cpu_loop = Extension(
-    "optical_ops.kernels._sinkhorn_cpu",
-    sources=["kernels/csrc/sinkhorn_scaling_cpu.cpp"],
-    extra_compile_args=["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno"],
-    extra_link_args=["-fopenmp"],
-    optional=True,
-)
+
+# The native CPU Sinkhorn loops (scaling domain; streaming log-sum-exp): plain C++ with OpenMP,
+# no PyTorch headers, so they build without torch. Optional: without a compiler the package
+# installs and falls back to PyTorch ops.
+def native_cpu_extension(name: str, source: str) -> Extension:
+    return Extension(
+        f"optical_ops.kernels.{name}",
+        sources=[f"kernels/csrc/{source}"],
+        extra_compile_args=["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno"],
+        extra_link_args=["-fopenmp"],
+        optional=True,
+    )
+
+
+native_cpu_loops = [
+    native_cpu_extension("_sinkhorn_cpu", "sinkhorn_scaling_cpu.cpp"),
+    native_cpu_extension("_streaming_cpu", "streaming_softmin_cpu.cpp"),
+]
 
 setup(
     name="optical-ot",
@@ -35,7 +44,7 @@ setup(
         "optical_ops.training": "training",
     },
     package_data={"optical_ops.training": ["data/udhr/*.tsv", "data/udhr/README.md"]},
-    ext_modules=[native_cpu_loop],
+    ext_modules=native_cpu_loops,
     install_requires=["torch>=2.1", "numpy"],
     extras_require={
         "triton": ["triton>=3.0"],

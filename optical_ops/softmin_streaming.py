@@ -9,6 +9,17 @@ A chunk of rows costs one ``baddbmm`` (2 B rows m d FLOPs) into a reused (B, row
 buffer and an in-place log-sum-exp over it (max, subtract-and-exp, sum: three passes over a
 cache-resident chunk, B rows m exps); the column update is the same with the roles swapped.
 Memory: O(B (n + m) d) plus two chunks, allocated once per solve (fresh pages are expensive).
+
+On the CPU with the native extension (:mod:`optical_ops.kernels.cpu_streaming`) a row strip of
+the product is computed as (B, T, R, W) column tiles by one broadcast ``matmul`` (cache-sized
+tiles keep the thin K = d GEMM near the machine's peak) and the log-sum-exp runs in one native
+call per strip, vectorised exp included. That call also folds the fresh rows f_i into the
+*next* column update (a running maximum and rescaled sum per column), so ``iterate`` computes
+the product once per iteration instead of once per half-iteration:
+
+    g^1 = cols(f^0);  (f^k, g^{k+1}) = sweep(g^k) for k < n;  f^n = rows(g^n)
+
+n + 1 products for n iterations instead of 2n; the same iterates up to the order of the sums.
 """
 
 from __future__ import annotations
@@ -16,6 +27,13 @@ from __future__ import annotations
 import torch
 
 from .costs import FactorisedCost
+from .kernels.cpu_streaming import (
+    MAX_STRIP_ROWS,
+    MAX_TILE_WIDTH,
+    native_streaming_available,
+    strip_plan,
+    strip_softmin,
+)
 from .logsumexp import logsumexp_
 from .sinkhorn_loop import SoftMin
 from .softmin_dense import col_error_from_log_ratio
@@ -23,6 +41,64 @@ from .softmin_dense import col_error_from_log_ratio
 # Bytes of one (B, rows, m) chunk: small enough to stay in L2 (1 MiB per core here) while the
 # log-sum-exp makes its passes over it, large enough to keep the per-chunk op overhead low.
 DEFAULT_CHUNK_BYTES = 2 * 2**20
+
+# Column tile of the native path: a GEMM output tile (R, W) and one strip row's tile stay in
+# L1/L2 while the passes read them (measured on W5: W = 512 at R = 32-64 ran the d = 64 GEMM at
+# ~160 GFLOP/s, full-width 32-row chunks at ~110).
+NATIVE_TILE_WIDTH = 512
+
+
+class _NativeSide:
+    """One direction of the native soft-min: rows of ``own`` against the columns of ``other``.
+
+    lhs: own * (s / eps), (B, n, d); tiles: other zero-padded to T W rows, (B, T, d, W).
+    """
+
+    def __init__(self, own: torch.Tensor, other: torch.Tensor, alpha: float, chunk_bytes: int):
+        batch, m, d = other.shape
+        self.m, self.width = m, min(m, NATIVE_TILE_WIDTH, MAX_TILE_WIDTH)
+        tiles = -(-m // self.width)
+        padded = other.new_zeros(batch, tiles * self.width, d)
+        padded[:, :m] = other
+        self.tiles = padded.view(batch, tiles, self.width, d).transpose(2, 3)
+        self.lhs = (own * alpha).unsqueeze(1)
+        per_row = batch * tiles * self.width * own.element_size()
+        self.rows = max(1, min(MAX_STRIP_ROWS, own.shape[1], chunk_bytes // per_row))
+        self.z = own.new_empty(batch, tiles, self.rows, self.width)
+
+    def softmin(self, hc, log_w, offset, eps, damping, fold: bool):
+        """f (B, n) = damping (offset - eps LSE_j(hc_j + Z_ij)); with ``fold`` also the column
+        state (M, S) of the next update (see :func:`strip_softmin`)."""
+        batch, n = offset.shape
+        f = torch.empty_like(offset)
+        state = None
+        if fold:
+            width = self.tiles.shape[1] * self.width
+            state = (offset.new_full((batch, width), float("-inf")), offset.new_zeros(batch, width))
+        for r0, z in self._strips(n):
+            strip_softmin(z, self.m, hc, log_w, offset, f, r0, eps, damping, state)
+        return f, state
+
+    def plan(self, hr, hc, visit=None):
+        """(P 1 (B, n), P^T 1 (B, m), sum_ij P_ij Z_ij (B,)) at hr = log a + (f - r) / eps,
+        hc = log b + (g - c) / eps (see :func:`strip_plan`); ``visit(r0, P strip (B, T, R, W))``
+        is called on each strip of the plan while it is in cache."""
+        batch, n = hr.shape
+        rowsum, pz = torch.empty_like(hr), torch.empty_like(hr)
+        colsum = hr.new_zeros(batch, self.tiles.shape[1] * self.width)
+        for r0, z in self._strips(n):
+            strip_plan(z, self.m, hr, hc, rowsum, colsum, pz, r0)
+            if visit is not None:
+                visit(r0, z)
+        return rowsum, colsum[:, : self.m], pz.sum(1)
+
+    def _strips(self, n: int):
+        """Yield (r0, Z strip) with Z = lhs[rows] @ tiles, in the reused buffer."""
+        for r0 in range(0, n, self.rows):
+            rows = min(self.rows, n - r0)
+            z = self.z if rows == self.rows else self.z[:, :, :rows].contiguous()
+            torch.matmul(self.lhs[:, :, r0:r0 + rows], self.tiles, out=z)
+            yield r0, z
 
 
 class StreamingSoftMin(SoftMin):
@@ -35,10 +111,46 @@ class StreamingSoftMin(SoftMin):
         self.log_a, self.log_b = a.log(), b.log()
         self.chunk_bytes = DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
         self._scratch: list[torch.Tensor] = []
+        self.native = native_streaming_available(self.fc.x)
+        self._sides: dict[str, _NativeSide] = {}
 
     def for_backward(self) -> StreamingSoftMin:
-        self._scratch = []
+        self._scratch, self._sides = [], {}
         return self
+
+    def _side(self, name: str) -> _NativeSide:
+        if name not in self._sides:
+            own, other = (self.fc.x, self.fc.y) if name == "rows" else (self.fc.y, self.fc.x)
+            self._sides[name] = _NativeSide(own.contiguous(), other, self.fc.scale / self.eps,
+                                            self.chunk_bytes)
+        return self._sides[name]
+
+    def _native_rows(self, g, fold: bool):
+        """f from g on the native path; with ``fold`` also the next g (from that f)."""
+        fc, eps = self.fc, self.eps
+        hc = (self.log_b + (g - fc.col_offset) / eps).contiguous()
+        f, state = self._side("rows").softmin(hc, self.log_a.contiguous(),
+                                              fc.row_offset.contiguous(), eps, self.damping, fold)
+        if not fold:
+            return f, None
+        top, total = (t[:, : self.b.shape[1]] for t in state)
+        return f, (fc.col_offset - eps * total.log_().add_(top)).mul_(self.damping)
+
+    def _native_cols(self, f):
+        fc, eps = self.fc, self.eps
+        hc = (self.log_a + (f - fc.row_offset) / eps).contiguous()
+        g, _ = self._side("cols").softmin(hc, self.log_b.contiguous(),
+                                          fc.col_offset.contiguous(), eps, self.damping, False)
+        return g
+
+    def iterate(self, f, n_iters):
+        if not self.native:
+            return super().iterate(f, n_iters)
+        g = self._native_cols(f)
+        for _ in range(n_iters - 1):
+            f, g = self._native_rows(g, fold=True)
+        f, _ = self._native_rows(g, fold=False)
+        return f, g
 
     def _chunks(self, length: int, other: int):
         per_row = self.a.shape[0] * other * self.a.element_size()
@@ -68,10 +180,14 @@ class StreamingSoftMin(SoftMin):
         return self.a.new_zeros(self.a.shape)
 
     def update_cols(self, f):
+        if self.native:
+            return self._native_cols(f)
         fc = self.fc
         return self._softmin(fc.y, fc.x, self.log_a, f, fc.col_offset, fc.row_offset)
 
     def update_rows(self, g):
+        if self.native:
+            return self._native_rows(g, fold=False)[0]
         fc = self.fc
         return self._softmin(fc.x, fc.y, self.log_b, g, fc.row_offset, fc.col_offset)
 
@@ -94,7 +210,16 @@ class StreamingSoftMin(SoftMin):
     def plan(self, f, g):
         return torch.cat([p.clone() for _, p, _ in self._plan_tiles(f, g)], dim=1)
 
+    def _native_plan(self, f, g, visit=None):
+        """:meth:`_NativeSide.plan` of the rows side at (f, g)."""
+        fc, eps = self.fc, self.eps
+        hr = (self.log_a + (f - fc.row_offset) / eps).contiguous()
+        hc = (self.log_b + (g - fc.col_offset) / eps).contiguous()
+        return self._side("rows").plan(hr, hc, visit)
+
     def marginals(self, f, g):
+        if self.native:
+            return self._native_plan(f, g)[:2]
         rows_sum = self.a.new_empty(self.a.shape)
         cols_sum = self.b.new_zeros(self.b.shape)
         for rows, p, _ in self._plan_tiles(f, g):
@@ -103,6 +228,10 @@ class StreamingSoftMin(SoftMin):
         return rows_sum, cols_sum
 
     def loss(self, f, g):
+        if self.native:  # <P, C> = <P 1, r> + <P^T 1, c> - eps <P, Z>
+            rows, cols, pz = self._native_plan(f, g)
+            fc = self.fc
+            return (rows * fc.row_offset).sum(1) + (cols * fc.col_offset).sum(1) - self.eps * pz
         total = self.a.new_zeros(self.a.shape[0])
         for _, p, c in self._plan_tiles(f, g):
             total += p.mul_(c).sum((1, 2))
@@ -110,6 +239,8 @@ class StreamingSoftMin(SoftMin):
 
     def plan_products(self, f, g, x, y, x_scale, y_scale):
         x, y = x * x_scale[..., None], y * y_scale[..., None]
+        if self.native:
+            return self._native_plan_products(f, g, x, y)
         p_y = x.new_empty(x.shape[:2] + y.shape[2:])
         p_x = y.new_zeros(y.shape[:2] + x.shape[2:])
         rows_sum = self.a.new_empty(self.a.shape)
@@ -121,3 +252,23 @@ class StreamingSoftMin(SoftMin):
             cols_sum += p.sum(1)
         self._scratch = []
         return p_y, p_x, rows_sum, cols_sum
+
+    def _native_plan_products(self, f, g, x, y):
+        """plan_products on the native path: P y' and P^T x' strip by strip, by column tile."""
+        side = self._side("rows")
+        batch, m, d = y.shape
+        tiles, width = side.tiles.shape[1], side.width
+        y_tiles = y.new_zeros(batch, tiles * width, d)
+        y_tiles[:, :m] = y
+        y_tiles = y_tiles.view(batch, tiles, width, d)
+        p_x = torch.zeros_like(y_tiles)
+        p_y = x.new_empty(x.shape[:2] + y.shape[2:])
+
+        def products(r0, p):
+            rows = slice(r0, r0 + p.shape[2])
+            p_y[:, rows] = torch.matmul(p, y_tiles).sum(1)
+            p_x.add_(torch.matmul(p.transpose(2, 3), x[:, None, rows]))
+
+        rows_sum, cols_sum, _ = self._native_plan(f, g, products)
+        self._scratch, self._sides = [], {}
+        return p_y, p_x.view(batch, -1, d)[:, :m], rows_sum, cols_sum

@@ -1,0 +1,97 @@
+"""Launcher for the native log-sum-exp passes of the streaming soft-min
+(``kernels/csrc/streaming_softmin_cpu.cpp``).
+
+Optional like the scaling loop (:mod:`.cpu_scaling`): when the extension was not built, the
+streaming primitive runs its log-sum-exp with PyTorch ops instead, with the same result.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from . import _streaming_cpu
+except ImportError:  # not built: callers fall back to PyTorch ops
+    _streaming_cpu = None
+
+# Limits of one strip (the native side keeps per-row and per-column scratch on the stack).
+MAX_STRIP_ROWS = 256
+MAX_TILE_WIDTH = 1024
+
+
+def native_streaming_available(x: torch.Tensor) -> bool:
+    return (
+        _streaming_cpu is not None
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+    )
+
+
+def strip_softmin(
+    z: torch.Tensor,
+    m: int,
+    hc: torch.Tensor,
+    log_w: torch.Tensor,
+    offset: torch.Tensor,
+    f: torch.Tensor,
+    r0: int,
+    eps: float,
+    damping: float,
+    col_state: tuple[torch.Tensor, torch.Tensor] | None,
+) -> None:
+    r"""Row soft-min of one strip into ``f``, and optionally its fold into the column state.
+
+    z: (B, T, R, W) contiguous, Z_ij = (s / eps) <x'_i, y'_j> of rows r0 .. r0 + R, columns
+    j = t W + w (only j < m is read). hc: (B, m) = log b + (g - c) / eps. log_w, offset, f:
+    (B, n), the strip's own weights, offsets r and output rows:
+
+        f_i = damping (r_i - eps LSE_j(hc_j + Z_ij))
+
+    col_state: ``(M, S)``, each (B, T W), updated in place so that after every strip has been
+    folded LSE_i(log w_i + (f_i - r_i) / eps + Z_ij) = M_j + log S_j (start from -inf and 0).
+    """
+    batch, tiles, rows, width = z.shape
+    tensors = [z, hc, log_w, offset, f, *(col_state or ())]
+    if not all(t.is_contiguous() and t.dtype == z.dtype and t.device.type == "cpu"
+               for t in tensors):
+        raise ValueError("strip_softmin: every buffer must be a contiguous CPU tensor of z's dtype")
+    if col_state is not None and any(t.shape != (batch, tiles * width) for t in col_state):
+        shape = (batch, tiles * width)
+        raise ValueError(f"strip_softmin: the column state must be of shape {shape}")
+    cmax, csum = col_state if col_state is not None else (z, z)  # unread without a fold
+    _streaming_cpu.strip_softmin(
+        z.data_ptr(), hc.data_ptr(), log_w.data_ptr(), offset.data_ptr(), f.data_ptr(),
+        cmax.data_ptr(), csum.data_ptr(), batch, tiles, rows, width, m, f.shape[1], r0,
+        eps, damping, col_state is not None, z.dtype == torch.float64, torch.get_num_threads(),
+    )
+
+
+def strip_plan(
+    z: torch.Tensor,
+    m: int,
+    hr: torch.Tensor,
+    hc: torch.Tensor,
+    rowsum: torch.Tensor,
+    colsum: torch.Tensor,
+    pz: torch.Tensor,
+    r0: int,
+) -> None:
+    r"""The plan of one strip, in place of ``z``, with its sums.
+
+    z: (B, T, R, W) as in :func:`strip_softmin`; hr: (B, n) = log a + (f - r) / eps;
+    hc: (B, m) = log b + (g - c) / eps. Writes P_ij = exp(hr_i + hc_j + Z_ij) over z (columns
+    j < m), rowsum[:, r0:r0 + R] = P 1 and pz[:, r0:r0 + R] = sum_j P_ij Z_ij (rowsum, pz: (B, n));
+    adds P^T 1 to colsum (B, T W).
+    """
+    batch, tiles, rows, width = z.shape
+    tensors = [z, hr, hc, rowsum, colsum, pz]
+    if not all(t.is_contiguous() and t.dtype == z.dtype and t.device.type == "cpu"
+               for t in tensors):
+        raise ValueError("strip_plan: every buffer must be a contiguous CPU tensor of z's dtype")
+    if colsum.shape != (batch, tiles * width):
+        raise ValueError(f"strip_plan: colsum must be of shape {(batch, tiles * width)}")
+    _streaming_cpu.strip_plan(
+        z.data_ptr(), hr.data_ptr(), hc.data_ptr(), rowsum.data_ptr(), colsum.data_ptr(),
+        pz.data_ptr(), batch, tiles, rows, width, m, hr.shape[1], r0,
+        z.dtype == torch.float64, torch.get_num_threads(),
+    )

@@ -1,0 +1,147 @@
+"""The native streaming soft-min (fused sweep, vectorised exp) equals the PyTorch-op path."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from reference import random_weights
+
+from optical_ops.costs import factorise
+from optical_ops.kernels.cpu_streaming import (
+    native_streaming_available,
+    strip_plan,
+    strip_softmin,
+)
+from optical_ops.softmin_streaming import StreamingSoftMin
+
+pytestmark = pytest.mark.skipif(
+    not native_streaming_available(torch.ones(1)), reason="native streaming passes not built"
+)
+
+
+def problem(gen, batch, n, m, d, dtype, zeros=(0, 0), cost="cosine"):
+    x = torch.randn(batch, n, d, generator=gen, dtype=torch.float64)
+    y = torch.randn(batch, m, d, generator=gen, dtype=torch.float64)
+    a = random_weights(gen, batch, n, zeros=zeros[0])
+    b = random_weights(gen, batch, m, zeros=zeros[1])
+    a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+    return factorise(x.to(dtype), y.to(dtype), cost), a.to(dtype), b.to(dtype)
+
+
+def both_paths(fc, a, b, eps, n_iters, chunk_bytes=None, tau=None, threads=2):
+    """(native, PyTorch ops): [f, g, loss, P 1, P^T 1, P y', P^T x']."""
+    damping = 1.0 if tau is None else tau / (tau + eps)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        results = []
+        for native in (True, False):
+            op = StreamingSoftMin(fc, a, b, eps, damping, chunk_bytes=chunk_bytes)
+            assert op.native
+            op.native = native
+            f, g = op.iterate(op.initial_f_state(), n_iters)
+            products = op.plan_products(f, g, fc.x, fc.y, fc.row_scale, fc.col_scale)
+            results.append([f, g, op.loss(f, g), *op.marginals(f, g), *products[:2]])
+    finally:
+        torch.set_num_threads(previous)
+    return results
+
+
+def assert_paths_agree(native, torch_ops, rtol):
+    names = ["f", "g", "loss", "P 1", "P^T 1", "P y'", "P^T x'"]
+    for name, ours, ref in zip(names, native, torch_ops):
+        # Potentials are in cost units (C ~ 1): their error is relative to max(|f|, 1).
+        scale = ref.abs().max().clamp_min(1.0 if name in "fg" else 1e-30)
+        err = ((ours - ref).abs().max() / scale).item()
+        assert err <= rtol, f"{name}: relative error {err:.2e} > {rtol:.0e}"
+        assert torch.isfinite(ours).all(), name
+
+
+# Shapes: a single token, rows/columns that are not multiples of the strip (R) or the column
+# tile (W = 512: m = 1100 has a partial third tile), batches; chunk_bytes small enough to give
+# many strips of one or a few rows.
+@pytest.mark.parametrize("batch,n,m,d", [(1, 1, 7, 5), (1, 7, 1, 16), (3, 33, 129, 100),
+                                         (2, 300, 257, 384), (1, 129, 1100, 64)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("eps", [0.05, 1e-3])
+@pytest.mark.parametrize("chunk_bytes", [None, 4096])
+def test_native_equals_torch_ops(gen, batch, n, m, d, dtype, eps, chunk_bytes):
+    fc, a, b = problem(gen, batch, n, m, d, dtype, zeros=(min(2, n - 1), min(1, m - 1)))
+    native, torch_ops = both_paths(fc, a, b, eps, 7, chunk_bytes)
+    # Exponents are ~1/eps in size, so their rounding error grows like 1/eps.
+    assert_paths_agree(native, torch_ops, (1e-14 if dtype == torch.float64 else 4e-7) / eps)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threads_and_single_thread_agree(gen, threads):
+    fc, a, b = problem(gen, 2, 300, 700, 64, torch.float64, zeros=(3, 2))
+    native, torch_ops = both_paths(fc, a, b, 0.02, 5, threads=threads)
+    assert_paths_agree(native, torch_ops, 1e-12)
+
+
+def test_zero_weight_strips_leave_the_column_state_exact(gen):
+    """Whole strips of zero-weight rows (all -inf row terms) come first in the column fold."""
+    fc, a, b = problem(gen, 1, 96, 40, 16, torch.float64)
+    a[:, :64] = 0.0
+    a = a / a.sum(1, keepdim=True)
+    native, torch_ops = both_paths(fc, a, b, 1e-3, 6, chunk_bytes=8 * 40 * 8)
+    assert_paths_agree(native, torch_ops, 1e-11)
+
+
+def test_unbalanced_damping_and_sqeuclidean(gen):
+    fc, a, b = problem(gen, 2, 50, 70, 8, torch.float64, cost="sqeuclidean")
+    native, torch_ops = both_paths(fc, a, b, 0.5, 9, tau=1.0)
+    assert_paths_agree(native, torch_ops, 1e-12)
+
+
+def test_strip_softmin_matches_logsumexp_over_the_exp_range(gen):
+    """Row LSE over entries spanning the whole exp range (and -inf), in float64 and float32."""
+    for dtype, ulps in ((torch.float64, 4), (torch.float32, 4)):
+        m = 1500
+        z = torch.empty(1, 3, 2, 512, dtype=torch.float64)
+        z.uniform_(-120.0, 60.0, generator=gen)
+        hc = torch.rand(1, m, generator=gen, dtype=torch.float64) * 10
+        hc[0, ::7] = -math.inf
+        zz, hh = z.to(dtype), hc.to(dtype)
+        offset = torch.zeros(1, 2, dtype=dtype)
+        f = torch.empty(1, 2, dtype=dtype)
+        strip_softmin(zz, m, hh, offset, offset, f, 0, 1.0, 1.0, None)
+        full = zz.permute(0, 2, 1, 3).reshape(1, 2, -1)[:, :, :m].double() + hh.double()
+        expected = -torch.logsumexp(full, dim=2)
+        tol = ulps * torch.finfo(dtype).eps * expected.abs().max()
+        assert (f.double() - expected).abs().max() <= tol
+
+
+def test_strip_plan_sums(gen):
+    batch, tiles, rows, width, m, n = 2, 2, 3, 8, 13, 5
+    z = torch.randn(batch, tiles, rows, width, generator=gen, dtype=torch.float64)
+    hr = torch.randn(batch, n, generator=gen, dtype=torch.float64)
+    hc = torch.randn(batch, m, generator=gen, dtype=torch.float64)
+    hc[:, 4] = -math.inf
+    dense_z = z.permute(0, 2, 1, 3).reshape(batch, rows, -1)[:, :, :m].clone()
+    plan = (dense_z + hr[:, 1:4, None] + hc[:, None, :]).exp()
+    rowsum, pz = torch.zeros(batch, n, dtype=z.dtype), torch.zeros(batch, n, dtype=z.dtype)
+    colsum = torch.zeros(batch, tiles * width, dtype=z.dtype)
+    strip_plan(z, m, hr, hc, rowsum, colsum, pz, 1)
+    written = z.permute(0, 2, 1, 3).reshape(batch, rows, -1)[:, :, :m]
+    torch.testing.assert_close(written, plan, rtol=1e-14, atol=0)
+    assert torch.equal(written[:, :, 4], torch.zeros_like(written[:, :, 4]))
+    torch.testing.assert_close(rowsum[:, 1:4], plan.sum(2), rtol=1e-14, atol=0)
+    torch.testing.assert_close(pz[:, 1:4], (plan * dense_z).sum(2), rtol=1e-13, atol=1e-300)
+    torch.testing.assert_close(colsum[:, :m], plan.sum(1), rtol=1e-14, atol=0)
+    assert rowsum[:, [0, 4]].eq(0).all() and colsum[:, m:].eq(0).all()
+
+
+def test_strip_buffers_are_checked():
+    z = torch.zeros(1, 1, 2, 4)
+    vec = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match="contiguous CPU tensor of z's dtype"):
+        strip_softmin(z, 4, torch.zeros(1, 4, dtype=torch.float64), vec, vec, vec, 0, 1.0, 1.0,
+                      None)
+    with pytest.raises(ValueError, match="column state must be of shape"):
+        strip_softmin(z, 4, torch.zeros(1, 4), vec, vec, vec, 0, 1.0, 1.0,
+                      (torch.zeros(1, 3), torch.zeros(1, 3)))
+    with pytest.raises(ValueError, match="inconsistent strip shape"):
+        strip_softmin(z, 5, torch.zeros(1, 5), vec, vec, vec, 0, 1.0, 1.0, None)

@@ -96,7 +96,7 @@ class FactorisedCost:
             # dL/dz = -s w sigma (g - sigma^2 <z, g> z)  for z = x (g = g_y) or z = y (g = g_x)
             def grad(z, sigma, g):
                 coef = -self.scale * w * sigma
-                radial = (z * g).sum(-1) * sigma * sigma
+                radial = _row_dots(z, g) * sigma * sigma
                 return g.mul_(coef[..., None]).addcmul_(z, (-coef * radial)[..., None])
             dx = grad(self.x, self.row_scale, g_y) if need_x else None
             dy = grad(self.y, self.col_scale, g_x) if need_y else None
@@ -126,6 +126,13 @@ class FactorisedCost:
         for name, is_bad in zip(("student", "teacher"), bad):
             if is_bad:
                 raise ValueError(f"{name} contains NaN or inf at unmasked positions")
+
+
+def _row_dots(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """<z_i, g_i> over the last dim, (..., d) -> (...), as a batch of 1 x d x 1 products:
+    ``(z * g).sum(-1)`` would write a temporary the size of z, and fresh pages are expensive."""
+    d = z.shape[-1]
+    return torch.bmm(z.reshape(-1, 1, d), g.reshape(-1, d, 1)).view(z.shape[:-1])
 
 
 def _row_norms(z: torch.Tensor, valid: torch.Tensor | None):

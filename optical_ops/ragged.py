@@ -63,6 +63,9 @@ def length_buckets(a: torch.Tensor, b: torch.Tensor) -> list[Bucket]:
     batch = a.shape[0]
     rows, cols = (t.tolist() for t in torch.stack([extents(a), extents(b)]).cpu())
     whole = Bucket(None, max(rows), max(cols))
+    # No split pads less than the real entries: skip the search when even they are too many.
+    if sum(map(int.__mul__, rows, cols)) > (1.0 - MIN_SAVING) * batch * whole.n * whole.m:
+        return [whole]
 
     def padded(parts):
         return sum(len(p) * max(rows[i] for i in p) * max(cols[i] for i in p) for p in parts)

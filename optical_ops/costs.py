@@ -131,6 +131,8 @@ class FactorisedCost:
 def _row_dots(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """<z_i, g_i> over the last dim, (..., d) -> (...), as a batch of 1 x d x 1 products:
     ``(z * g).sum(-1)`` would write a temporary the size of z, and fresh pages are expensive."""
+    if z.dtype != g.dtype:  # half-precision inputs with fp32 products: promote, as mul does
+        return (z * g).sum(-1)
     d = z.shape[-1]
     return torch.bmm(z.reshape(-1, 1, d), g.reshape(-1, d, 1)).view(z.shape[:-1])
 

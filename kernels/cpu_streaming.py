@@ -27,6 +27,16 @@ def native_streaming_available(x: torch.Tensor) -> bool:
     )
 
 
+def _check_buffers(name: str, z: torch.Tensor, same: list[torch.Tensor],
+                   double: list[torch.Tensor]) -> None:
+    """z and ``same`` contiguous CPU tensors of one float dtype, ``double`` of float64."""
+    groups = (([z, *same], z.dtype, "z's dtype"), (double, torch.float64, "float64"))
+    for group, dtype, what in groups:
+        if not all(t.is_contiguous() and t.dtype == dtype and t.device.type == "cpu"
+                   for t in group):
+            raise ValueError(f"{name}: every buffer must be a contiguous CPU tensor of {what}")
+
+
 def strip_softmin(
     z: torch.Tensor,
     m: int,
@@ -47,14 +57,13 @@ def strip_softmin(
 
         f_i = damping (r_i - eps LSE_j(hc_j + Z_ij))
 
-    col_state: ``(M, S)``, each (B, T W), updated in place so that after every strip has been
-    folded LSE_i(log w_i + (f_i - r_i) / eps + Z_ij) = M_j + log S_j (start from -inf and 0).
+    col_state: ``(M, S)``, each (B, T W), M of z's dtype and S float64 (sums of up to n terms
+    run in double), updated in place so that after every strip has been folded
+    LSE_i(log w_i + (f_i - r_i) / eps + Z_ij) = M_j + log S_j (start from -inf and 0).
     """
     batch, tiles, rows, width = z.shape
-    tensors = [z, hc, log_w, offset, f, *(col_state or ())]
-    if not all(t.is_contiguous() and t.dtype == z.dtype and t.device.type == "cpu"
-               for t in tensors):
-        raise ValueError("strip_softmin: every buffer must be a contiguous CPU tensor of z's dtype")
+    _check_buffers("strip_softmin", z, [hc, log_w, offset, f, *(col_state or ())[:1]],
+                   list(col_state or ())[1:])
     if col_state is not None and any(t.shape != (batch, tiles * width) for t in col_state):
         shape = (batch, tiles * width)
         raise ValueError(f"strip_softmin: the column state must be of shape {shape}")
@@ -81,13 +90,10 @@ def strip_plan(
     z: (B, T, R, W) as in :func:`strip_softmin`; hr: (B, n) = log a + (f - r) / eps;
     hc: (B, m) = log b + (g - c) / eps. Writes P_ij = exp(hr_i + hc_j + Z_ij) over z (columns
     j < m), rowsum[:, r0:r0 + R] = P 1 and pz[:, r0:r0 + R] = sum_j P_ij Z_ij (rowsum, pz: (B, n));
-    adds P^T 1 to colsum (B, T W).
+    adds P^T 1 to colsum (B, T W), float64.
     """
     batch, tiles, rows, width = z.shape
-    tensors = [z, hr, hc, rowsum, colsum, pz]
-    if not all(t.is_contiguous() and t.dtype == z.dtype and t.device.type == "cpu"
-               for t in tensors):
-        raise ValueError("strip_plan: every buffer must be a contiguous CPU tensor of z's dtype")
+    _check_buffers("strip_plan", z, [hr, hc, rowsum, pz], [colsum])
     if colsum.shape != (batch, tiles * width):
         raise ValueError(f"strip_plan: colsum must be of shape {(batch, tiles * width)}")
     _streaming_cpu.strip_plan(

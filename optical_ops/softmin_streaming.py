@@ -74,7 +74,8 @@ class _NativeSide:
         state = None
         if fold:
             width = self.tiles.shape[1] * self.width
-            state = (offset.new_full((batch, width), float("-inf")), offset.new_zeros(batch, width))
+            state = (offset.new_full((batch, width), float("-inf")),
+                     offset.new_zeros(batch, width, dtype=torch.float64))
         for r0, z in self._strips(n):
             strip_softmin(z, self.m, hc, log_w, offset, f, r0, eps, damping, state)
         return f, state
@@ -85,12 +86,12 @@ class _NativeSide:
         is called on each strip of the plan while it is in cache."""
         batch, n = hr.shape
         rowsum, pz = torch.empty_like(hr), torch.empty_like(hr)
-        colsum = hr.new_zeros(batch, self.tiles.shape[1] * self.width)
+        colsum = hr.new_zeros(batch, self.tiles.shape[1] * self.width, dtype=torch.float64)
         for r0, z in self._strips(n):
             strip_plan(z, self.m, hr, hc, rowsum, colsum, pz, r0)
             if visit is not None:
                 visit(r0, z)
-        return rowsum, colsum[:, : self.m], pz.sum(1)
+        return rowsum, colsum[:, : self.m].to(hr.dtype), pz.sum(1)
 
     def _strips(self, n: int):
         """Yield (r0, Z strip) with Z = lhs[rows] @ tiles, in the reused buffer."""
@@ -134,7 +135,8 @@ class StreamingSoftMin(SoftMin):
         if not fold:
             return f, None
         top, total = (t[:, : self.b.shape[1]] for t in state)
-        return f, (fc.col_offset - eps * total.log_().add_(top)).mul_(self.damping)
+        lse = total.log_().to(top.dtype).add_(top)
+        return f, (fc.col_offset - eps * lse).mul_(self.damping)
 
     def _native_cols(self, f):
         fc, eps = self.fc, self.eps

@@ -123,7 +123,7 @@ def test_strip_plan_sums(gen):
     dense_z = z.permute(0, 2, 1, 3).reshape(batch, rows, -1)[:, :, :m].clone()
     plan = (dense_z + hr[:, 1:4, None] + hc[:, None, :]).exp()
     rowsum, pz = torch.zeros(batch, n, dtype=z.dtype), torch.zeros(batch, n, dtype=z.dtype)
-    colsum = torch.zeros(batch, tiles * width, dtype=z.dtype)
+    colsum = torch.zeros(batch, tiles * width, dtype=torch.float64)
     strip_plan(z, m, hr, hc, rowsum, colsum, pz, 1)
     written = z.permute(0, 2, 1, 3).reshape(batch, rows, -1)[:, :, :m]
     torch.testing.assert_close(written, plan, rtol=1e-14, atol=0)
@@ -140,8 +140,11 @@ def test_strip_buffers_are_checked():
     with pytest.raises(ValueError, match="contiguous CPU tensor of z's dtype"):
         strip_softmin(z, 4, torch.zeros(1, 4, dtype=torch.float64), vec, vec, vec, 0, 1.0, 1.0,
                       None)
+    with pytest.raises(ValueError, match="contiguous CPU tensor of float64"):
+        strip_softmin(z, 4, torch.zeros(1, 4), vec, vec, vec, 0, 1.0, 1.0,
+                      (torch.zeros(1, 4), torch.zeros(1, 4)))
     with pytest.raises(ValueError, match="column state must be of shape"):
         strip_softmin(z, 4, torch.zeros(1, 4), vec, vec, vec, 0, 1.0, 1.0,
-                      (torch.zeros(1, 3), torch.zeros(1, 3)))
+                      (torch.zeros(1, 3), torch.zeros(1, 3, dtype=torch.float64)))
     with pytest.raises(ValueError, match="inconsistent strip shape"):
         strip_softmin(z, 5, torch.zeros(1, 5), vec, vec, vec, 0, 1.0, 1.0, None)

@@ -1,4 +1,4 @@
-r"""Streaming soft-min: the cost is never stored; each half-iteration recomputes it in chunks.
+r"""Streaming soft-min: the cost is never stored; it is recomputed from its factors in chunks.
 
 With the factorised cost C_ij = r_i + c_j - s <x'_i, y'_j> (:mod:`.costs`; the scaled factors
 x' = sigma x and y' = tau y are written out once, O((n + m) d)), the row update is

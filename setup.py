@@ -17,6 +17,7 @@ def native_cpu_extension(name: str, source: str) -> Extension:
     return Extension(
         f"optical_ops.kernels.{name}",
         sources=[f"kernels/csrc/{source}"],
+        depends=["kernels/csrc/native_cpu.h"],
         extra_compile_args=["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno"],
         extra_link_args=["-fopenmp"],
         optional=True,

@@ -272,5 +272,5 @@ class StreamingSoftMin(SoftMin):
             p_x.add_(torch.matmul(p.transpose(2, 3), x[:, None, rows]))
 
         rows_sum, cols_sum, _ = self._native_plan(f, g, products)
-        self._scratch, self._sides = [], {}
+        self._sides = {}
         return p_y, p_x.view(batch, -1, d)[:, :m], rows_sum, cols_sum

@@ -32,14 +32,7 @@
 
 #include <omp.h>
 
-// Whole solvers are cloned per x86-64 level (AVX-512 / AVX2 / SSE2, chosen at load time) so the
-// small helpers below inline into each clone and vectorise at its width.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PER_ISA __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define PER_ISA
-#endif
-#define INLINE inline __attribute__((always_inline))
+#include "native_cpu.h"
 
 namespace {
 
@@ -213,11 +206,6 @@ void iterate(const T* K, const T* a, const T* b, T* s, T* t, int64_t batch, int6
   }
   const bool parallel = threads > 1 && batch >= 2 && work >= kParallelMinWork;
   solve_batch(K, a, b, s, t, batch, n, m, iters, parallel ? threads : 1);
-}
-
-template <typename T>
-T* as_ptr(unsigned long long address) {
-  return reinterpret_cast<T*>(static_cast<uintptr_t>(address));
 }
 
 // scaling_iterate(K, a, b, s, t, batch, n, m, iters, is_double, threads): addresses of

@@ -33,12 +33,7 @@
 
 #include <omp.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PER_ISA __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define PER_ISA
-#endif
-#define INLINE inline __attribute__((always_inline))
+#include "native_cpu.h"
 
 namespace {
 
@@ -48,61 +43,49 @@ namespace {
 // 7 / 13: truncation < 1e-8 / 1e-17 relative), 2^k from the exponent bits. Within 2 ulp.
 // Rounding by adding 1.5 * 2^(mantissa bits) leaves k in the sum's low bits, which become the
 // exponent of 2^k by integer ops alone: no floor or float-to-int64 conversion, which SSE2/AVX2
-// cannot vectorise.
+// cannot vectorise. Exp<T> holds the constants per type.
 template <typename T>
 struct Exp;
 
 template <>
 struct Exp<float> {
-  static constexpr float kFloor = -80.0f;
-  static constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  static INLINE float eval(float x) {
-    x = x < kFloor ? kFloor : x;  // also maps -inf to the floor
-    const float shifted = x * 1.44269504088896341f + kRound;  // k in the low mantissa bits
-    const float k = shifted - kRound;
-    float r = __builtin_fmaf(k, -0.693359375f, x);
-    r = __builtin_fmaf(k, 2.12194440e-4f, r);
-    float p = 1.0f / 5040;
-    p = __builtin_fmaf(p, r, 1.0f / 720);
-    p = __builtin_fmaf(p, r, 1.0f / 120);
-    p = __builtin_fmaf(p, r, 1.0f / 24);
-    p = __builtin_fmaf(p, r, 1.0f / 6);
-    p = __builtin_fmaf(p, r, 0.5f);
-    p = __builtin_fmaf(p, r, 1.0f);
-    p = __builtin_fmaf(p, r, 1.0f);
-    const uint32_t bits = (__builtin_bit_cast(uint32_t, shifted) + 127u) << 23;
-    return p * __builtin_bit_cast(float, bits);
-  }
+  using Bits = uint32_t;
+  static constexpr float kFloor = -80.0f, kRound = 12582912.0f;  // 1.5 * 2^23
+  static constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f,
+                         kLn2Lo = -2.12194440e-4f;
+  static constexpr int kDegree = 7, kMantissa = 23, kBias = 127;
 };
 
 template <>
 struct Exp<double> {
-  static constexpr double kFloor = -700.0;
-  static constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52
-  static INLINE double eval(double x) {
-    x = x < kFloor ? kFloor : x;
-    const double shifted = x * 1.44269504088896340736 + kRound;
-    const double k = shifted - kRound;
-    double r = __builtin_fma(k, -6.93147180369123816490e-01, x);
-    r = __builtin_fma(k, -1.90821492927058770002e-10, r);
-    double p = 1.0 / 6227020800.0;  // 1/13!, then Horner down to 1/0!
-    p = __builtin_fma(p, r, 1.0 / 479001600.0);
-    p = __builtin_fma(p, r, 1.0 / 39916800.0);
-    p = __builtin_fma(p, r, 1.0 / 3628800.0);
-    p = __builtin_fma(p, r, 1.0 / 362880.0);
-    p = __builtin_fma(p, r, 1.0 / 40320.0);
-    p = __builtin_fma(p, r, 1.0 / 5040.0);
-    p = __builtin_fma(p, r, 1.0 / 720.0);
-    p = __builtin_fma(p, r, 1.0 / 120.0);
-    p = __builtin_fma(p, r, 1.0 / 24.0);
-    p = __builtin_fma(p, r, 1.0 / 6.0);
-    p = __builtin_fma(p, r, 0.5);
-    p = __builtin_fma(p, r, 1.0);
-    p = __builtin_fma(p, r, 1.0);
-    const uint64_t bits = (__builtin_bit_cast(uint64_t, shifted) + 1023u) << 52;
-    return p * __builtin_bit_cast(double, bits);
-  }
+  using Bits = uint64_t;
+  static constexpr double kFloor = -700.0, kRound = 6755399441055744.0;  // 1.5 * 2^52
+  static constexpr double kLog2e = 1.44269504088896340736, kLn2Hi = 6.93147180369123816490e-01,
+                          kLn2Lo = 1.90821492927058770002e-10;
+  static constexpr int kDegree = 13, kMantissa = 52, kBias = 1023;
 };
+
+template <typename T>
+constexpr T inverse_factorial(int i) {
+  T value = 1;
+  for (int k = 2; k <= i; ++k) value /= k;
+  return value;
+}
+
+template <typename T>
+INLINE T exp_clamped(T x) {
+  using E = Exp<T>;
+  x = x < E::kFloor ? E::kFloor : x;  // also maps -inf to the floor
+  const T shifted = x * E::kLog2e + E::kRound;  // k in the low mantissa bits
+  const T k = shifted - E::kRound;
+  const T r = std::fma(k, -E::kLn2Lo, std::fma(k, -E::kLn2Hi, x));
+  T p = inverse_factorial<T>(E::kDegree);  // Horner over the coefficients 1/i!
+#pragma GCC unroll 16
+  for (int i = E::kDegree - 1; i >= 0; --i) p = std::fma(p, r, inverse_factorial<T>(i));
+  const typename E::Bits bits = (__builtin_bit_cast(typename E::Bits, shifted) + E::kBias)
+                                << E::kMantissa;
+  return p * __builtin_bit_cast(T, bits);
+}
 
 // Shapes of one strip: z is (batch, tiles, rows, width); columns j = t * width + w < m.
 struct Strip {
@@ -134,7 +117,7 @@ PER_ISA void strip_rows(const T* z, const Strip& s, const T* hc, const T* offset
       const T* h = hc + b * s.m + t * s.width;
       T part = 0;
 #pragma omp simd reduction(+ : part)
-      for (int64_t w = 0; w < s.cols(t); ++w) part += Exp<T>::eval(zr[w] + h[w] - top);
+      for (int64_t w = 0; w < s.cols(t); ++w) part += exp_clamped(zr[w] + h[w] - top);
       sum += part;
     }
     f[i] = damping * (offset[i] - eps * (top + static_cast<T>(std::log(sum))));
@@ -164,14 +147,14 @@ PER_ISA void fold_columns(const T* z, const Strip& s, int64_t b, int64_t t, cons
     const T* zr = z + s.offset(b, t, r);
     const T h = hr[r];
 #pragma omp simd
-    for (int64_t w = 0; w < cols; ++w) part[w] += Exp<T>::eval(zr[w] + h - top[w]);
+    for (int64_t w = 0; w < cols; ++w) part[w] += exp_clamped(zr[w] + h - top[w]);
   }
   // A column whose terms are all -inf so far (M_j = -inf) has no mass: nothing is added, so
   // that floor-clamped exps of -inf never stand in for real terms of later strips.
 #pragma omp simd
   for (int64_t w = 0; w < cols; ++w) {
     const bool live = top[w] > -std::numeric_limits<T>::infinity();
-    const double scale = Exp<T>::eval(cmax[w] - top[w]);
+    const double scale = exp_clamped(cmax[w] - top[w]);
     csum[w] = live ? csum[w] * scale + part[w] : csum[w];
     cmax[w] = top[w];
   }
@@ -245,7 +228,7 @@ PER_ISA void plan_rows(T* z, const Strip& s, const T* hr, const T* hc, T* rowsum
 #pragma omp simd reduction(+ : tile_mass, tile_weighted)
       for (int64_t w = 0; w < s.cols(t); ++w) {
         const T v = zr[w] + h[w] + row_term;
-        const T p = v < Exp<T>::kFloor ? T(0) : Exp<T>::eval(v);
+        const T p = v < Exp<T>::kFloor ? T(0) : exp_clamped(v);
         tile_mass += p;
         tile_weighted += p * zr[w];
         zr[w] = p;
@@ -276,11 +259,6 @@ void plan_pass(T* z, const Strip s, const T* hr, const T* hc, T* rowsum, double*
       plan_columns(z, s, b, t, colsum + b * stride + t * s.width, part);
     }
   }
-}
-
-template <typename T>
-T* as_ptr(unsigned long long address) {
-  return reinterpret_cast<T*>(static_cast<uintptr_t>(address));
 }
 
 bool valid_strip(int64_t batch, int64_t tiles, int64_t rows, int64_t width, int64_t m, int64_t n,

@@ -5,9 +5,11 @@ Public API::
     from optical_ops import sinkhorn, ot_distill_loss, OTDistillLoss, cost_matrix, SinkhornResult
 """
 
+from .build_info import native_cpu_status
 from .costs import cost_matrix
 from .functional import SinkhornResult, ot_distill_loss, sinkhorn
 from .modules import OTDistillLoss
 
-__all__ = ["OTDistillLoss", "SinkhornResult", "cost_matrix", "ot_distill_loss", "sinkhorn"]
-__version__ = "0.1.0"
+__all__ = ["OTDistillLoss", "SinkhornResult", "cost_matrix", "native_cpu_status", "ot_distill_loss",
+           "sinkhorn"]
+__version__ = "0.1.0"  # the one source: setup.py reads it

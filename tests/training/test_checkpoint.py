@@ -1,8 +1,11 @@
-"""Checkpoints: atomic safetensors + JSON, exact resume, integrity, no unpickling."""
+"""Checkpoints: atomic safetensors + JSON, exact resume, integrity, no unpickling, pruning and
+leftover removal that touch nothing else, the umask's file mode."""
 
 import dataclasses
 import json
+import os
 import pickle
+import stat
 
 import pytest
 import safetensors.torch
@@ -10,7 +13,13 @@ import torch
 from tiny_model import tiny_bitext, tiny_config
 
 from optical_ops.training import checkpoint as checkpoint_module
-from optical_ops.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from optical_ops.training.checkpoint import (
+    checkpoint_step,
+    list_checkpoints,
+    load_checkpoint,
+    remove_leftovers,
+    save_checkpoint,
+)
 from optical_ops.training.trainer import DistillationTrainer, student_from_checkpoint
 
 
@@ -66,20 +75,80 @@ def test_failed_write_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch):
     optimizer = {"state": {0: {"step": torch.tensor(1.0)}}, "param_groups": [{"lr": 0.1}]}
     save_checkpoint(tmp_path, 1, {"seed": 0}, model, optimizer)
 
-    def crash(tensors, path):
-        with open(path, "wb") as handle:
-            handle.write(b"partial")
+    def crash(descriptor):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    monkeypatch.setattr(os, "fsync", crash)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(tmp_path, 2, {"seed": 0}, {"w": torch.ones(3)}, optimizer)
+    monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "step-00000001.json", "step-00000001.safetensors",
     ]  # fmt: skip
     loaded = load_checkpoint(tmp_path)
     assert loaded.step == 1 and torch.equal(loaded.model["w"], torch.arange(3.0))
     assert loaded.optimizer["state"][0]["step"] == 1.0
+
+
+def save(directory, step, config=None, keep=0):
+    optimizer = {"state": {}, "param_groups": []}
+    return save_checkpoint(directory, step, config or {}, {"w": torch.zeros(2)}, optimizer, keep)
+
+
+def test_pruning_deletes_only_older_checkpoints(tmp_path):
+    for step in (1, 2, 4, 5):
+        save(tmp_path, step)
+    save(tmp_path, 3, keep=2)  # a later checkpoint (4, 5) is never pruned, nor the one written
+    assert [checkpoint_step(p) for p in list_checkpoints(tmp_path)] == [2, 3, 4, 5]
+    save(tmp_path, 6, keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "step-00000006.json", "step-00000006.safetensors",
+    ]  # fmt: skip
+
+
+def test_files_get_the_umask_mode_and_no_staging_names(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        save(tmp_path, 1)
+    finally:
+        os.umask(previous)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {
+        "step-00000001.json": 0o640, "step-00000001.safetensors": 0o640,
+    }  # fmt: skip
+
+
+def test_leftovers_of_killed_writers_are_removed_and_nothing_else(tmp_path):
+    save(tmp_path, 1)
+    ours = [".step-00000002.safetensors.4242.partial", ".step-00000002.json.17.partial",
+            "step-00000003.safetensors"]  # the last: its sidecar was never written
+    foreign = ["notes.txt", ".tmpa1b2c3", ".step-00000002.safetensors.x8Kz.partial",
+               ".results.json.17.partial", "step-3.safetensors"]  # fmt: skip
+    for name in ours + foreign:
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(p.name for p in remove_leftovers(tmp_path)) == sorted(ours)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*foreign, "step-00000001.json", "step-00000001.safetensors"]
+    )
+
+
+def test_a_folder_of_two_runs_is_refused(tmp_path):
+    save(tmp_path, 2, {"seed": 0, "steps": 2})
+    save(tmp_path, 4, {"seed": 0, "steps": 8})  # one run: only the schedule differs
+    assert load_checkpoint(tmp_path).step == 4
+    save(tmp_path, 6, {"seed": 1, "steps": 8})
+    with pytest.raises(ValueError, match=r"checkpoints of 2 runs with different settings"):
+        load_checkpoint(tmp_path)
+    assert load_checkpoint(tmp_path / "step-00000004.json").step == 4  # a file is explicit
+
+
+@pytest.mark.parametrize("key", ["tensors_sha256", "trainable", "optimizer_scalars"])
+def test_an_incomplete_sidecar_is_named(tmp_path, key):
+    sidecar = save(tmp_path, 1)
+    values = json.loads(sidecar.read_text())
+    del values[key]
+    sidecar.write_text(json.dumps(values))
+    with pytest.raises(ValueError, match=rf"not a complete .* missing or malformed \['{key}'\]"):
+        load_checkpoint(sidecar)
 
 
 def test_tampered_or_foreign_files_are_refused(tmp_path):

@@ -18,12 +18,21 @@ Randomness is a pure function of (seed, step, rank): the data order (:mod:`.batc
 dropout seed set before each step and the perturbations of adversarial training
 (:mod:`.adversarial`), so a resumed run repeats the uninterrupted one exactly. The strategy
 ``"none"`` (no distillation) trains nothing: :meth:`DistillationTrainer.fit` runs no step.
+
+A run folder (``out_dir``) belongs to one run: a run that does not resume refuses a folder that
+holds a checkpoint or a history, a resumed run one whose newest checkpoint is not the one it
+resumed from, and two processes never train into one folder at once (an ``flock`` on it, which
+dies with the process). So pruning and the newest checkpoint of the folder are always this
+run's, and what a killed process left there (partial files, history records after the
+checkpoint resumed from) is removed when the run starts again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,7 +44,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .adversarial import InputPerturbation, fgsm_pair_losses
 from .batching import global_batch, micro_batches, pad, shard
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    checkpoint_paths,
+    checkpoint_step,
+    list_checkpoints,
+    load_checkpoint,
+    remove_leftovers,
+    remove_partial_files,
+    save_checkpoint,
+    write_atomically,
+)
 from .config import NO_PERTURBATION, TrainConfig
 from .distributed import init_distributed
 from .idf import idf_table
@@ -43,7 +62,54 @@ from .losses import PairStates, distils, pair_losses
 from .models import Encoder, load_student, load_teacher, trainable_parameters
 from .teacher_states import TeacherStates
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None
+
 Evaluator = Callable[[nn.Module], dict]
+HISTORY = "history.jsonl"
+CHECKPOINTS = "checkpoints"
+
+
+class RunFolderError(ValueError):
+    """An ``out_dir`` that holds another run's files, or that another process trains into."""
+
+
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """Hold an exclusive ``flock`` on ``directory`` (the kernel drops it if the process dies)."""
+    if fcntl is None:
+        yield
+        return
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderError(f"another process is training into {directory}") from None
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def truncate_history(path: Path, step: int) -> None:
+    """Keep the records of ``path`` (``history.jsonl``) up to ``step``, atomically: the steps
+    a killed run logged after its last checkpoint are run, and logged, again on resume. A
+    line cut short by the kill is dropped too."""
+    kept, changed = [], False
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            if record["step"] <= step:
+                kept.append(line + "\n")
+                continue
+        changed = True
+    if changed:
+        write_atomically(Path(path), "".join(kept).encode("utf-8"))
 
 
 def tokenize(tokenizer, texts: Sequence[str], prefix: str, max_length: int) -> list[list[int]]:
@@ -153,6 +219,7 @@ class DistillationTrainer:
             self.trainable.values(), lr=config.lr, weight_decay=config.weight_decay
         )
         self.step = 0
+        self.resumed_from: Path | None = None  # the sidecar resumed from
         if resume is not None:
             self._restore(resume)
         self.ddp = None
@@ -171,6 +238,43 @@ class DistillationTrainer:
         _restore_parameters(self.trainable, checkpoint)
         self.optimizer.load_state_dict(checkpoint.optimizer)
         self.step = checkpoint.step
+        self.resumed_from = checkpoint.path
+
+    def check_out_dir(self, out_dir: Path) -> None:
+        """Raise :class:`RunFolderError` unless ``out_dir`` is empty of runs or holds this one:
+        its newest checkpoint is the one resumed from (see the module docstring)."""
+        out_dir = Path(out_dir)
+        checkpoints = list_checkpoints(out_dir / CHECKPOINTS)
+        history = out_dir / HISTORY
+        held = [str(p) for p in (checkpoints[-1:] or [out_dir / CHECKPOINTS]) + [history]
+                if p.exists()]  # fmt: skip
+        if self.resumed_from is None and held:
+            raise RunFolderError(
+                f"{out_dir} already holds a run ({', '.join(held)}): continue it with --resume "
+                f"{out_dir / CHECKPOINTS}, or train into another (empty) folder"
+            )
+        if self.resumed_from is None:
+            return
+        if checkpoints and checkpoints[-1].resolve() != self.resumed_from.resolve():
+            raise RunFolderError(
+                f"{out_dir} holds checkpoints up to step {checkpoint_step(checkpoints[-1])} "
+                f"that a run resumed from {self.resumed_from} would not continue: resume from "
+                f"{checkpoints[-1]}, or train into another (empty) folder"
+            )
+        if not checkpoints and history.exists():
+            raise RunFolderError(
+                f"{history} is the history of a run with no checkpoint in {out_dir}: a run "
+                "resumed from elsewhere would not continue it; train into another folder"
+            )
+
+    def _claim_out_dir(self, out_dir: Path) -> None:
+        """Check ``out_dir`` (:meth:`check_out_dir`), then remove what a killed process of this
+        run left there and cut its history back to the step resumed from."""
+        self.check_out_dir(out_dir)
+        remove_leftovers(out_dir / CHECKPOINTS)
+        remove_partial_files(out_dir, re.compile(re.escape(HISTORY)))
+        if (out_dir / HISTORY).exists():
+            truncate_history(out_dir / HISTORY, self.step)
 
     def _student_id_lists(self, indices: list[int]) -> list[list[int]]:
         """The student's token ids of the pairs, of their texts perturbed under adversarial
@@ -262,15 +366,31 @@ class DistillationTrainer:
         Every ``eval_every`` steps and at the last step, the main process calls
         ``evaluate(student)`` and adds its metrics to the record. With ``out_dir``, the main
         process appends the records to ``out_dir/history.jsonl`` and checkpoints into
-        ``out_dir/checkpoints`` every ``checkpoint_every`` steps and at the end.
+        ``out_dir/checkpoints`` every ``checkpoint_every`` steps and at the end; ``out_dir``
+        must hold no other run (:meth:`check_out_dir`, :class:`RunFolderError`).
         """
+        main = self.dist.is_main
+        if not distils(self.config.strategy):
+            return []
+        with contextlib.ExitStack() as stack:
+            if out_dir is not None:
+                out_dir = Path(out_dir)
+                if main:
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                    stack.enter_context(_locked(out_dir))
+                    self._claim_out_dir(out_dir)
+                else:  # the same verdict on every rank of a shared folder, before any step
+                    self.check_out_dir(out_dir)
+            return self._fit(evaluate, out_dir if main else None, progress and main)
+
+    def _fit(
+        self, evaluate: Evaluator | None, out_dir: Path | None, progress: bool
+    ) -> list[dict]:
         from tqdm.auto import tqdm
 
         config, main = self.config, self.dist.is_main
-        if not distils(config.strategy):
-            return []
         bar = tqdm(
-            total=config.steps, initial=self.step, unit="step", disable=not (progress and main),
+            total=config.steps, initial=self.step, unit="step", disable=not progress,
             desc=config.strategy, dynamic_ncols=True,
         )  # fmt: skip
         history = []
@@ -288,13 +408,18 @@ class DistillationTrainer:
                 record["eval"] = evaluate(self.student)
                 summary = ", ".join(f"{k} {v:.3f}" for k, v in record["eval"].items())
                 bar.write(f"step {self.step}: {summary}")
-            if main and out_dir is not None:
-                Path(out_dir).mkdir(parents=True, exist_ok=True)
+            if out_dir is not None:
                 every = config.checkpoint_every
-                if final or (every and self.step % every == 0):
-                    record["checkpoint"] = str(self.save(Path(out_dir) / "checkpoints"))
-                with open(Path(out_dir) / "history.jsonl", "a", encoding="utf-8") as handle:
+                checkpoint = final or (every and self.step % every == 0)
+                if checkpoint:
+                    record["checkpoint"] = str(checkpoint_paths(out_dir / CHECKPOINTS,
+                                                                self.step)[1])  # fmt: skip
+                # The record before the checkpoint: a kill between the two leaves the history
+                # ahead of the last checkpoint, which the resumed run cuts back, not behind it.
+                with open(out_dir / HISTORY, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
+                if checkpoint:
+                    self.save(out_dir / CHECKPOINTS)
             history.append(record)
         bar.close()
         return history

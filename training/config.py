@@ -15,6 +15,7 @@ the student encodes queries with ``"query: "`` and the teacher English documents
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 from optical_ops.costs import COSTS
@@ -86,7 +87,7 @@ class TrainConfig:
     memoise_teacher: bool = _option(True, "keep the teacher's states of each text in memory")
 
     def __post_init__(self):
-        object.__setattr__(self, "languages", tuple(self.languages))
+        self._check_types()
         if bool(self.languages) == (self.bitext is not None):
             raise ValueError("give either UDHR languages or a bitext file, not both or neither")
         if (self.source_column is None) != (self.target_column is None):
@@ -112,6 +113,33 @@ class TrainConfig:
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         self._check_strategy_options()
+
+    def _check_types(self) -> None:
+        """Each field of its annotated type, so that a value from a TOML or JSON file fails
+        here, not when the models have loaded (``steps = 2.5``, ``debias = "no"``). An int is a
+        float; paths become strings; ``languages`` a tuple of strings."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            kind = field.type.removesuffix(" | None")
+            if value is None and kind != field.type:
+                continue
+            if kind == "tuple[str, ...]":
+                ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+                value, expected = tuple(value) if ok else value, "a list of strings"
+            elif kind == "float":
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                value, expected = float(value) if ok else value, "a number"
+            elif kind == "int":
+                ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+            elif kind == "bool":
+                ok, expected = isinstance(value, bool), "true or false"
+            else:
+                ok = isinstance(value, (str, os.PathLike))
+                value, expected = os.fspath(value) if ok else value, "a string"
+            if not ok:
+                expected += " or none" if kind != field.type else ""
+                raise ValueError(f"{field.name} must be {expected}, got {value!r}")
+            object.__setattr__(self, field.name, value)
 
     def _check_strategy_options(self) -> None:
         if self.tau is not None and not self.tau > 0:

@@ -96,6 +96,32 @@ def test_config_errors():
         TrainConfig.from_dict({"languages": ["swh"], "learning_rate": 1})
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("steps", 2.5, "steps must be an integer, got 2.5"),
+        ("sinkhorn_iters", 10.5, "sinkhorn_iters must be an integer, got 10.5"),
+        ("debias", "no", "debias must be true or false, got 'no'"),
+        ("memoise_teacher", 1, "memoise_teacher must be true or false, got 1"),
+        ("eps", "0.1", "eps must be a number, got '0.1'"),
+        ("lr", True, "lr must be a number, got True"),
+        ("tau", "big", "tau must be a number or none, got 'big'"),
+        ("student_layers", 2.0, "student_layers must be an integer or none, got 2.0"),
+        ("languages", "swh", "languages must be a list of strings, got 'swh'"),
+        ("teacher_prefix", 3, "teacher_prefix must be a string, got 3"),
+    ],
+)
+def test_field_types_are_checked_on_construction(field, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(**{"languages": ("swh",), field: value})
+
+
+def test_config_values_are_normalised(tmp_path):
+    config = TrainConfig(languages=["swh"], eps=1, teacher=tmp_path)
+    assert config.languages == ("swh",) and config.teacher == str(tmp_path)
+    assert type(config.eps) is float and TrainConfig.from_dict(config.to_dict()) == config
+
+
 def test_empty_bitext_is_refused(tiny_model):
     with pytest.raises(ValueError, match="no training pairs"):
         DistillationTrainer(tiny_config(tiny_model), [])

@@ -30,8 +30,12 @@ evaluate each run.
 
 A run's :class:`~.config.TrainConfig` is, from weakest to strongest: the demo's model and sizes
 (:data:`~.demo.DEMO_CONFIG`), ``[train]``, the encoder's fields, the strategy's fields, then the
-run's languages and seed. Every run's config is built when the file is read, so a bad value
-fails before anything trains, with the table it came from in the message.
+run's languages and seed. A field that ``[train]`` or an encoder sets and a strategy sets to
+another value is an error, not silently overridden (``[train] eps = 0.1`` with ``ot-cosine``,
+whose ε is 0.05: define a preset instead), and so is a table setting a grid axis (``languages``,
+``seed``, and ``teacher`` / ``student_init``, which are the encoder's ``path``). Every run's
+config is built, with its fields' types checked, when the file is read, so a bad value fails
+before anything trains, with the table it came from in the message.
 """
 
 from __future__ import annotations
@@ -69,6 +73,10 @@ _KEYS = {
     "train", "robustness", "encoders", "presets", "collection",
 }  # fmt: skip
 _ENCODER_KEYS = {"path", "document_prefix"}
+_AXES = {  # TrainConfig fields the grid sets per run -> where to set them
+    "languages": "the top-level languages", "seed": "the top-level seeds",
+    "teacher": "an [encoders.<label>] path", "student_init": "an [encoders.<label>] path",
+}  # fmt: skip
 
 
 class ExperimentConfigError(ValueError):
@@ -107,10 +115,16 @@ class ExperimentConfig:
 
 def _train_fields(values: Mapping, where: str) -> dict:
     """TrainConfig fields of a table, ``"none"`` read as None where the field allows it."""
+    if not isinstance(values, Mapping):
+        raise ExperimentConfigError(f"{where}: must be a table of TrainConfig fields")
     fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ExperimentConfigError(f"{where}: unknown TrainConfig fields {unknown}")
+    axes = sorted(set(values) & set(_AXES))
+    if axes:
+        raise ExperimentConfigError(f"{where}: {axes[0]} is set per run by the grid: use "
+                                    f"{_AXES[axes[0]]}")  # fmt: skip
     return {
         name: None if value == _NONE and "None" in fields[name].type else value
         for name, value in values.items()
@@ -124,6 +138,16 @@ def _list(values: Mapping, key: str, where: str, default=None) -> tuple:
     if len(set(map(str, value))) != len(value):
         raise ExperimentConfigError(f"{where}: {key} lists an entry twice: {value}")
     return tuple(value)
+
+
+def _tables(values: Mapping, key: str, where: str, default: dict) -> dict:
+    """A table of tables (``[presets.<name>]``, ``[encoders.<label>]``)."""
+    tables = values.get(key, default)
+    if not isinstance(tables, Mapping) or not all(
+        isinstance(table, Mapping) for table in tables.values()
+    ):
+        raise ExperimentConfigError(f"{where}: {key} must be tables [{key}.<name>]")
+    return dict(tables)
 
 
 def _choices(values: tuple, known, key: str, where: str) -> tuple:
@@ -158,10 +182,21 @@ def _perturbations(values: Mapping, where: str) -> tuple[Perturbation, ...]:
 
 
 def _run_config(base: TrainConfig, tables: list[tuple[str, Mapping]], **axes) -> TrainConfig:
-    """``base`` with each table's fields applied in turn, then the run's axes."""
-    fields = {}
-    for where, table in tables:
-        fields.update(_train_fields(table, where))
+    """``base`` with each table's fields applied in turn, then the run's axes. The last table
+    is the strategy's: the others may not set its fields to other values."""
+    fields, set_by = {}, {}
+    *weaker, (strategy_where, strategy) = tables
+    for where, table in weaker:
+        for name, value in _train_fields(table, where).items():
+            fields[name], set_by[name] = value, where
+    for name, value in _train_fields(strategy, strategy_where).items():
+        if name in fields and fields[name] != value:
+            raise ExperimentConfigError(
+                f"{set_by[name]}: {name} = {fields[name]!r} would be overridden by "
+                f"{strategy_where}, which sets {name} = {value!r}: define a strategy with the "
+                "values you want in a [presets.<name>] table"
+            )
+        fields[name] = value
     try:
         return dataclasses.replace(base, **fields, **axes)
     except (ValueError, TypeError) as error:
@@ -174,6 +209,7 @@ def parse_experiment(values: Mapping, where: str = "experiment config") -> Exper
     if unknown:
         raise ExperimentConfigError(f"{where}: unknown keys {unknown}; known: {sorted(_KEYS)}")
     train = values.get("train", {})
+    _train_fields(train, f"{where} [train]")
     bitext = train.get("bitext") not in (None, _NONE)
     collection = values.get("collection")
     if collection is not None and collection.get("reader") not in READERS:
@@ -193,9 +229,9 @@ def parse_experiment(values: Mapping, where: str = "experiment config") -> Exper
     seeds = _list(values, "seeds", where, [0])
     if not all(isinstance(seed, int) and seed >= 0 for seed in seeds):
         raise ExperimentConfigError(f"{where}: seeds must be integers >= 0, got {seeds}")
-    presets = {**PRESETS, **values.get("presets", {})}
+    presets = {**PRESETS, **_tables(values, "presets", where, {})}
     strategies = _choices(_list(values, "strategies", where), presets, "strategies", where)
-    encoders = values.get("encoders", {DEFAULT_ENCODER: {}})
+    encoders = _tables(values, "encoders", where, {DEFAULT_ENCODER: {}})
     runs = []
     for label, encoder in encoders.items():
         path = encoder.get("path")

@@ -19,7 +19,8 @@ For each run, in grid order:
 The teacher, its memoised token states and the documents' token states are built once per
 encoder, when its first pending run needs them. Then every ``done`` record of the grid is
 aggregated (:mod:`.aggregate`) into ``results.csv``, ``results.md`` and PNG plots
-(:mod:`.plots`) in ``<out>``.
+(:mod:`.plots`) in ``<out>``. Without matplotlib the tables are written and the plots left out,
+which the command says before the grid starts and again at the end.
 """
 
 from __future__ import annotations
@@ -246,9 +247,10 @@ def finished_records(experiment: ExperimentConfig, out_dir: Path) -> list[dict]:
 
 
 def write_results(
-    experiment: ExperimentConfig, out_dir: Path, notes: Sequence[str] = ()
+    experiment: ExperimentConfig, out_dir: Path, notes: Sequence[str] = (), plots: bool = True
 ) -> list[Path]:
-    """Aggregate the finished runs into ``results.csv``, ``results.md`` and the plots."""
+    """Aggregate the finished runs into ``results.csv``, ``results.md`` and (with ``plots``)
+    the plots."""
     from .plots import write_plots
 
     out_dir = Path(out_dir)
@@ -271,12 +273,12 @@ def write_results(
     ]
     tables = markdown_tables(rows, **layout, measures=experiment.measures)
     (out_dir / "results.md").write_text("\n".join(header) + "\n\n" + tables + "\n")
-    plots = [
+    drawn = [
         path
-        for measure in experiment.measures[:1]
+        for measure in (experiment.measures[:1] if plots else ())
         for path in write_plots(rows, out_dir, **layout, measure=measure)
     ]
-    return [out_dir / "results.csv", out_dir / "results.md", *plots]
+    return [out_dir / "results.csv", out_dir / "results.md", *drawn]
 
 
 def _invocation_log(out_dir: Path, entry: dict) -> list[str]:
@@ -301,8 +303,13 @@ def run_experiment(config_path: Path, out_dir: Path | None = None, *, progress: 
     """The ``experiments`` command: run the grid of ``config_path``, write the results into
     ``out_dir`` (default ``runs/experiments/<name>``) and print them; returns the exit status,
     1 if a run of the grid failed."""
+    from .plots import plotting_unavailable
+
     experiment = load_experiment(config_path)
     out_dir = Path(out_dir or Path("runs") / "experiments" / experiment.name)
+    no_plots = plotting_unavailable()  # said before the grid, not found out after it
+    if no_plots:
+        print(f"note: {no_plots}")
     collection = Collection.load(experiment)
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     begun = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -322,9 +329,11 @@ def run_experiment(config_path: Path, out_dir: Path | None = None, *, progress: 
         "",
         *_invocation_log(out_dir, invocation),
     ]
-    paths = write_results(experiment, out_dir, notes)
+    paths = write_results(experiment, out_dir, notes, plots=no_plots is None)
     print((out_dir / "results.md").read_text())
     print("written: " + ", ".join(map(str, paths)))
+    if no_plots:
+        print(f"note: {no_plots}")
     if invocation[FAILED]:
         print(f"{invocation[FAILED]} runs failed (their records in {out_dir / 'runs'} hold the "
               "error); run the command again to retry them")  # fmt: skip

@@ -11,12 +11,26 @@ standard deviation, the strategies side by side within each group of the x axis.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .aggregate import Row
 from .report import language_label
 from .robustness import CLEAN
+
+
+def plotting_unavailable() -> str | None:
+    """Why :func:`write_plots` cannot draw here (matplotlib is not installed), or None."""
+    try:
+        found = importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):  # a broken or stubbed-out matplotlib
+        found = False
+    if found:
+        return None
+    return ("matplotlib is not installed, so no plots are drawn (the tables are); install it "
+            "(pip install matplotlib, or the package's [bench] or [dev] extra) and run the "
+            "command again: finished runs are kept, only the plots are added")  # fmt: skip
 
 
 def _points(ax, labels: Sequence[str], series: Mapping[str, Sequence[Row | None]]) -> None:

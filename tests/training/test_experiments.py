@@ -2,9 +2,11 @@
 rerun), and a whole tiny grid end to end."""
 
 import json
+import sys
 
 import pytest
 
+from optical_ops.training import experiments
 from optical_ops.training.cli import main
 from optical_ops.training.experiment_config import (
     ExperimentConfigError,
@@ -46,12 +48,35 @@ def grid(**changes):
         ({"presets": {"bad": {"strategy": "mse", "tau": 0.1}}, "strategies": ["bad"]},
          "toy.toml [train] + toy.toml [encoders.e5-small] + toy.toml strategy 'bad': tau "
          "applies to the optical strategy only"),
+        ({"train": {"eps": 0.1}},
+         "toy.toml [train]: eps = 0.1 would be overridden by toy.toml strategy 'ot-cosine', "
+         "which sets eps = 0.05: define a strategy"),
+        ({"encoders": {"e5": {"cost": "sqeuclidean"}}},
+         "toy.toml [encoders.e5]: cost = 'sqeuclidean' would be overridden by toy.toml "
+         "strategy 'ot-cosine'"),
+        ({"train": {"strategy": "mse"}}, "[train]: strategy = 'mse' would be overridden"),
+        ({"train": {"sinkhorn_iters": 10.5}}, "sinkhorn_iters must be an integer, got 10.5"),
+        ({"train": {"debias": "no"}}, "debias must be true or false, got 'no'"),
+        ({"train": {"steps": 2.5}}, "toy.toml [train] + toy.toml [encoders.e5-small] + "
+         "toy.toml strategy 'ot-cosine': steps must be an integer, got 2.5"),
+        ({"train": {"languages": "swh"}},
+         "toy.toml [train]: languages is set per run by the grid: use the top-level languages"),
+        ({"train": {"seed": 1}}, "[train]: seed is set per run by the grid: use the top-level"),
+        ({"encoders": {"e5": {"teacher": "/m"}}},
+         "[encoders.e5]: teacher is set per run by the grid: use an [encoders.<label>] path"),
+        ({"train": 3}, "toy.toml [train]: must be a table of TrainConfig fields"),
+        ({"presets": {"ot-x": 0.1}}, "toy.toml: presets must be tables [presets.<name>]"),
     ],
 )  # fmt: skip
 def test_config_errors_are_named(changes, message):
     with pytest.raises(ExperimentConfigError) as caught:
         grid(**changes)
     assert message in str(caught.value)
+
+
+def test_train_values_a_strategy_agrees_with_are_kept():
+    experiment = grid(train={"steps": 3, "eps": 0.05, "sinkhorn_iters": 20})
+    assert {(run.config.eps, run.config.sinkhorn_iters) for run in experiment.runs} == {(0.05, 20)}
 
 
 def test_grid_order_and_run_configs():
@@ -113,6 +138,26 @@ def test_resume_skips_finished_runs_and_retries_failed_and_stale_ones(tmp_path):
 
     changed = grid(train={"steps": 4})  # every run's settings changed: all stale
     assert list(once(changed).values()) == ["done"] * 4 and len(calls) == 4
+
+
+def test_missing_matplotlib_is_said_before_the_grid_runs(tmp_path, monkeypatch, capsys):
+    config = tmp_path / "toy.toml"
+    config.write_text('languages = ["sw"]\nstrategies = ["none"]\n')
+    seen = []
+
+    def run_grid(experiment, out_dir, collection, progress):
+        seen.append(capsys.readouterr().out)  # what was printed before the grid started
+        return {run.id: "skipped" for run in experiment.runs}
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+    monkeypatch.setattr(experiments, "run_grid", run_grid)
+    assert experiments.run_experiment(config, tmp_path / "out") == 0
+    assert "matplotlib is not installed, so no plots are drawn" in seen[0]
+    assert "[bench]" in seen[0]
+    assert "matplotlib is not installed" in capsys.readouterr().out  # and again at the end
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "invocations.jsonl", "results.csv", "results.md",
+    ]  # fmt: skip
 
 
 def test_tiny_grid_end_to_end(tmp_path, tiny_model):

@@ -62,21 +62,22 @@ def paused_train(name: str, argv: list[str], marker: Path):
     """Run ``train`` in a child process until it is about to rename the file ``name`` into
     place; SIGKILL it when the block ends."""
     command = [sys.executable, __file__, name, str(marker), oct(UMASK), *argv]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = marker.with_suffix(".log")
+    with open(log, "wb") as output:
+        child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not marker.exists():
             if child.poll() is not None:
                 pytest.fail(f"the child ended ({child.returncode}) before renaming {name}:\n"
-                            f"{child.stdout.read().decode()}")  # fmt: skip
+                            f"{log.read_text()}")  # fmt: skip
             if time.monotonic() > deadline:
                 pytest.fail(f"the child did not reach the rename of {name}")
             time.sleep(0.05)
         yield child
     finally:
-        os.kill(child.pid, signal.SIGKILL)
+        child.send_signal(signal.SIGKILL)  # a no-op once the child has been reaped
         child.wait()
-        child.stdout.close()
 
 
 @pytest.mark.parametrize("killed_at", ["step-00000004.safetensors", "step-00000004.json"])
@@ -143,7 +144,7 @@ def test_a_run_never_deletes_or_shadows_another_runs_files(tmp_path, tiny_model,
 
 
 if __name__ == "__main__":
-    # The child of kill_while_renaming: python test_run_safety.py NAME MARKER UMASK ARGV...
+    # The child of paused_train: python test_run_safety.py NAME MARKER UMASK ARGV...
     import torch
 
     from optical_ops.training import cli

@@ -59,7 +59,8 @@ native_cpu_loops = [
         optional=True,
     )
     for name, source in (("_sinkhorn_cpu", "sinkhorn_scaling_cpu.cpp"),
-                         ("_streaming_cpu", "streaming_softmin_cpu.cpp"))
+                         ("_streaming_cpu", "streaming_softmin_cpu.cpp"),
+                         ("_stabilised_cpu", "sinkhorn_stabilised_cpu.cpp"))
 ]
 
 # Per compiler family: (compile flags, link flags) for OpenMP, and the other flags wanted.
@@ -76,34 +77,45 @@ OTHER_FLAGS = {
 OPENMP_PROBE = '#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n'
 
 
-class BuildNativeLoops(build_ext):
-    """build_ext with the flags the compiler at hand understands.
+def native_flags(family: str, compiles) -> tuple[list[str], list[str]] | None:
+    """(compile args, link args) for a compiler ``family`` (unix, darwin, msvc); None: no OpenMP.
 
-    Each wanted flag is tried on a one-line file and dropped if the compiler rejects it; OpenMP
-    is checked by compiling and linking a program that calls it. Without OpenMP the extensions
-    are skipped with a message (their sources need it) and the package falls back to PyTorch.
+    ``compiles(source, compile_args, link_args=None)`` says whether the compiler builds
+    ``source`` with those arguments (and links it, when ``link_args`` is given). Each wanted
+    flag is kept only if accepted; OpenMP must compile and link a program that calls it.
+    """
+    omp_compile, omp_link = OPENMP_FLAGS[family]
+    wanted = OTHER_FLAGS["msvc" if family == "msvc" else "unix"]
+    flags = [f for f in wanted if compiles("int main(void) { return 0; }\n", [f])]
+    if not compiles(OPENMP_PROBE, omp_compile, omp_link):
+        return None
+    return flags + omp_compile, list(omp_link)
+
+
+class BuildNativeLoops(build_ext):
+    """build_ext with the flags the compiler at hand understands (:func:`native_flags`).
+
+    Without OpenMP the extensions are skipped with a message (their sources need it) and the
+    package falls back to PyTorch ops; a compile error later is handled by ``optional=True``.
     """
 
     def build_extensions(self):
         family = self.compiler.compiler_type
         if family != "msvc":
             family = "darwin" if sys.platform == "darwin" else "unix"
-        omp_compile, omp_link = OPENMP_FLAGS[family]
-        flags = [f for f in OTHER_FLAGS["msvc" if family == "msvc" else "unix"]
-                 if self._compiles("int main(void) { return 0; }\n", [f])]
-        if not self._compiles(OPENMP_PROBE, omp_compile, omp_link):
+        chosen = native_flags(family, self._compiles)
+        if chosen is None:
+            omp = " ".join(OPENMP_FLAGS[family][0] + OPENMP_FLAGS[family][1])
             self.warn(f"optical-ot: the C++ compiler ({family}) cannot build OpenMP code with "
-                      f"{omp_compile} {omp_link}; skipping the native CPU loops (PyTorch ops "
-                      "are used instead, same results)")
+                      f"{omp}; skipping the native CPU loops (PyTorch ops are used instead, "
+                      "same results)")
             self.extensions = []
             return
         for ext in self.extensions:
-            ext.extra_compile_args = flags + omp_compile
-            ext.extra_link_args = list(omp_link)
+            ext.extra_compile_args, ext.extra_link_args = chosen
         super().build_extensions()
 
     def _compiles(self, source: str, compile_args: list[str], link_args=None) -> bool:
-        """Whether ``source`` compiles (and links, when ``link_args`` is given) with the args."""
         tmp = tempfile.mkdtemp(prefix="optical-ot-probe-")
         try:
             path = os.path.join(tmp, "probe.cpp")
@@ -137,51 +149,53 @@ BENCH = ["POT>=0.9.5", "pytest-benchmark", "matplotlib", "threadpoolctl", "numpy
 # triton.knobs (used by the kernels) first shipped in Triton 3.4.0.
 TRITON = "triton>=3.4"
 
-setup(
-    name="optical-ot",
-    version=version(),
-    description="Entropic optimal transport as a token-level distillation loss (OPTICAL), "
-    "with fused Triton kernels and a fast CPU path.",
-    long_description=long_description(read("README.md")),
-    long_description_content_type="text/markdown",
-    license="MIT",
-    license_files=["LICENSE"],
-    classifiers=[
-        "Development Status :: 3 - Alpha",
-        "Intended Audience :: Science/Research",
-        "Operating System :: POSIX :: Linux",
-        "Programming Language :: C++",
-        "Programming Language :: Python :: 3",
-        "Programming Language :: Python :: 3 :: Only",
-        "Programming Language :: Python :: 3.11",
-        "Topic :: Scientific/Engineering :: Artificial Intelligence",
-        "Topic :: Scientific/Engineering :: Mathematics",
-    ],
-    python_requires=">=3.10",
-    packages=["optical_ops", "optical_ops.kernels", "optical_ops.training"],
-    package_dir={
-        "optical_ops": "optical_ops",
-        "optical_ops.kernels": "kernels",
-        "optical_ops.training": "training",
-    },
-    package_data={"optical_ops.training": ["data/udhr/*.tsv", "data/udhr/README.md"]},
-    ext_modules=native_cpu_loops,
-    cmdclass={"build_ext": BuildNativeLoops},
-    install_requires=["torch>=2.1"],
-    extras_require={
-        "triton": [TRITON],
-        "train": TRAIN,
-        "bench": BENCH,
-        "dev": list(dict.fromkeys([
-            # Triton publishes Linux wheels only.
-            f"{TRITON}; platform_system == 'Linux'",
-            *TRAIN,
-            *BENCH,
-            "pytest",
-            "ruff",
-            "hypothesis",
-            "ir-measures~=0.4.3",
-            "pytrec-eval-terrier~=0.5.11",
-        ])),
-    },
-)
+# Run by pip (PEP 517) and `python setup.py`; tests import this file for its helpers.
+if __name__ == "__main__":
+    setup(
+        name="optical-ot",
+        version=version(),
+        description="Entropic optimal transport as a token-level distillation loss (OPTICAL), "
+        "with fused Triton kernels and a fast CPU path.",
+        long_description=long_description(read("README.md")),
+        long_description_content_type="text/markdown",
+        license="MIT",
+        license_files=["LICENSE"],
+        classifiers=[
+            "Development Status :: 3 - Alpha",
+            "Intended Audience :: Science/Research",
+            "Operating System :: POSIX :: Linux",
+            "Programming Language :: C++",
+            "Programming Language :: Python :: 3",
+            "Programming Language :: Python :: 3 :: Only",
+            "Programming Language :: Python :: 3.11",
+            "Topic :: Scientific/Engineering :: Artificial Intelligence",
+            "Topic :: Scientific/Engineering :: Mathematics",
+        ],
+        python_requires=">=3.10",
+        packages=["optical_ops", "optical_ops.kernels", "optical_ops.training"],
+        package_dir={
+            "optical_ops": "optical_ops",
+            "optical_ops.kernels": "kernels",
+            "optical_ops.training": "training",
+        },
+        package_data={"optical_ops.training": ["data/udhr/*.tsv", "data/udhr/README.md"]},
+        ext_modules=native_cpu_loops,
+        cmdclass={"build_ext": BuildNativeLoops},
+        install_requires=["torch>=2.1"],
+        extras_require={
+            "triton": [TRITON],
+            "train": TRAIN,
+            "bench": BENCH,
+            "dev": list(dict.fromkeys([
+                # Triton publishes Linux wheels only.
+                f"{TRITON}; platform_system == 'Linux'",
+                *TRAIN,
+                *BENCH,
+                "pytest",
+                "ruff",
+                "hypothesis",
+                "ir-measures~=0.4.3",
+                "pytrec-eval-terrier~=0.5.11",
+            ])),
+        },
+    )

@@ -1,0 +1,78 @@
+"""Launcher for the native CPU stabilised scaling loop (``csrc/sinkhorn_stabilised_cpu.cpp``).
+
+The extension is optional: when it was not built (no C++ compiler at install time) the PyTorch
+primitive (:mod:`optical_ops.softmin_stabilised`) runs its iterations op by op instead, with the
+same result up to round-off.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from . import _stabilised_cpu
+except ImportError:  # not built: callers fall back to PyTorch ops
+    _stabilised_cpu = None
+
+
+def native_stabilised_available(cost: torch.Tensor) -> bool:
+    return (
+        _stabilised_cpu is not None
+        and cost.device.type == "cpu"
+        and cost.dtype in (torch.float32, torch.float64)
+    )
+
+
+def stabilised_iterate(
+    cost: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    f: torch.Tensor,
+    kernel: torch.Tensor,
+    fbar: torch.Tensor,
+    gbar: torch.Tensor,
+    valid: torch.Tensor,
+    n_iters: int,
+    eps: float,
+    damping: float,
+    absorb: float,
+    accurate: float,
+    exp_lo: float,
+    exp_hi: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n_iters`` Sinkhorn iterations (column then row update) from the potentials ``f``.
+
+    cost: (B, n, m) contiguous, shifted and sanitised (massless entries finite); a, f: (B, n);
+    b: (B, m); one float dtype, CPU. The absorption cache kernel (B, n, m) contiguous, fbar
+    (B, n), gbar (B, m) and valid (B,) int32 (0: no kernel yet, 1: kernel at (fbar, gbar),
+    2: the problem runs in the log domain) are read and updated in place; ``f`` is not.
+    Returns (f, g, f_prev, counts): the new potentials, f before the last row update (for the
+    massless columns' exact potentials) and int64 (absorptions, log-domain half-iterations).
+    Massless potentials in the result are not meaningful (the caller recomputes them).
+    """
+    if not native_stabilised_available(cost):
+        raise RuntimeError("the native CPU stabilised loop is not available for this tensor")
+    batch, n, m = cost.shape
+    for name, ten, shape in (("cost", cost, (batch, n, m)), ("kernel", kernel, (batch, n, m)),
+                             ("a", a, (batch, n)), ("b", b, (batch, m)), ("f", f, (batch, n)),
+                             ("fbar", fbar, (batch, n)), ("gbar", gbar, (batch, m))):
+        if ten.dtype != cost.dtype or tuple(ten.shape) != shape:
+            raise ValueError(f"{name} must be {cost.dtype} of shape {shape}")
+        if not ten.is_contiguous():
+            raise ValueError(f"{name} must be contiguous")
+    if valid.dtype != torch.int32 or tuple(valid.shape) != (batch,) or not valid.is_contiguous():
+        raise ValueError(f"valid must be contiguous torch.int32 of shape ({batch},)")
+    if n_iters < 1:
+        raise ValueError(f"n_iters must be >= 1, got {n_iters}")
+    f = f.to(cost.dtype).contiguous().clone()
+    g = cost.new_empty(batch, m)
+    f_prev = cost.new_empty(batch, n)
+    counts = torch.zeros(2, dtype=torch.int64)
+    _stabilised_cpu.stabilised_iterate(
+        cost.data_ptr(), a.data_ptr(), b.data_ptr(), f.data_ptr(), g.data_ptr(),
+        f_prev.data_ptr(), kernel.data_ptr(), fbar.data_ptr(), gbar.data_ptr(),
+        valid.data_ptr(), counts.data_ptr(), batch, n, m, n_iters, float(eps), float(damping),
+        float(absorb), float(accurate), float(exp_lo), float(exp_hi),
+        cost.dtype == torch.float64, torch.get_num_threads(),
+    )
+    return f, g, f_prev, counts

@@ -1,0 +1,444 @@
+// Stabilised scaling-domain Sinkhorn iterations on the CPU (optical_ops/softmin_stabilised.py).
+//
+// Problem p: cost C (n, m) row-major (shifted, massless entries finite), weights a (n), b (m),
+// potentials f (n) in, f and g (m) out. The absorption cache (kernel K~ (n, m), fbar, gbar,
+// valid) persists between calls:
+//
+//   K~_ij = exp(clamp((fbar_i + gbar_j - C_ij) / eps, lo, hi)),   u = e^((f - fbar)/eps),
+//   v = e^((g - gbar)/eps),
+//   column update  T = K~^T (a u),  v = T^-1 (balanced) or e^(-(1 - lam) gbar/eps) T^-lam,
+//   row update     T = K~ (b v),    u likewise.
+//
+// A half-iteration whose massful sums leave [e^-accurate, e^accurate] is redone by log-sum-exp
+// from C and absorbed (fbar, gbar <- f, g; K~ rebuilt; u = v = 1); when only the new scalings
+// leave [e^-absorb, e^absorb] the current potentials are absorbed. An absorption whose massful
+// exponents exceed hi puts the problem in the log domain for good (valid = 2). Rows and columns
+// with zero weight get coefficient exactly 0 and are never range-checked; their potentials are
+// not meaningful here (the caller recomputes them by log-sum-exp).
+//
+// Both mat-vecs are sums of rows (of K~ for the columns, of a transposed copy for the rows),
+// register blocked and vectorised along the rows, with no horizontal reduction. Column
+// log-sum-exps also sweep rows (a running max and then a sum per column), so C is only ever
+// read row by row. exp: see exp_clamped below. Results that would be denormal are flushed to
+// zero (MXCSR.FTZ, set per worker and restored): K~ entries are >= e^lo (normal), and any
+// product that small is below the accuracy bound anyway.
+//
+// Parallelism: one problem per thread at a time (dynamic schedule), when the call has enough
+// work to pay for the fork; otherwise one thread. No PyTorch header: the Python side
+// (kernels/cpu_stabilised.py) passes data pointers of contiguous CPU tensors it has checked.
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include <omp.h>
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#endif
+
+#include "native_cpu.h"
+
+namespace {
+
+// exp(x) for x already clamped to the finite range the callers use (fp32 [-87, 50], fp64
+// [-700, 350]): x = k ln2 + r, |r| <= ln2/2, e^r by a Taylor polynomial (degree 7 for float,
+// 13 for double: truncation below half an ulp), 2^k built in the exponent field. Rounding k by
+// the add-and-subtract of 1.5 * 2^mantissa keeps every step vectorisable (no floor, no
+// float-to-int64 conversion).
+template <typename T>
+struct ExpConst;
+template <>
+struct ExpConst<float> {
+  using Int = int32_t;
+  static constexpr float kMagic = 12582912.0f, kInvLn2 = 1.44269504088896341f;
+  static constexpr float kLn2A = 0.693359375f, kLn2B = -2.12194440e-4f;
+  static constexpr int kTerms = 7, kShift = 23, kBias = 127;
+};
+template <>
+struct ExpConst<double> {
+  using Int = int64_t;
+  static constexpr double kMagic = 6755399441055744.0, kInvLn2 = 1.44269504088896340736;
+  static constexpr double kLn2A = 6.93147180369123816490e-01;
+  static constexpr double kLn2B = 1.90821492927058770002e-10;
+  static constexpr int kTerms = 13, kShift = 52, kBias = 1023;
+};
+
+template <typename T>
+constexpr T inverse_factorial(int i) {
+  return i <= 1 ? T(1) : inverse_factorial<T>(i - 1) / T(i);
+}
+
+template <typename T>
+INLINE T exp_in_range(T x) {
+  using E = ExpConst<T>;
+  const T rounded = std::fma(x, E::kInvLn2, E::kMagic);
+  const T k = rounded - E::kMagic;
+  const T r = std::fma(-k, E::kLn2B, std::fma(-k, E::kLn2A, x));
+  // Horner over the Taylor coefficients 1/i!, highest first.
+  T poly = inverse_factorial<T>(E::kTerms);
+#pragma GCC unroll 16
+  for (int i = E::kTerms - 1; i >= 0; --i) poly = std::fma(poly, r, inverse_factorial<T>(i));
+  const auto k_int = __builtin_bit_cast(typename E::Int, rounded) -
+                     __builtin_bit_cast(typename E::Int, E::kMagic);
+  const auto scale = __builtin_bit_cast(T, (k_int + E::kBias) << E::kShift);
+  return poly * scale;
+}
+
+template <typename T>
+INLINE T clamp(T x, T lo, T hi) {
+  return x < lo ? lo : (x > hi ? hi : x);  // NaN stays NaN: never produced here
+}
+
+// acc[0:len] = sum_{i < rows} coef[i] M[i, 0:len] (row stride len); rows with coef 0 add 0.
+// Four rows per pass over a block of accumulators, so each block is loaded and stored once per
+// four rows (a long store-to-load chain otherwise bounds short rows).
+template <typename T>
+INLINE void sum_rows(T* acc, const T* coef, const T* M, int64_t rows, int64_t len) {
+  constexpr int64_t kBlock = 64 / sizeof(T);
+  int64_t j0 = 0;
+  for (; j0 < len; j0 += kBlock) {
+    const int64_t w = std::min(kBlock, len - j0);
+    T s0[kBlock] = {}, s1[kBlock] = {}, s2[kBlock] = {}, s3[kBlock] = {};
+    int64_t i = 0;
+    for (; i + 4 <= rows; i += 4) {
+      const T* r0 = M + i * len + j0;
+      const T c0 = coef[i], c1 = coef[i + 1], c2 = coef[i + 2], c3 = coef[i + 3];
+      if (w == kBlock) {
+#pragma omp simd
+        for (int64_t l = 0; l < kBlock; ++l) {
+          s0[l] += c0 * r0[l];
+          s1[l] += c1 * r0[len + l];
+          s2[l] += c2 * r0[2 * len + l];
+          s3[l] += c3 * r0[3 * len + l];
+        }
+      } else {
+        for (int64_t l = 0; l < w; ++l) {
+          s0[l] += c0 * r0[l];
+          s1[l] += c1 * r0[len + l];
+          s2[l] += c2 * r0[2 * len + l];
+          s3[l] += c3 * r0[3 * len + l];
+        }
+      }
+    }
+    for (; i < rows; ++i) {
+      const T* r0 = M + i * len + j0;
+      for (int64_t l = 0; l < w; ++l) s0[l] += coef[i] * r0[l];
+    }
+    for (int64_t l = 0; l < w; ++l) acc[j0 + l] = (s0[l] + s1[l]) + (s2[l] + s3[l]);
+  }
+}
+
+struct Limits {
+  double eps, lam, absorb, accurate, exp_lo, exp_hi;
+};
+
+// Work buffers and the view of one problem.
+template <typename T>
+struct Problem {
+  const T *C, *a, *b;
+  T *K, *fbar, *gbar;
+  int32_t* valid;
+  int64_t n, m;
+  // per-thread scratch
+  T *KT, *u, *v, *coef, *sum, *f, *g, *top;
+  int64_t absorptions = 0, log_updates = 0;
+};
+
+// Column soft-min from potentials f: g_j = -lam eps LSE_i(log a_i + (f_i - C_ij)/eps), rows
+// without mass skipped. Two sweeps over the rows of C: running max, then the sum of exps.
+template <typename T>
+INLINE void log_cols(Problem<T>& P, const Limits& L, const T* f, T* g) {
+  const T inv = T(1) / T(L.eps), floor = T(L.exp_lo);
+  T* top = P.top;
+  T* sum = P.sum;
+  std::fill(top, top + P.m, -std::numeric_limits<T>::infinity());
+  std::fill(sum, sum + P.m, T(0));
+  for (int64_t i = 0; i < P.n; ++i) {
+    if (!(P.a[i] > 0)) continue;
+    const T h = std::log(P.a[i]) + f[i] * inv;
+    const T* c = P.C + i * P.m;
+#pragma omp simd
+    for (int64_t j = 0; j < P.m; ++j) top[j] = std::max(top[j], h - c[j] * inv);
+  }
+  for (int64_t i = 0; i < P.n; ++i) {
+    if (!(P.a[i] > 0)) continue;
+    const T h = std::log(P.a[i]) + f[i] * inv;
+    const T* c = P.C + i * P.m;
+#pragma omp simd
+    for (int64_t j = 0; j < P.m; ++j) {
+      const T z = h - c[j] * inv - top[j];
+      sum[j] += exp_in_range(z < floor ? floor : z);
+    }
+  }
+  const T scale = -T(L.lam) * T(L.eps);
+  for (int64_t j = 0; j < P.m; ++j) g[j] = scale * (top[j] + std::log(sum[j]));
+  P.log_updates++;
+}
+
+// Row soft-min from potentials g: f_i = -lam eps LSE_j(log b_j + (g_j - C_ij)/eps), columns
+// without mass contributing exactly 0. All rows (massless ones too).
+template <typename T>
+INLINE void log_rows(Problem<T>& P, const Limits& L, const T* g, T* f) {
+  const T inv = T(1) / T(L.eps), floor = T(L.exp_lo);
+  const T ninf = -std::numeric_limits<T>::infinity();
+  T* h = P.top;  // log b_j + g_j / eps, -inf without mass
+  for (int64_t j = 0; j < P.m; ++j) h[j] = P.b[j] > 0 ? std::log(P.b[j]) + g[j] * inv : ninf;
+  const T scale = -T(L.lam) * T(L.eps);
+  for (int64_t i = 0; i < P.n; ++i) {
+    const T* c = P.C + i * P.m;
+    T mx = ninf;
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 0; j < P.m; ++j) mx = std::max(mx, h[j] - c[j] * inv);
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < P.m; ++j) {
+      const T z = h[j] - c[j] * inv - mx;
+      const T e = exp_in_range(z < floor ? floor : z);
+      s += P.b[j] > 0 ? e : T(0);
+    }
+    f[i] = scale * (mx + std::log(s));
+  }
+  P.log_updates++;
+}
+
+// Absorb the potentials (f, g) (massless ones set to 0): rebuild K~ and its transpose; u = v = 1.
+// Returns false when a massful exponent exceeds the ceiling (the problem goes to the log domain).
+template <typename T>
+INLINE bool absorb(Problem<T>& P, const Limits& L, const T* f, const T* g) {
+  const T inv = T(1) / T(L.eps), lo = T(L.exp_lo), hi = T(L.exp_hi);
+  for (int64_t i = 0; i < P.n; ++i) P.fbar[i] = P.a[i] > 0 ? f[i] : T(0);
+  for (int64_t j = 0; j < P.m; ++j) P.gbar[j] = P.b[j] > 0 ? g[j] : T(0);
+  bool fits = true;
+  for (int64_t i = 0; i < P.n; ++i) {
+    const T* c = P.C + i * P.m;
+    T* k = P.K + i * P.m;
+    const T fi = P.fbar[i];
+    T over = lo;  // largest massful exponent of the row
+#pragma omp simd reduction(max : over)
+    for (int64_t j = 0; j < P.m; ++j) {
+      const T z = (fi + P.gbar[j] - c[j]) * inv;
+      over = std::max(over, P.b[j] > 0 ? z : lo);
+      k[j] = exp_in_range(clamp(z, lo, hi));
+    }
+    if (P.a[i] > 0 && over > hi) fits = false;
+  }
+  for (int64_t i = 0; i < P.n; ++i)
+    for (int64_t j = 0; j < P.m; ++j) P.KT[j * P.n + i] = P.K[i * P.m + j];
+  std::fill(P.u, P.u + P.n, T(1));
+  std::fill(P.v, P.v + P.m, T(1));
+  *P.valid = fits ? 1 : 2;
+  P.absorptions++;
+  return fits;
+}
+
+// Potentials from the scalings: out = bar + eps log s.
+template <typename T>
+INLINE void potentials(const T* bar, const T* s, int64_t len, T eps, T* out) {
+  for (int64_t i = 0; i < len; ++i) out[i] = bar[i] + eps * std::log(s[i]);
+}
+
+// One scaling half-iteration for the side with scalings `s` (len entries, weights w, bar the
+// side's absorption potentials) from the other side's scalings `o` (olen, weights ow), over
+// `M` (olen rows of len). Returns 0: fine, 1: absorb (scalings out of range), 2: sums out of
+// the accurate range (redo in the log domain).
+template <typename T>
+INLINE int scaling_half(Problem<T>& P, const Limits& L, const T* M, const T* ow, const T* o,
+                        int64_t olen, const T* w, const T* bar, T* s, int64_t len) {
+  for (int64_t i = 0; i < olen; ++i) P.coef[i] = ow[i] > 0 ? ow[i] * o[i] : T(0);
+  sum_rows(P.sum, P.coef, M, olen, len);
+  const T acc_hi = T(std::exp(L.accurate)), acc_lo = T(std::exp(-L.accurate));
+  bool accurate = true, within = true;
+  if (L.lam == 1.0) {
+    const T abs_hi = T(std::exp(L.absorb)), abs_lo = T(std::exp(-L.absorb));
+    for (int64_t j = 0; j < len; ++j) {
+      const T t = P.sum[j];
+      s[j] = T(1) / t;
+      if (w[j] > 0) {
+        accurate &= (t >= acc_lo) & (t <= acc_hi);
+        within &= (t >= abs_lo) & (t <= abs_hi);
+      }
+    }
+  } else {
+    const T lam = T(L.lam), c = -(T(1) - lam) / T(L.eps), lim = T(L.absorb);
+    for (int64_t j = 0; j < len; ++j) {
+      const T t = P.sum[j];
+      const T log_s = c * bar[j] - lam * std::log(t);
+      s[j] = std::exp(log_s);
+      if (w[j] > 0) {
+        accurate &= (t >= acc_lo) & (t <= acc_hi);
+        within &= std::fabs(log_s) <= lim;
+      }
+    }
+  }
+  return !accurate ? 2 : (within ? 0 : 1);
+}
+
+// All iterations of one problem. f_io: potentials in, out; g_out, f_prev: outputs.
+template <typename T>
+PER_ISA void solve_problem(Problem<T>& P, const Limits& L, T* f_io, T* g_out, T* f_prev,
+                           int iters) {
+#if defined(__SSE2__)
+  const unsigned csr = _mm_getcsr();
+  _mm_setcsr(csr | 0x8000);  // flush denormal results to zero
+#endif
+  const T eps = T(L.eps);
+  const int64_t n = P.n, m = P.m;
+  bool need_log = true;  // the next column update must run in the log domain
+  if (*P.valid == 1) {
+    need_log = false;
+    for (int64_t i = 0; i < n; ++i) {
+      const T lu = (f_io[i] - P.fbar[i]) / eps;
+      P.u[i] = std::exp(std::min(lu, T(L.exp_hi)));
+      if (P.a[i] > 0 && std::fabs(lu) > T(L.absorb)) need_log = true;
+    }
+  }
+  std::copy(f_io, f_io + n, P.f);  // f in log form while need_log
+  if (*P.valid == 2) {  // log domain throughout
+    for (int it = 0; it < iters; ++it) {
+      log_cols(P, L, P.f, P.g);
+      if (it + 1 == iters) std::copy(P.f, P.f + n, f_prev);
+      log_rows(P, L, P.g, P.f);
+    }
+    std::copy(P.f, P.f + n, f_io);
+    std::copy(P.g, P.g + m, g_out);
+#if defined(__SSE2__)
+    _mm_setcsr(csr);
+#endif
+    return;
+  }
+  bool log_mode = false;
+  for (int it = 0; it < iters; ++it) {
+    const bool last = it + 1 == iters;
+    // Column update.
+    if (log_mode) {
+      log_cols(P, L, P.f, P.g);
+    } else if (need_log) {
+      log_cols(P, L, P.f, P.g);  // P.f holds the f passed in
+      log_mode = !absorb(P, L, P.f, P.g);
+      need_log = false;
+    } else {
+      const int state = scaling_half(P, L, P.K, P.a, P.u, n, P.b, P.gbar, P.v, m);
+      if (state != 0) {
+        potentials(P.fbar, P.u, n, eps, P.f);
+        if (state == 2) log_cols(P, L, P.f, P.g);
+        else potentials(P.gbar, P.v, m, eps, P.g);
+        log_mode = !absorb(P, L, P.f, P.g);
+      }
+    }
+    if (last) {
+      if (log_mode) std::copy(P.f, P.f + n, f_prev);
+      else potentials(P.fbar, P.u, n, eps, f_prev);
+    }
+    // Row update.
+    if (log_mode) {
+      log_rows(P, L, P.g, P.f);
+      continue;
+    }
+    const int state = scaling_half(P, L, P.KT, P.b, P.v, m, P.a, P.fbar, P.u, n);
+    if (state != 0) {
+      potentials(P.gbar, P.v, m, eps, P.g);
+      if (state == 2) log_rows(P, L, P.g, P.f);
+      else potentials(P.fbar, P.u, n, eps, P.f);
+      if (last) {  // keep the result exact; the next call absorbs what it needs
+        std::copy(P.f, P.f + n, f_io);
+        std::copy(P.g, P.g + m, g_out);
+#if defined(__SSE2__)
+        _mm_setcsr(csr);
+#endif
+        return;
+      }
+      log_mode = !absorb(P, L, P.f, P.g);
+    }
+  }
+  if (log_mode) {
+    std::copy(P.f, P.f + n, f_io);
+    std::copy(P.g, P.g + m, g_out);
+  } else {
+    potentials(P.fbar, P.u, n, eps, f_io);
+    potentials(P.gbar, P.v, m, eps, g_out);
+  }
+#if defined(__SSE2__)
+  _mm_setcsr(csr);
+#endif
+}
+
+// A call runs on several threads only when its total work pays for the fork and join
+// (measured for the scaling loop: ~4M multiply-adds).
+constexpr int64_t kParallelMinWork = int64_t(1) << 22;
+
+template <typename T>
+void iterate(const T* C, const T* a, const T* b, T* f, T* g, T* f_prev, T* K, T* fbar, T* gbar,
+             int32_t* valid, int64_t* counts, int64_t batch, int64_t n, int64_t m, int iters,
+             const Limits& L, int threads) {
+  const int64_t work = batch * n * m * iters;
+  const int use = (threads > 1 && batch >= 2 && work >= kParallelMinWork) ? threads : 1;
+  int64_t absorptions = 0, log_updates = 0;
+#pragma omp parallel num_threads(use) reduction(+ : absorptions, log_updates)
+  {
+    const int64_t big = std::max(n, m);
+    std::vector<T> kt(n * m), u(n), v(m), coef(big), sum(big), fw(n), gw(m), top(big);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t p = 0; p < batch; ++p) {
+      Problem<T> P{C + p * n * m, a + p * n, b + p * m, K + p * n * m, fbar + p * n,
+                   gbar + p * m, valid + p, n, m, kt.data(), u.data(), v.data(),
+                   coef.data(), sum.data(), fw.data(), gw.data(), top.data()};
+      if (valid[p] == 1)  // the transposed kernel is per thread: rebuild it
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = 0; j < m; ++j) kt[j * n + i] = P.K[i * m + j];
+      solve_problem(P, L, f + p * n, g + p * m, f_prev + p * n, iters);
+      absorptions += P.absorptions;
+      log_updates += P.log_updates;
+    }
+  }
+  counts[0] += absorptions;
+  counts[1] += log_updates;
+}
+
+// stabilised_iterate(C, a, b, f, g, f_prev, K, fbar, gbar, valid, counts, batch, n, m, iters,
+// eps, damping, absorb, accurate, exp_lo, exp_hi, is_double, threads): addresses of contiguous
+// CPU buffers (see kernels/cpu_stabilised.py).
+PyObject* stabilised_iterate(PyObject*, PyObject* args) {
+  unsigned long long c, a, b, f, g, fp, k, fb, gb, valid, counts;
+  long long batch, n, m;
+  int iters, is_double, threads;
+  Limits L;
+  if (!PyArg_ParseTuple(args, "KKKKKKKKKKKLLLiddddddpi", &c, &a, &b, &f, &g, &fp, &k, &fb, &gb,
+                        &valid, &counts, &batch, &n, &m, &iters, &L.eps, &L.lam, &L.absorb,
+                        &L.accurate, &L.exp_lo, &L.exp_hi, &is_double, &threads))
+    return nullptr;
+  if (batch < 1 || n < 1 || m < 1 || iters < 1 || threads < 1 || !(L.eps > 0)) {
+    PyErr_SetString(PyExc_ValueError,
+                    "stabilised_iterate: sizes, iters, threads must be >= 1 and eps > 0");
+    return nullptr;
+  }
+  Py_BEGIN_ALLOW_THREADS
+  if (is_double)
+    iterate(as_ptr<const double>(c), as_ptr<const double>(a), as_ptr<const double>(b),
+            as_ptr<double>(f), as_ptr<double>(g), as_ptr<double>(fp), as_ptr<double>(k),
+            as_ptr<double>(fb), as_ptr<double>(gb), as_ptr<int32_t>(valid),
+            as_ptr<int64_t>(counts), batch, n, m, iters, L, threads);
+  else
+    iterate(as_ptr<const float>(c), as_ptr<const float>(a), as_ptr<const float>(b),
+            as_ptr<float>(f), as_ptr<float>(g), as_ptr<float>(fp), as_ptr<float>(k),
+            as_ptr<float>(fb), as_ptr<float>(gb), as_ptr<int32_t>(valid),
+            as_ptr<int64_t>(counts), batch, n, m, iters, L, threads);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"stabilised_iterate", stabilised_iterate, METH_VARARGS,
+     "Run stabilised scaling-domain Sinkhorn iterations (see kernels/cpu_stabilised.py)."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_stabilised_cpu",
+                      "Native CPU stabilised Sinkhorn iterations for optical-ot.", -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__stabilised_cpu(void) { return PyModule_Create(&module); }

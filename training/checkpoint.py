@@ -91,7 +91,7 @@ def remove_partial_files(directory: Path, final_names: re.Pattern) -> list[Path]
     removed = []
     for path in sorted(directory.iterdir()):
         partial = PARTIAL.match(path.name)
-        if partial and final_names.match(partial[1]) and path.is_file():
+        if partial and final_names.fullmatch(partial[1]) and path.is_file():
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

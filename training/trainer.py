@@ -246,8 +246,7 @@ class DistillationTrainer:
         out_dir = Path(out_dir)
         checkpoints = list_checkpoints(out_dir / CHECKPOINTS)
         history = out_dir / HISTORY
-        held = [str(p) for p in (checkpoints[-1:] or [out_dir / CHECKPOINTS]) + [history]
-                if p.exists()]  # fmt: skip
+        held = [str(p) for p in [*checkpoints[-1:], history] if p.exists()]
         if self.resumed_from is None and held:
             raise RunFolderError(
                 f"{out_dir} already holds a run ({', '.join(held)}): continue it with --resume "

@@ -119,8 +119,11 @@ def test_files_get_the_umask_mode_and_no_staging_names(tmp_path):
 
 def test_leftovers_of_killed_writers_are_removed_and_nothing_else(tmp_path):
     save(tmp_path, 1)
-    ours = [".step-00000002.safetensors.4242.partial", ".step-00000002.json.17.partial",
-            "step-00000003.safetensors"]  # the last: its sidecar was never written
+    ours = [
+        ".step-00000002.safetensors.4242.partial",
+        ".step-00000002.json.17.partial",
+        "step-00000003.safetensors",
+    ]  # the last: its sidecar was never written
     foreign = ["notes.txt", ".tmpa1b2c3", ".step-00000002.safetensors.x8Kz.partial",
                ".results.json.17.partial", "step-3.safetensors"]  # fmt: skip
     for name in ours + foreign:

@@ -81,9 +81,7 @@ def paused_train(name: str, argv: list[str], marker: Path):
 
 
 @pytest.mark.parametrize("killed_at", ["step-00000004.safetensors", "step-00000004.json"])
-def test_resume_after_a_kill_in_a_checkpoint_write(
-    tmp_path, tiny_model, bitext, capsys, killed_at
-):
+def test_resume_after_a_kill_in_a_checkpoint_write(tmp_path, tiny_model, bitext, capsys, killed_at):
     out = tmp_path / "run"
     argv = train_argv(tiny_model, bitext, out, "--steps", "6", "--checkpoint-every", "2")
     resume = [*argv, "--resume", str(out / "checkpoints")]
@@ -141,6 +139,23 @@ def test_a_run_never_deletes_or_shadows_another_runs_files(tmp_path, tiny_model,
     assert sorted(p.name for p in (out / "checkpoints").glob("*.json")) == [
         "step-00000004.json", "step-00000005.json",
     ]  # fmt: skip
+
+
+def test_a_fresh_run_removes_only_what_killed_writers_left(tmp_path, tiny_model):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    ours = ["checkpoints/.step-00000001.safetensors.99.partial",
+            "checkpoints/step-00000002.safetensors", ".history.jsonl.7.partial"]  # fmt: skip
+    foreign = ["notes.md", "checkpoints/README", "checkpoints/.tmpx1y2z3",
+               ".history.jsonl.bak.7.partial", "checkpoints/.step-00000001.json.tmp"]  # fmt: skip
+    for name in ours + foreign:
+        (out / name).write_bytes(b"x")
+    config = tiny_config(tiny_model, steps=1)
+    DistillationTrainer(config, tiny_bitext()).fit(out_dir=out, progress=False)
+    assert sorted(snapshot(out)) == sorted([
+        *foreign, "history.jsonl", "checkpoints/step-00000001.json",
+        "checkpoints/step-00000001.safetensors",
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

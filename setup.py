@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -132,6 +132,16 @@ class BuildNativeLoops(build_ext):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+# Import package -> source folder; their subpackages (e.g. training/corpora) come along.
+PACKAGE_DIRS = {
+    "optical_ops": "optical_ops",
+    "optical_ops.kernels": "kernels",
+    "optical_ops.training": "training",
+}
+PACKAGES = [f"{name}.{sub}" if sub else name
+            for name, folder in PACKAGE_DIRS.items()
+            for sub in ["", *find_packages(os.path.join(HERE, folder))]]
+
 TRAIN = [
     "transformers>=4.40",
     "safetensors",
@@ -172,12 +182,8 @@ if __name__ == "__main__":
             "Topic :: Scientific/Engineering :: Mathematics",
         ],
         python_requires=">=3.10",
-        packages=["optical_ops", "optical_ops.kernels", "optical_ops.training"],
-        package_dir={
-            "optical_ops": "optical_ops",
-            "optical_ops.kernels": "kernels",
-            "optical_ops.training": "training",
-        },
+        packages=PACKAGES,
+        package_dir=PACKAGE_DIRS,
         package_data={"optical_ops.training": ["data/udhr/*.tsv", "data/udhr/README.md"]},
         ext_modules=native_cpu_loops,
         cmdclass={"build_ext": BuildNativeLoops},

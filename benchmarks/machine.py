@@ -90,6 +90,13 @@ def _blas() -> dict[str, Any]:
     return info
 
 
+def _native_cpu() -> str:
+    """Whether our native CPU loops are in use (without them ours runs PyTorch ops)."""
+    from optical_ops.build_info import native_cpu_summary
+
+    return native_cpu_summary()
+
+
 def describe(threads: int) -> dict[str, Any]:
     """Everything about the run that is not a measurement."""
     return {
@@ -106,5 +113,6 @@ def describe(threads: int) -> dict[str, Any]:
         "versions": _versions(),
         "git_commit": _git_commit(),
         "blas": _blas(),
+        "native_cpu": _native_cpu(),
         "env_removed": json.loads(os.environ.get(REMOVED_ENV, "{}")),
     }

@@ -109,12 +109,26 @@ def _notes(w: dict[str, Any]) -> list[str]:
                     for r in w["implementations"] if r["status"] != "ok"]
 
 
+RUN_LABELS = {
+    "quick": "QUICK RUN (--quick): reduced workloads and repeats, no memory probes; "
+             "not for comparison",
+    "default": "DEFAULT RUN: W1-W3 with every peer, 3-10 repeats, no memory probes; "
+               "the full set: python -m benchmarks --full",
+}
+
+
+def run_label(result: dict[str, Any]) -> str | None:
+    """What kind of run ``result`` is, for its header; None for a full run."""
+    mode = result.get("mode", "quick" if result["quick"] else "full")
+    return RUN_LABELS.get(mode)
+
+
 def text_table(result: dict[str, Any]) -> str:
     """The printed report: one block per workload."""
-    lines = []
-    if result["quick"]:
-        lines.append("QUICK RUN (--quick): reduced workloads and repeats, no memory probes; "
-                     "not for comparison")
+    lines = [label for label in (run_label(result),) if label]
+    native = result.get("info", {}).get("native_cpu")
+    if native:
+        lines.append(native)
     for w in result["workloads"]:
         ref = w["reference"]["source"] if w["reference"] else "none"
         lines += ["", f"{w['name']}  {w['shape']}  ({w['stands_for']})",
@@ -139,6 +153,9 @@ def markdown(result: dict[str, Any], plot_path: str) -> str:
         f"Measured {info['date']} on {m['cpu']} ({m['cores']} cores, "
         f"{m['torch_threads']} threads), commit {info['git_commit']}, with `{info['command']}`.",
         f"Versions: {versions}.",
+        "",
+        f"Ours ran with the {info['native_cpu']}."
+        if info.get("native_cpu") else "Native CPU loops: not recorded.",
         "",
         "Medians over interleaved repeats (min and max in the JSON); peer/ours > 1 means ours "
         "is faster; peak MiB is above the inputs, from a separate process; |dL|/L and "

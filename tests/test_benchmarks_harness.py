@@ -126,3 +126,75 @@ def test_readme_section_is_replaced_between_the_markers_only():
     assert readme.replace_section(text, "new") == (
         f"# t\n\nbefore\n{readme.START}\nnew\n{readme.END}\nafter\n")
     assert readme.replace_section("# no markers\n", "new") is None
+
+
+def test_workload_definitions_stay_those_of_the_history():
+    # W1-W5 as in BENCHMARKS.md: results of every run stay comparable, whatever the default run.
+    shapes = {n: (w.batch, w.n, w.m, w.d, w.iterations, w.min_len) for n, w in WORKLOADS.items()}
+    assert shapes["W1"] == (64, 32, 32, 768, 100, None)
+    assert shapes["W2"] == (32, 128, 128, 768, 100, 16)
+    assert shapes["W3"] == (1, 1024, 1024, 768, 100, None)
+    assert shapes["W4"] == (1, 4096, 4096, 256, 100, None)
+    assert shapes["W5"] == (1, 16384, 16384, 64, 10, None)
+
+
+def test_the_default_run_is_w1_to_w3_with_every_peer_and_no_readme():
+    from benchmarks import __main__ as cli
+
+    args = cli.parse_args([])
+    workloads, impls, not_run = cli.select(args)
+    assert cli.mode_of(args) == "default" and not args.update_readme
+    assert [w.name for w in workloads] == ["W1", "W2", "W3"]
+    assert {i.name for i in impls} | set(not_run) == set(IMPLEMENTATIONS)  # no peer left out
+    options = cli.options_from(args)
+    assert not options.memory and options.max_repeats == 10
+
+
+def test_full_runs_the_whole_protocol_and_only_it_may_update_the_readme():
+    from benchmarks import __main__ as cli
+
+    args = cli.parse_args(["--full", "--update-readme"])
+    assert [w.name for w in cli.select(args)[0]] == ["W1", "W2", "W3", "W4", "W5"]
+    options = cli.options_from(args)
+    assert (options.budget_s, options.min_repeats, options.max_repeats, options.memory) == (
+        60.0, 5, 50, True)
+    for argv in (["--update-readme"], ["--quick", "--update-readme"], ["--quick", "--full"]):
+        with pytest.raises(SystemExit):
+            cli.parse_args(argv)
+
+
+def test_a_default_run_writes_only_under_the_output_dir(monkeypatch, tmp_path):
+    pytest.importorskip("matplotlib")
+    from benchmarks import __main__ as cli
+    from benchmarks import runner
+    from benchmarks.floor import matmul_rate
+
+    readme_path, plot_path = tmp_path / "README.md", tmp_path / "benchmark.png"
+    readme_path.write_text(f"{readme.START}\nold\n{readme.END}\n")
+    monkeypatch.setattr(cli, "README", readme_path)
+    monkeypatch.setattr(cli, "PLOT", plot_path)
+    monkeypatch.setattr(cli, "reexec_without_blas_overrides", lambda: None)
+    monkeypatch.setattr(runner, "matmul_rate", lambda: matmul_rate(64))
+    monkeypatch.setitem(WORKLOADS, TINY.name, TINY)
+    threads = torch.get_num_threads()
+    try:
+        cli.main(["--workloads", "tiny", "--peers", "reference", "--repeats", "1",
+                  "--max-repeats", "1", "--threads", "1", "--output-dir", str(tmp_path / "out")])
+    finally:
+        torch.set_num_threads(threads)
+    assert readme_path.read_text() == f"{readme.START}\nold\n{readme.END}\n"
+    assert not plot_path.exists()
+    assert sorted(p.name for p in (tmp_path / "out").glob("latest*")) == ["latest-default.json"]
+    assert (tmp_path / "out" / "benchmark-default.png").exists()
+
+
+def test_reports_say_the_kind_of_run_and_whether_the_native_loops_ran():
+    info = {"native_cpu": "native CPU loops: _sinkhorn_cpu yes, _streaming_cpu yes",
+            "machine": {"cpu": "c", "cores": 2, "torch_threads": 2}, "versions": {},
+            "date": "d", "git_commit": "g", "command": "python -m benchmarks --full"}
+    default = {"quick": False, "mode": "default", "info": info, "workloads": [], "not_run": {}}
+    assert report.text_table(default).splitlines()[:2] == [report.RUN_LABELS["default"],
+                                                           info["native_cpu"]]
+    full = {**default, "mode": "full"}
+    assert "RUN" not in report.text_table(full)
+    assert f"Ours ran with the {info['native_cpu']}." in report.markdown(full, "b.png")

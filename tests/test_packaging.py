@@ -226,12 +226,23 @@ def test_native_cpu_status_says_why_an_extension_is_missing(monkeypatch):
 
 
 def test_the_trainer_names_the_extra_when_it_is_missing(monkeypatch, capsys):
-    from optical_ops.training import cli
+    from optical_ops.training import __main__ as entry
 
     monkeypatch.setitem(sys.modules, "transformers", None)  # find_spec: not importable
-    assert cli.main(["demo"]) == 1
+    assert entry.run(["demo"]) == 1
     err = capsys.readouterr().err
-    assert "[train] extra" in err and "transformers" in err and "pip install" in err
+    assert "[train] extra (missing: transformers)" in err and "pip install" in err
+
+
+def test_python_m_training_without_numpy_names_the_extra():
+    # The whole entry point, as `python -m` runs it: the check comes before any import fails.
+    code = ("import runpy, sys; sys.modules['numpy'] = None; sys.argv[1:] = ['demo']\n"
+            "runpy.run_module('optical_ops.training', run_name='__main__', alter_sys=True)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "[train] extra (missing: numpy)" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_the_readme_says_how_to_install_what_python_and_what_bench_does():

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
@@ -26,10 +25,6 @@ from pathlib import Path
 from .config import TrainConfig
 
 _NONE = "none"
-# What every command imports, from the [train] extra: checked first, so that a missing one is
-# named with the extra to install instead of surfacing as a bare ModuleNotFoundError.
-TRAIN_EXTRA_MODULES = ("numpy", "safetensors", "tqdm", "transformers") + (
-    ("tomli",) if sys.version_info < (3, 11) else ())
 TRAIN_DEFAULTS = TrainConfig(languages=("swh", "som", "fin"))
 
 
@@ -234,19 +229,7 @@ def _experiments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return run_experiment(args.config, args.out, progress=not args.no_progress)
 
 
-def missing_train_extra() -> list[str]:
-    """The modules of :data:`TRAIN_EXTRA_MODULES` that cannot be imported here."""
-    return [name for name in TRAIN_EXTRA_MODULES if importlib.util.find_spec(name) is None]
-
-
 def main(argv: list[str] | None = None) -> int:
-    missing = missing_train_extra()
-    if missing:
-        print(f"python -m optical_ops.training needs the [train] extra (missing: "
-              f"{', '.join(missing)}): pip install '.[train]' in a checkout of optical-ot, or "
-              "pip install 'optical_ot-<version>-<tag>.whl[train]' (see the README's Install)",
-              file=sys.stderr)
-        return 1
     from .formats import DataFormatError
     from .models import ModelDirectoryError
 

@@ -22,6 +22,7 @@ and symmetrically for y with G^T. A solver supplies (G y', G^T x', G 1, G^T 1).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,20 @@ COSTS = ("cosine", "sqeuclidean")
 
 # Same floor as torch.nn.functional.normalize: a zero vector maps to zero.
 NORM_FLOOR = 1e-12
+
+
+@contextmanager
+def full_fp32_products():
+    """Float32 matrix products in full precision inside the block, whatever the caller set
+    (``torch.set_float32_matmul_precision("high")`` / ``allow_tf32`` turn CUDA fp32 GEMMs into
+    TF32: ~1e-4 on a cosine cost, ~1e-3 on the plan at eps = 0.05, since the exponent is C / eps).
+    The setting is restored on exit."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 @dataclass
@@ -137,15 +152,17 @@ def _row_dots(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return torch.bmm(z.reshape(-1, 1, d), g.reshape(-1, d, 1)).view(z.shape[:-1])
 
 
-def _row_norms(z: torch.Tensor, valid: torch.Tensor | None):
-    """(z, |z_i|): rows outside ``valid`` are zeroed only if one of them is not finite.
+def _row_norms(z: torch.Tensor, valid: torch.Tensor | None, sync_ok: bool):
+    """(z, |z_i|) with |z_i| in the compute dtype: rows outside ``valid`` are zeroed when one of
+    them is not finite.
 
     Padding with finite values needs no copy: it carries no mass, so its cost entries are
     replaced downstream and its gradient rows are zero. NaN or inf padding would poison the
-    products, so then (one host sync to know) those rows are zeroed.
+    products, so those rows are zeroed: after one host sync to know whether any is, or, when
+    ``sync_ok`` is False, always (a copy of z, no sync).
     """
-    norm = torch.linalg.vector_norm(z, dim=-1)
-    if valid is not None and bool((~torch.isfinite(norm) & ~valid).any()):
+    norm = torch.linalg.vector_norm(z, dim=-1, dtype=compute_dtype(z.dtype))
+    if valid is not None and (not sync_ok or bool((~torch.isfinite(norm) & ~valid).any())):
         z = torch.where(valid[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
         norm = torch.where(valid, norm, torch.zeros((), dtype=norm.dtype, device=norm.device))
     return z, norm
@@ -157,16 +174,19 @@ def factorise(
     cost: str,
     row_valid: torch.Tensor | None = None,
     col_valid: torch.Tensor | None = None,
+    sync_ok: bool = True,
 ) -> FactorisedCost:
-    """Factors of ``cost`` between x (B, n, d) and y (B, m, d), in their (compute) dtype.
+    """Factors of ``cost`` between x (B, n, d) and y (B, m, d).
 
-    ``row_valid``/``col_valid`` (B, n)/(B, m) mark the tokens with mass; the others may hold
-    anything, NaN included (see :func:`_row_norms`).
+    x and y are kept in their dtype (the PyTorch solvers cast them to the compute dtype first,
+    the Triton kernels read half precision as it is); offsets and scales are in the compute
+    dtype. ``row_valid``/``col_valid`` (B, n)/(B, m) mark the tokens with mass; the others may
+    hold anything, NaN included (see :func:`_row_norms`; ``sync_ok=False``: no host sync).
     """
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
-    x, norm_x = _row_norms(x, row_valid)
-    y, norm_y = _row_norms(y, col_valid)
+    x, norm_x = _row_norms(x, row_valid, sync_ok)
+    y, norm_y = _row_norms(y, col_valid, sync_ok)
     if cost == "cosine":
         return FactorisedCost(
             "cosine", x, y, torch.full_like(norm_x, 0.5), torch.full_like(norm_y, 0.5),
@@ -208,5 +228,6 @@ def cost_matrix(x: torch.Tensor, y: torch.Tensor, cost: str = "cosine") -> torch
     dtype = compute_dtype(out_dtype)
     single = x.dim() == 2
     xb, yb = (x[None], y[None]) if single else (x, y)
-    c = factorise(xb.to(dtype), yb.to(dtype), cost).dense().to(out_dtype)
+    with full_fp32_products():
+        c = factorise(xb.to(dtype), yb.to(dtype), cost).dense().to(out_dtype)
     return c[0] if single else c

@@ -12,20 +12,15 @@ student's token embeddings and a frozen teacher's, with C_ij = 1 - cos(student_i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from . import _validation as v
-from .autograd import TORCH_STRATEGIES, OTDistillFunction, SinkhornCostFunction
+from .autograd import CostOTFunction, EmbeddingOTFunction, SolveSpec
 from .costs import COSTS
-from .triton_backend import (
-    TritonOTDistillFunction,
-    TritonSinkhornCostFunction,
-    triton_unavailable_reason,
-)
+from .dispatch import solver_plan
 
-BACKENDS = ("auto", "torch", "triton")
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -49,31 +44,6 @@ class SinkhornResult:
     marginal_error: torch.Tensor
 
 
-def _resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """"torch" or "triton"; "auto" takes Triton for CUDA tensors when it can run them."""
-    v.check_choice("backend", backend, BACKENDS)
-    if backend == "torch":
-        return "torch"
-    reason = triton_unavailable_reason(device, dtype)
-    if backend == "triton":
-        if reason is not None:
-            raise RuntimeError(f"backend='triton' cannot run: {reason}; use backend='torch'")
-        return "triton"
-    return "triton" if device.type == "cuda" and reason is None else "torch"
-
-
-def _torch_only(backend: str, **options) -> str:
-    """The backend to resolve when options only the PyTorch backend supports are set."""
-    used = sorted(k for k, val in options.items() if val not in (None, False))
-    if not used:
-        return backend
-    if backend == "triton":
-        verb = "is" if len(used) == 1 else "are"
-        raise ValueError(f"{' and '.join(used)} {verb} supported by the PyTorch backend only; "
-                         "use backend='torch' or 'auto'")
-    return "torch"
-
-
 def _weights_for(name: str, t, size: int, batch: int):
     """Broadcast 1-D weights (size,) over a batch."""
     if isinstance(t, torch.Tensor) and t.dim() == 1 and batch > 1:
@@ -94,6 +64,7 @@ def sinkhorn(
     tol: float | None = None,
     tau: float | None = None,
     backend: str = "auto",
+    solver: str = "auto",
     check_inputs: bool = True,
 ) -> SinkhornResult:
     """Entropic OT plan, potentials and transport cost for one cost matrix or a batch.
@@ -111,6 +82,8 @@ def sinkhorn(
             constraints become penalties tau KL(P 1 | a) + tau KL(P^T 1 | b) (PyTorch backend).
         backend: ``"auto"`` (Triton for CUDA tensors when triton is installed, else PyTorch) |
             ``"torch"`` | ``"triton"`` (fp16/bf16/fp32 costs; the cost is read in place).
+        solver: ``"auto"`` or a solver of :data:`optical_ops.dispatch.SOLVERS` that takes a
+            dense cost; :func:`~optical_ops.solver_plan` tells which one "auto" picks.
         check_inputs: run the value checks that need a device-to-host sync.
 
     Returns:
@@ -126,12 +99,13 @@ def sinkhorn(
     v.check_solver_options(eps, n_iters, tol)
     v.check_tau(tau)
     device = v.check_same_device(cost=cost, a=a, b=b)
-    use = _resolve_backend(_torch_only(backend, tau=tau), device, cost.dtype)
     single = cost.dim() == 2
     c3 = cost[None] if single else cost
     batch, n, m = c3.shape
     if min(n, m) < 1:
         raise ValueError(f"cost must have at least one row and one column, got {tuple(cost.shape)}")
+    plan = solver_plan(batch, n, m, None, device=device, dtype=cost.dtype, backend=backend,
+                       solver=solver, tau=tau, check_inputs=check_inputs)
     dtype = v.compute_dtype(cost.dtype)
     common = dict(dtype=dtype, device=device, check_values=check_inputs)
     wa = v.marginal(n, batch, None, _weights_for("a", a, n, batch),
@@ -141,19 +115,13 @@ def sinkhorn(
     if check_inputs:
         v.check_finite("cost", c3, (wa > 0)[:, :, None] & (wb > 0)[:, None, :])
 
-    if use == "triton":
-        loss, plan, f, g, iterations = TritonSinkhornCostFunction.apply(
-            c3, wa, wb, float(eps), n_iters, tol
-        )
-    else:
-        loss, plan, f, g, iterations = SinkhornCostFunction.apply(
-            c3, wa, wb, float(eps), n_iters, tol, tau
-        )
+    spec = SolveSpec(plan, solver, float(eps), n_iters, tol, tau, check_inputs)
+    loss, transport, f, g, iterations = CostOTFunction.apply(c3, wa, wb, spec)
     with torch.no_grad():
-        error = (plan.sum(2) - wa).abs().sum(1) + (plan.sum(1) - wb).abs().sum(1)
-    out = SinkhornResult(plan, f, g, loss, iterations, error)
+        error = (transport.sum(2) - wa).abs().sum(1) + (transport.sum(1) - wb).abs().sum(1)
+    out = SinkhornResult(transport, f, g, loss, iterations, error)
     if single:
-        out = SinkhornResult(*(t[0] for t in (plan, f, g, loss, iterations, error)))
+        out = SinkhornResult(*(t[0] for t in (transport, f, g, loss, iterations, error)))
     return out
 
 
@@ -182,6 +150,20 @@ def _check_embeddings(student, teacher):
         )
 
 
+def check_loss_options(cost: str, eps: float, n_iters: int, tol: float | None,
+                       tau: float | None, debias: bool, reduction: str) -> None:
+    """The value-free option checks of :func:`ot_distill_loss` (also run by
+    :class:`~optical_ops.OTDistillLoss` at construction)."""
+    v.check_choice("cost", cost, COSTS)
+    v.check_choice("reduction", reduction, REDUCTIONS)
+    v.check_solver_options(eps, n_iters, tol)
+    v.check_tau(tau)
+    if not isinstance(debias, bool):
+        raise TypeError(f"debias must be a bool, got {type(debias).__name__}")
+    if debias and tau is not None:
+        raise ValueError("debias=True is defined for balanced OT only: pass tau=None")
+
+
 def ot_distill_loss(
     student: torch.Tensor,
     teacher: torch.Tensor,
@@ -198,8 +180,8 @@ def ot_distill_loss(
     debias: bool = False,
     reduction: str = "mean",
     backend: str = "auto",
+    solver: str = "auto",
     check_inputs: bool = True,
-    strategy: str = "auto",
 ) -> torch.Tensor:
     """OPTICAL distillation loss: OT cost <P, C> between student and teacher token sets.
 
@@ -220,12 +202,17 @@ def ot_distill_loss(
             OT_eps = <P, C> + eps KL(P | a b^T), which is >= 0 and 0 when the two weighted token
             sets coincide (balanced OT only).
         reduction: ``"mean"`` | ``"sum"`` over problems, or ``"none"`` for (B,).
-        backend: ``"auto"`` (Triton for CUDA tensors when triton is installed and
-            ``strategy="auto"``, else PyTorch) | ``"torch"`` | ``"triton"`` (fp16/bf16/fp32
-            inputs, read in place; see :mod:`optical_ops.triton_backend`).
-        check_inputs: run the value checks that need a device-to-host sync.
-        strategy: PyTorch backend only: ``"auto"`` | ``"dense"`` | ``"dense-scaling"`` |
-            ``"dense-log"`` | ``"streaming"`` (never store the (B, n, m) cost).
+        backend: ``"auto"`` (Triton for CUDA tensors when triton is installed and the
+            options allow it, else PyTorch) | ``"torch"`` | ``"triton"`` (fp16/bf16/fp32
+            inputs, read in place; see :mod:`optical_ops.softmin_triton`).
+        solver: ``"auto"`` or one of :data:`optical_ops.dispatch.SOLVERS` (e.g.
+            ``"dense-log"``, ``"streaming"``: never store the (B, n, m) cost, ``"triton-fused"``);
+            :func:`~optical_ops.solver_plan` tells which one "auto" picks and why.
+        check_inputs: run the value checks that need a device-to-host sync. With
+            ``check_inputs=False`` (and ``tol=None``) nothing is read on the host, forward or
+            backward (CUDA graphs, ``torch.compile``): ragged batches are then not split into
+            length buckets, and the dense solver picks its domain from a bound instead of the
+            cost's range.
 
     Returns:
         The loss: a scalar, or (B,) with ``reduction="none"`` (() for unbatched inputs), in
@@ -236,50 +223,34 @@ def ot_distill_loss(
     value at convergence, an approximation of the gradient of <P, C>.
     """
     _check_embeddings(student, teacher)
-    v.check_choice("cost", cost, COSTS)
-    v.check_choice("reduction", reduction, REDUCTIONS)
-    v.check_choice("strategy", strategy, TORCH_STRATEGIES)
-    v.check_solver_options(eps, n_iters, tol)
-    v.check_tau(tau)
-    if not isinstance(debias, bool):
-        raise TypeError(f"debias must be a bool, got {type(debias).__name__}")
-    if debias and tau is not None:
-        raise ValueError("debias=True is defined for balanced OT only: pass tau=None")
+    check_loss_options(cost, eps, n_iters, tol, tau, debias, reduction)
     device = v.check_same_device(
         student=student, teacher=teacher, student_mask=student_mask,
         teacher_mask=teacher_mask, student_weights=student_weights,
         teacher_weights=teacher_weights,
     )
     dtype = v.compute_dtype(student.dtype, teacher.dtype)
-    # A PyTorch strategy asked for under "auto" keeps the PyTorch backend.
-    backend = _torch_only(backend, tau=tau, debias=debias)
-    use = _resolve_backend("torch" if backend == "auto" and strategy != "auto" else backend,
-                           device, dtype)
-    if use == "triton" and strategy != "auto":
-        raise ValueError(f"strategy={strategy!r} applies to the PyTorch backend only; "
-                         "backend='triton' picks the fused or streaming kernels itself")
     single = student.dim() == 2
     x, y = (student[None], teacher[None]) if single else (student, teacher)
     batch, n, m = x.shape[0], x.shape[1], y.shape[1]
+    plan = solver_plan(batch, n, m, x.shape[2], device=device,
+                       dtype=torch.promote_types(student.dtype, teacher.dtype), backend=backend,
+                       solver=solver, tau=tau, debias=debias, check_inputs=check_inputs)
     common = dict(dtype=dtype, device=device, check_values=check_inputs)
     a = v.marginal(n, batch, student_mask, student_weights,
                    mask_name="student_mask", weights_name="student_weights", **common)
     b = v.marginal(m, batch, teacher_mask, teacher_weights,
                    mask_name="teacher_mask", weights_name="teacher_weights", **common)
-    if use == "triton":
-        per_problem = TritonOTDistillFunction.apply(
-            x, y, a, b, cost, float(eps), n_iters, tol, check_inputs
-        )
-    else:
-        def solve(p, q, wp, wq, value):
-            return OTDistillFunction.apply(p, q, wp, wq, cost, float(eps), n_iters, tol,
-                                           strategy, check_inputs, tau, value)
+    spec = SolveSpec(plan, solver, float(eps), n_iters, tol, tau, check_inputs, cost)
+    if debias:
+        entropic = replace(spec, value="entropic")
 
-        if debias:
-            per_problem = (solve(x, y, a, b, "entropic") - 0.5 * solve(x, x, a, a, "entropic")
-                           - 0.5 * solve(y, y, b, b, "entropic"))
-        else:
-            per_problem = solve(x, y, a, b, "transport")
+        def value(p, q, wp, wq):
+            return EmbeddingOTFunction.apply(p, q, wp, wq, entropic)
+
+        per_problem = value(x, y, a, b) - 0.5 * value(x, x, a, a) - 0.5 * value(y, y, b, b)
+    else:
+        per_problem = EmbeddingOTFunction.apply(x, y, a, b, spec)
     if reduction == "mean":
         return per_problem.mean()
     if reduction == "sum":

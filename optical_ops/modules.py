@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
-from . import _validation as v
-from .functional import BACKENDS, _torch_only, ot_distill_loss
+from .dispatch import check_request
+from .functional import check_loss_options, ot_distill_loss
 
 
 class OTDistillLoss(nn.Module):
     """OT distillation loss module: ``OTDistillLoss(**options)(student, teacher, masks...)``.
 
     Takes the keyword options of :func:`~optical_ops.ot_distill_loss` (``cost``, ``eps``,
-    ``n_iters``, ``tol``, ``reduction``, ``backend``, ``check_inputs``, ``strategy``);
-    ``forward`` takes its tensor arguments. Holds no parameters.
+    ``n_iters``, ``tol``, ``tau``, ``debias``, ``reduction``, ``backend``, ``solver``,
+    ``check_inputs``); ``forward`` takes its tensor arguments. Holds no parameters. The options
+    are checked at construction (no solve), so a typo fails there.
     """
 
     def __init__(self, **options):
@@ -23,14 +26,15 @@ class OTDistillLoss(nn.Module):
         passed = tensor_args.intersection(options)
         if passed:
             raise TypeError(f"pass {sorted(passed)} to forward(), not to the constructor")
-        # Check the options once, on a tiny CPU problem with the PyTorch backend, so a typo
-        # fails at construction whatever device the loss will run on.
-        checked = dict(options)
-        backend = checked.pop("backend", "auto")
-        v.check_choice("backend", backend, BACKENDS)
-        _torch_only(backend, tau=options.get("tau"), debias=options.get("debias", False))
-        probe = torch.ones(1, 1)
-        ot_distill_loss(probe, probe, backend="torch", **checked)
+        defaults = {name: p.default for name, p in _LOSS_OPTIONS.items()}
+        unknown = set(options) - set(defaults)
+        if unknown:
+            raise TypeError(f"unknown option(s) {sorted(unknown)}; expected some of "
+                            f"{sorted(defaults)}")
+        o = {**defaults, **options}
+        check_loss_options(o["cost"], o["eps"], o["n_iters"], o["tol"], o["tau"], o["debias"],
+                           o["reduction"])
+        check_request(o["backend"], o["solver"], tau=o["tau"], debias=o["debias"])
         self.options = options
 
     def forward(
@@ -49,3 +53,7 @@ class OTDistillLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+
+
+_LOSS_OPTIONS = {name: p for name, p in inspect.signature(ot_distill_loss).parameters.items()
+                 if p.kind is inspect.Parameter.KEYWORD_ONLY and not name.endswith("_weights")}

@@ -19,7 +19,9 @@ where g' is the next column update: the check costs nothing extra.
 
 A primitive (:class:`SoftMin`) implements both updates in whatever parameterisation of (f, g)
 is cheapest for it (log potentials, or scalings exp(-f/eps)) and what the loss and the gradient
-need from the final plan. Dense, streaming and Triton primitives plug in here.
+need from the final plan. Dense, streaming and Triton primitives plug in here; a primitive
+that runs the whole loop in one routine (the fused Triton kernel) does so through
+:meth:`SoftMin.solve`.
 """
 
 from __future__ import annotations
@@ -103,6 +105,11 @@ class SoftMin(ABC):
             f_state = self.update_rows(g_state)
         return f_state, g_state
 
+    def solve(self, n_iters: int, tol: float | None) -> LoopResult | None:
+        """The whole loop in one routine, or None to let :func:`run_sinkhorn` drive
+        :meth:`iterate`. Primitives that fuse the loop (and its ``tol`` check) override this."""
+        return None
+
     def for_backward(self) -> SoftMin:
         """This primitive without the buffers that only the forward pass reads."""
         return self
@@ -126,6 +133,9 @@ class LoopResult:
     f_state: torch.Tensor
     g_state: torch.Tensor
     iterations: torch.Tensor  # (B,) int64: iterations each problem ran
+    # What a fused solve computed on the way (else None: ask the primitive).
+    loss: torch.Tensor | None = None
+    plan: torch.Tensor | None = None
 
 
 def run_sinkhorn(op: SoftMin, n_iters: int, tol: float | None) -> LoopResult:
@@ -136,6 +146,9 @@ def run_sinkhorn(op: SoftMin, n_iters: int, tol: float | None) -> LoopResult:
     host sync per check); a problem whose L1 marginal error is <= tol keeps its state from
     then on, and the loop ends when all have stopped.
     """
+    fused = op.solve(n_iters, tol)
+    if fused is not None:
+        return fused
     f_state = op.initial_f_state()
     batch = f_state.shape[0]
     if tol is None:

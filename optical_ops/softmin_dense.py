@@ -9,24 +9,22 @@ Two exact parameterisations of the same iterations (see :mod:`.sinkhorn_loop`):
   Its states are the soft-min sums  s = K (b e^{g/eps})  and  t = K^T (a e^{f/eps})  up to the
   shift, so  f = -eps log s,  g = min C - eps log t  stay finite even where a weight is zero.
 
-:func:`dense_softmin` picks the scaling form when it cannot overflow. With f_0 = 0, the
-iterates satisfy |f| <= R and g in [min C - R, max C + R] (R = max C - min C over the entries
-that carry mass: Sinkhorn's composite map is a sup-norm contraction towards a fixed point of
-oscillation <= R), so every scaling and soft-min sum lies in [e^{-2R/eps}, m e^{2R/eps}]. With
-R/eps <= 30 in fp32 (300 in fp64) that is well inside the dtype's range; otherwise the log
-form is used.
+The scaling form is used when it cannot overflow (the rule and its thresholds live in
+:func:`optical_ops.dispatch.dense_domain`). With f_0 = 0, the iterates satisfy |f| <= R and g in
+[min C - R, max C + R] (R = max C - min C over the entries that carry mass: Sinkhorn's composite
+map is a sup-norm contraction towards a fixed point of oscillation <= R), so every scaling and
+soft-min sum lies in [e^{-2R/eps}, m e^{2R/eps}]: inside the dtype's range for R/eps up to
+:data:`~optical_ops.dispatch.SCALING_MAX_RANGE`; otherwise the log form is used.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .dispatch import dense_domain
 from .kernels.cpu_scaling import native_scaling_available, scaling_iterate
 from .logsumexp import logsumexp_
 from .sinkhorn_loop import SoftMin
-
-# Largest R/eps for which the scaling form is used, per compute dtype (see module docstring).
-SCALING_MAX_RANGE = {torch.float32: 30.0, torch.float64: 300.0}
 
 
 def col_error_from_log_ratio(b: torch.Tensor, log_ratio: torch.Tensor) -> torch.Tensor:
@@ -165,14 +163,16 @@ class DenseScalingSoftMin(SoftMin):
         return p_y, p_x, rows, cols
 
 
-def sanitised_cost_range(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
+def sanitised_cost_range(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                         sync_ok: bool = True):
     """Cost with massless entries set to its minimum, and its (min, max) per problem.
 
     Entries with a_i = 0 or b_j = 0 carry no mass; they may hold anything (padding, NaN).
     Setting them to the minimum keeps K = exp(-(C - min C) / eps) <= 1 there and every
-    soft-min sum positive. Returns (cost, lo, hi) with lo, hi of shape (B,).
+    soft-min sum positive. Returns (cost, lo, hi) with lo, hi of shape (B,). With ``sync_ok``
+    one host sync skips the copy when every weight is positive.
     """
-    if bool((a > 0).all() & (b > 0).all()):  # one host sync
+    if sync_ok and bool((a > 0).all() & (b > 0).all()):
         return cost, cost.amin((1, 2)), cost.amax((1, 2))
     valid = (a > 0)[:, :, None] & (b > 0)[:, None, :]
     inf = torch.tensor(float("inf"), dtype=cost.dtype, device=cost.device)
@@ -191,23 +191,16 @@ def damping(eps: float, tau: float | None) -> float:
 
 
 def dense_softmin(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float,
-                  method: str = "auto", tau: float | None = None) -> SoftMin:
+                  solver: str = "dense", tau: float | None = None, sync_ok: bool = True,
+                  range_bound: float | None = None) -> SoftMin:
     """The dense primitive for ``cost`` (B, n, m) with weights a (B, n), b (B, m).
 
-    ``method``: ``"scaling"``, ``"log"``, or ``"auto"``: scaling when max R/eps is within
-    :data:`SCALING_MAX_RANGE`. Choosing reads two numbers back to the host, before the loop.
-    Unbalanced OT (``tau`` set) always runs in the log domain: it is not invariant to the cost
-    shift the scaling form relies on.
+    ``solver``: ``"dense-scaling"``, ``"dense-log"``, or ``"dense"``: the domain that
+    :func:`~optical_ops.dispatch.dense_domain` picks from the cost range, read on the host
+    (``sync_ok``) or else bounded by ``range_bound`` (None: no bound known, log domain).
     """
-    if method not in ("auto", "scaling", "log"):
-        raise ValueError(f"method must be 'auto', 'scaling' or 'log', got {method!r}")
-    if tau is not None and method == "scaling":
-        raise ValueError("unbalanced OT (tau) runs in the log domain only")
-    cost, lo, hi = sanitised_cost_range(cost, a, b)
-    if method == "auto":
-        spread = float((hi - lo).max()) / eps
-        fits = spread <= SCALING_MAX_RANGE[cost.dtype] and tau is None
-        method = "scaling" if fits else "log"
-    if method == "log":
+    cost, lo, hi = sanitised_cost_range(cost, a, b, sync_ok)
+    spread = (lambda: float((hi - lo).max())) if sync_ok else range_bound
+    if dense_domain(solver, spread, eps, cost.dtype, tau) == "log":
         return DenseLogSoftMin(cost, a, b, eps, damping(eps, tau))
     return DenseScalingSoftMin(cost, a, b, eps, shift=lo)

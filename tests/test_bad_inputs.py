@@ -45,7 +45,7 @@ def call(**overrides):
         (dict(cost="l1"), ValueError, r"cost must be one of \('cosine', 'sqeuclidean'\)"),
         (dict(backend="cuda"), ValueError, r"backend must be one of \('auto', 'torch', 'triton'"),
         (dict(reduction="max"), ValueError, r"reduction must be one of \('mean', 'sum', 'none'\)"),
-        (dict(strategy="fast"), ValueError, r"strategy must be one of"),
+        (dict(solver="fast"), ValueError, r"solver must be one of"),
         (dict(student_mask=torch.ones(2, 5, device="meta")), ValueError,
          r"one device: student is on cpu, student_mask is on meta"),
     ],

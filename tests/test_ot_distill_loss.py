@@ -8,9 +8,9 @@ import torch
 from reference import pot_sinkhorn, random_tokens, random_weights, rel_err
 
 from optical_ops import OTDistillLoss, cost_matrix, ot_distill_loss
-from optical_ops.autograd import OTDistillFunction
+from optical_ops.autograd import EmbeddingOTFunction
 
-STRATEGIES = ["dense-scaling", "dense-log", "streaming"]
+SOLVERS = ["dense-scaling", "dense-log", "streaming"]
 CONVERGED = dict(n_iters=20000, tol=1e-13)
 
 
@@ -29,13 +29,13 @@ def envelope_reference(x, y, a=None, b=None, cost="cosine", eps=0.05):
     return torch.tensor(losses, dtype=torch.float64), x.grad, y.grad
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("cost", ["cosine", "sqeuclidean"])
-def test_loss_and_gradients_match_pot_envelope(gen, strategy, cost):
+def test_loss_and_gradients_match_pot_envelope(gen, solver, cost):
     x = random_tokens(gen, 3, 7, 33).requires_grad_()
     y = random_tokens(gen, 3, 12, 33).requires_grad_()
     eps = 0.05 if cost == "cosine" else 5.0
-    loss = ot_distill_loss(x, y, cost=cost, eps=eps, reduction="none", strategy=strategy,
+    loss = ot_distill_loss(x, y, cost=cost, eps=eps, reduction="none", solver=solver,
                            **CONVERGED)
     upstream = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
     (loss * upstream).sum().backward()
@@ -60,8 +60,8 @@ def test_odd_sizes(gen, n, m, d):
     assert rel_err(x.grad, gx) < 1e-6
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_padded_problem_equals_unpadded(gen, strategy):
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_padded_problem_equals_unpadded(gen, solver):
     lengths_x, lengths_y = [5, 9, 1], [12, 3, 7]
     x = random_tokens(gen, 3, 9, 16)
     y = random_tokens(gen, 3, 12, 16)
@@ -71,7 +71,7 @@ def test_padded_problem_equals_unpadded(gen, strategy):
     y = torch.where(my[..., None].bool(), y, torch.full_like(y, 1e30)).requires_grad_()
     wx = random_weights(gen, 3, 9)
     loss = ot_distill_loss(x, y, mx, my, student_weights=wx, reduction="none",
-                           strategy=strategy, **CONVERGED)
+                           solver=solver, **CONVERGED)
     loss.sum().backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
     for i, (lx, ly) in enumerate(zip(lengths_x, lengths_y)):
@@ -97,8 +97,8 @@ def test_weights_match_pot(gen):
 def test_fixed_iterations_match_pot(gen):
     """The benchmark protocol: uniform weights, 100 iterations, no early stop."""
     x, y = random_tokens(gen, 2, 32, 64), random_tokens(gen, 2, 32, 64)
-    for strategy in STRATEGIES:
-        loss = ot_distill_loss(x, y, n_iters=100, reduction="none", strategy=strategy)
+    for solver in SOLVERS:
+        loss = ot_distill_loss(x, y, n_iters=100, reduction="none", solver=solver)
         for i in range(2):
             ref = pot_sinkhorn(cost_matrix(x[i], y[i]), eps=0.05, n_iters=100)
             assert abs(loss[i].item() - ref["loss"]) < 1e-12 * ref["loss"]
@@ -134,18 +134,13 @@ def test_teacher_gradient_only_when_asked(gen):
     assert y.grad is not None and torch.isfinite(y.grad).all()
 
 
-def _held_bytes(loss, packed_bytes):
-    """Bytes the backward holds: saved tensors plus the tensors on the primitive it keeps."""
-    parts = []
-    for op in loss.grad_fn.ops:  # the backward node is the Function's ctx
-        parts += [vars(op)] + ([vars(op.fc)] if hasattr(op, "fc") else [])
-    held = [t for part in parts for t in part.values() if isinstance(t, torch.Tensor)]
-    return packed_bytes + sum(t.numel() * t.element_size() for t in held)
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_backward_keeps_no_iteration_history(gen, solver):
+    """Everything the backward holds goes through save_for_backward (nothing with a tensor is
+    left on ctx), and it is the same whatever n_iters: at most the dense kernel (B n m) beside
+    the inputs and O(B (n + m)) vectors."""
+    from optical_ops.saved import _slots
 
-
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_backward_keeps_no_iteration_history(gen, strategy):
-    """Saved state is the inputs, the cost factors and the final potentials, whatever n_iters."""
     x = random_tokens(gen, 2, 33, 16).requires_grad_()
     y = random_tokens(gen, 2, 7, 16)
     held = {}
@@ -157,13 +152,12 @@ def test_backward_keeps_no_iteration_history(gen, strategy):
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = ot_distill_loss(x, y, n_iters=n_iters, reduction="none", strategy=strategy)
-        assert isinstance(loss.grad_fn, OTDistillFunction._backward_cls)
-        shapes = sorted(tuple(t.shape) for t in packed)
-        assert shapes == sorted([(2, 33, 16), (2, 7, 16)] + [(2, 33), (2, 7)] * 3)
-        held[n_iters] = _held_bytes(loss, sum(t.numel() * t.element_size() for t in packed))
+            loss = ot_distill_loss(x, y, n_iters=n_iters, reduction="none", solver=solver)
+        assert isinstance(loss.grad_fn, EmbeddingOTFunction._backward_cls)
+        assert _slots(loss.grad_fn.states) == []  # released to save_for_backward
+        unique = {t.data_ptr(): t.numel() * t.element_size() for t in packed}
+        held[n_iters] = sum(unique.values())
     assert held[5] == held[60]
-    # At most the dense kernel (B n m) next to the inputs and O(B (n + m)) vectors.
     dense = 2 * 33 * 7 * 8
     assert held[60] <= dense + 2 * (2 * (33 + 7) * 16 * 8) + 16 * 2 * (33 + 7) * 8
 
@@ -171,13 +165,13 @@ def test_backward_keeps_no_iteration_history(gen, strategy):
 @pytest.mark.parametrize(
     "dtype,tol", [(torch.float32, 1e-5), (torch.float16, 1e-3), (torch.bfloat16, 1e-2)]
 )
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_low_precision_inputs(gen, dtype, tol, strategy):
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_low_precision_inputs(gen, dtype, tol, solver):
     """Half inputs are computed in fp32: errors come from rounding the embeddings only."""
     x64, y64 = random_tokens(gen, 2, 33, 100), random_tokens(gen, 2, 129, 100)
     x = x64.to(dtype).requires_grad_()
     y = y64.to(dtype)
-    loss = ot_distill_loss(x, y, reduction="none", strategy=strategy)
+    loss = ot_distill_loss(x, y, reduction="none", solver=solver)
     loss.sum().backward()
     assert loss.dtype == torch.float32 and x.grad.dtype == dtype
     xr = x.detach().double().requires_grad_()
@@ -210,19 +204,19 @@ def test_streaming_matches_dense_on_many_chunks(gen, monkeypatch):
     monkeypatch.setattr(streaming, "DEFAULT_CHUNK_BYTES", 7 * 8 * 3)  # 3 rows per chunk
     x = random_tokens(gen, 1, 31, 16).requires_grad_()
     y = random_tokens(gen, 1, 7, 16).requires_grad_()
-    stream = ot_distill_loss(x, y, strategy="streaming", n_iters=40)
+    stream = ot_distill_loss(x, y, solver="streaming", n_iters=40)
     stream.backward()
     gx, gy = x.grad.clone(), y.grad.clone()
     x.grad = y.grad = None
-    dense = ot_distill_loss(x, y, strategy="dense-log", n_iters=40)
+    dense = ot_distill_loss(x, y, solver="dense-log", n_iters=40)
     dense.backward()
     torch.testing.assert_close(stream, dense, rtol=1e-12, atol=0)
     torch.testing.assert_close(gx, x.grad, rtol=1e-10, atol=1e-14)
     torch.testing.assert_close(gy, y.grad, rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_ragged_batch_is_solved_in_length_buckets(gen, strategy):
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_ragged_batch_is_solved_in_length_buckets(gen, solver):
     """Lengths spread over [1, 40]: several buckets, each trimmed; results equal the unpadded
     problems one by one, and padding gets zero gradient."""
     from optical_ops.ragged import length_buckets
@@ -240,12 +234,12 @@ def test_ragged_batch_is_solved_in_length_buckets(gen, strategy):
     x = random_tokens(gen, batch, n, 16).requires_grad_()
     y = random_tokens(gen, batch, m, 16).requires_grad_()
     upstream = torch.rand(batch, generator=gen, dtype=torch.float64)
-    loss = ot_distill_loss(x, y, mx, my, reduction="none", strategy=strategy, n_iters=60)
+    loss = ot_distill_loss(x, y, mx, my, reduction="none", solver=solver, n_iters=60)
     (loss * upstream).sum().backward()
     for i in range(batch):
         xi = x.detach()[i, : lx[i]].clone().requires_grad_()
         yi = y.detach()[i, : ly[i]].clone().requires_grad_()
-        li = ot_distill_loss(xi, yi, strategy=strategy, n_iters=60)
+        li = ot_distill_loss(xi, yi, solver=solver, n_iters=60)
         (li * upstream[i]).backward()
         torch.testing.assert_close(loss[i], li, rtol=1e-12, atol=0)
         torch.testing.assert_close(x.grad[i, : lx[i]], xi.grad, rtol=1e-10, atol=1e-14)
@@ -263,10 +257,11 @@ def test_even_lengths_stay_in_one_trimmed_bucket():
     assert bucket.index is None and (bucket.n, bucket.m) == (8, 12)
 
 
-def test_auto_strategy_streams_large_costs(monkeypatch):
-    import optical_ops.autograd as ag
+def test_auto_solver_streams_large_costs():
+    from optical_ops import solver_plan
 
-    assert ag.pick_strategy(1, 4096, 4096, torch.float32, "auto") == "dense"
-    assert ag.pick_strategy(1, 16384, 16384, torch.float32, "auto") == "streaming"
-    monkeypatch.setattr(ag, "DENSE_MAX_BYTES", 0)
-    assert ag.pick_strategy(1, 2, 2, torch.float32, "auto") == "streaming"
+    assert solver_plan(1, 4096, 4096, 768).solver == "dense"
+    assert solver_plan(1, 16384, 16384, 768).solver == "streaming"
+    assert solver_plan(1, 16384, 16384, 768, dtype=torch.float64).solver == "streaming"
+    assert solver_plan(1, 8192, 8192, 768, dtype=torch.float64).solver == "streaming"
+    assert solver_plan(1, 8192, 8192, 768, dtype=torch.float16).solver == "dense"

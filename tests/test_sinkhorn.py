@@ -14,13 +14,9 @@ from reference import (
 )
 
 from optical_ops import cost_matrix, sinkhorn
+from optical_ops.dispatch import SCALING_MAX_RANGE
 from optical_ops.sinkhorn_loop import run_sinkhorn
-from optical_ops.softmin_dense import (
-    SCALING_MAX_RANGE,
-    DenseLogSoftMin,
-    DenseScalingSoftMin,
-    dense_softmin,
-)
+from optical_ops.softmin_dense import DenseLogSoftMin, DenseScalingSoftMin, dense_softmin
 
 CONVERGED = dict(n_iters=20000, tol=1e-13)
 SIZES = [(1, 1), (1, 7), (7, 33), (33, 7), (129, 300), (300, 129)]
@@ -51,14 +47,14 @@ def test_matches_pot_at_convergence(gen, n, m, eps, weighted):
     assert_close_up_to_constant(res.g, ref["g"], atol=1e-6 * eps)
 
 
-@pytest.mark.parametrize("method", ["scaling", "log"])
-def test_fixed_iterations_match_pot_iterates(gen, method):
+@pytest.mark.parametrize("solver", ["dense-scaling", "dense-log"])
+def test_fixed_iterations_match_pot_iterates(gen, solver):
     """Uniform weights, same iteration count, no early stop: POT's exact iterate."""
     cost = random_cost(gen, 33, 129, batch=1)
     a, b = torch.full((1, 33), 1 / 33, dtype=torch.float64), torch.full((1, 129), 1 / 129,
                                                                           dtype=torch.float64)
     for n_iters in (1, 7, 100):
-        op = dense_softmin(cost, a, b, 0.05, method)
+        op = dense_softmin(cost, a, b, 0.05, solver)
         res = run_sinkhorn(op, n_iters, None)
         ref = pot_sinkhorn(cost[0], eps=0.05, n_iters=n_iters)
         assert rel_err(op.plan(res.f_state, res.g_state)[0], ref["plan"]) < 1e-12
@@ -76,15 +72,19 @@ def test_auto_method_choice(gen):
     a32, b32 = a.float(), b.float()
     assert isinstance(dense_softmin(c32, a32, b32, r / limit * 1.01), DenseScalingSoftMin)
     assert isinstance(dense_softmin(c32, a32, b32, r / limit * 0.99), DenseLogSoftMin)
+    # Values not read (no host sync): the cosine bound R <= 2 decides, or the log domain.
+    for eps, kind in ((2 / limit * 1.01, DenseScalingSoftMin), (2 / limit * 0.99, DenseLogSoftMin)):
+        assert isinstance(dense_softmin(c32, a32, b32, eps, sync_ok=False, range_bound=2.0), kind)
+    assert isinstance(dense_softmin(c32, a32, b32, 1.0, sync_ok=False), DenseLogSoftMin)
 
 
-@pytest.mark.parametrize("method", ["scaling", "log"])
-def test_both_dense_methods_agree(gen, method):
+@pytest.mark.parametrize("solver", ["dense-scaling", "dense-log"])
+def test_both_dense_methods_agree(gen, solver):
     cost = random_cost(gen, 33, 7, batch=3)
     a = random_weights(gen, 3, 33, zeros=2)
     b = random_weights(gen, 3, 7, zeros=1)
     a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
-    op = dense_softmin(cost, a, b, 0.05, method)
+    op = dense_softmin(cost, a, b, 0.05, solver)
     res = run_sinkhorn(op, 3000, 1e-13)
     for i in range(3):
         ref = pot_sinkhorn(cost[i], a[i], b[i], 0.05)

@@ -13,7 +13,7 @@ from optical_ops import cost_matrix, ot_distill_loss, sinkhorn
 
 # Self-transport problems stall near 1e-12 marginal error in float64 (round-off).
 CONVERGED = dict(n_iters=20000, tol=1e-10)
-STRATEGIES = ["dense", "dense-log", "streaming"]
+SOLVERS = ["dense", "dense-log", "streaming"]
 
 
 def pot_unbalanced(cost, a, b, eps, tau):
@@ -47,11 +47,11 @@ def test_large_tau_recovers_balanced_ot(gen):
     assert rel_err(relaxed.plan, balanced.plan) < 1e-5
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_unbalanced_distill_loss_and_gradient(gen, strategy):
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_unbalanced_distill_loss_and_gradient(gen, solver):
     x = random_tokens(gen, 2, 7, 16).requires_grad_()
     y = random_tokens(gen, 2, 12, 16)
-    loss = ot_distill_loss(x, y, eps=0.1, tau=0.5, reduction="sum", strategy=strategy,
+    loss = ot_distill_loss(x, y, eps=0.1, tau=0.5, reduction="sum", solver=solver,
                            **CONVERGED)
     loss.backward()
     xr = x.detach().requires_grad_()
@@ -93,10 +93,10 @@ def test_debiased_divergence_matches_pot(gen):
         values.append(value)
     surrogate.backward()
     assert min(values) > 0
-    for strategy in STRATEGIES:
+    for solver in SOLVERS:
         xs, ys = x.clone().requires_grad_(), y.clone().requires_grad_()
         s = ot_distill_loss(xs, ys, student_weights=wx, debias=True, reduction="none",
-                            strategy=strategy, **CONVERGED)
+                            solver=solver, **CONVERGED)
         (s * upstream).sum().backward()
         assert rel_err(s.detach(), torch.tensor(values, dtype=torch.float64)) < 1e-6
         assert rel_err(xs.grad, xr.grad) < 1e-6

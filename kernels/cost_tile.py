@@ -17,6 +17,11 @@ which the exponent (g_j - C_ij) / eps turns into ~1e-3 relative on the plan at e
 on the gradient): more than fp16 inputs cost (see tests/test_triton_kernels.py).
 Massless tokens (weight 0, padding) are loaded as zeros, so whatever they hold (NaN padding
 included) gives a finite cost: 1 for cosine, |y_j|^2 or |x_i|^2 for sqeuclidean, 0 for dense.
+A dense tile is loaded under a bounds mask only and the massless entries are zeroed after the
+load (``tl.where``): a mask that depends on loaded weights is different in every lane, which
+forces 4-byte loads, where a bounds mask lets Triton issue 16-byte ones (rows of 16 entries).
+NaN in a token that carries mass propagates to its costs on the GPU and under the interpreter
+alike (the squared-distance clamp is a select, not ``tl.maximum``, whose NaN handling differs).
 """
 
 from __future__ import annotations
@@ -24,16 +29,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import triton
-import triton.language as tl
 
-from ._launch import pow2_at_least
+from ._triton_version import require_triton
+
+require_triton()
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from ._launch import check_tensor, pow2_at_least  # noqa: E402
 
 # The COST argument of every kernel (Python ints for the launchers, constexprs for the kernels).
 DENSE, COSINE, SQEUCLIDEAN = 0, 1, 2
 COST_DENSE = tl.constexpr(DENSE)
 COST_COSINE = tl.constexpr(COSINE)
 COST_KINDS = {"cosine": COSINE, "sqeuclidean": SQEUCLIDEAN}
+HALF_OR_FLOAT = (torch.float16, torch.bfloat16, torch.float32)
 
 DOT_PRECISION = tl.constexpr("tf32x3")
 
@@ -50,18 +61,20 @@ DOT_CHUNK_BYTES = 64
 
 @triton.jit
 def cost_tile(x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd, xs_ptr, ys_ptr,
-              rows, cols, row_ok, col_ok, d,
+              rows, cols, row_in, col_in, row_ok, col_ok, d,
               COST: tl.constexpr, BLOCK_D: tl.constexpr):
     """fp32 tile C[rows, cols] of one problem (pointers already offset to the problem).
 
-    ``row_ok``/``col_ok``: tokens that exist and carry mass; the others are read as zeros.
+    ``row_in``/``col_in``: indices within the problem (rows < n, cols < m); ``row_ok``/
+    ``col_ok``: tokens that exist and carry mass; the others are read as zeros.
     COST_DENSE: x_ptr is C with row/column strides (stride_xn, stride_xd); y and stats unused.
     """
     rows64 = rows.to(tl.int64)
     cols64 = cols.to(tl.int64)
     if COST == COST_DENSE:
         c = tl.load(x_ptr + rows64[:, None] * stride_xn + cols64[None, :] * stride_xd,
-                    mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+                    mask=row_in[:, None] & col_in[None, :], other=0.0).to(tl.float32)
+        c = tl.where(row_ok[:, None] & col_ok[None, :], c, 0.0)
     else:
         dots = tl.zeros((rows.shape[0], cols.shape[0]), dtype=tl.float32)
         for k in range(0, d, BLOCK_D):
@@ -80,34 +93,49 @@ def cost_tile(x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd, xs_ptr, 
         if COST == COST_COSINE:
             c = 1.0 - dots * xs[:, None] * ys[None, :]
         else:
-            c = tl.maximum(xs[:, None] + ys[None, :] - 2.0 * dots, 0.0)
+            c = xs[:, None] + ys[None, :] - 2.0 * dots
+            c = tl.where(c < 0.0, 0.0, c)  # NaN stays NaN, as in torch.clamp_min
     return c
 
 
 @dataclass(frozen=True)
 class CostOperands:
-    """What the kernels need to rebuild any tile of C (B, n, m): the ``cost_tile`` arguments.
+    """What the kernels need to rebuild any tile of C (B, n, m).
 
-    Embedding costs: x (B, n, d), y (B, m, d) in the caller's dtype and strides, and the
-    per-token statistics x_stat (B, n), y_stat (B, m), fp32 contiguous. Dense: x is C itself
-    and (row_stride, col_stride) its strides; the transposed cost swaps them, so the column
-    soft-min is the row soft-min of :meth:`transposed`.
+    Embedding costs (kind COSINE or SQEUCLIDEAN): ``x`` (B, n, d) and ``y`` (B, m, d) in the
+    caller's dtype (fp16/bf16/fp32) and strides, and the per-token statistics ``x_stat`` (B, n),
+    ``y_stat`` (B, m), fp32 contiguous (1 / |t| for cosine, |t|^2 for sqeuclidean).
+    Dense (kind DENSE): ``x`` is C itself (:attr:`cost`), read through ``dense_strides``
+    (batch, row, column), and ``y``, ``x_stat``, ``y_stat`` are None; ``d`` is 0. The
+    transposed cost swaps the row and column strides, so the column soft-min is the row
+    soft-min of :meth:`transposed`.
+
+    :meth:`args` is the kernels' view: ten arguments (x_ptr, its three strides, y_ptr, its
+    three strides, xs_ptr, ys_ptr) whatever the kind; for a dense cost the unused pointers
+    repeat C (never read: the kernels branch on the COST constexpr).
     """
 
     kind: int
     x: torch.Tensor
-    y: torch.Tensor
-    x_stat: torch.Tensor
-    y_stat: torch.Tensor
+    y: torch.Tensor | None
+    x_stat: torch.Tensor | None
+    y_stat: torch.Tensor | None
     n: int
     m: int
     d: int
     dense_strides: tuple[int, int, int] = (0, 0, 0)
 
+    @property
+    def cost(self) -> torch.Tensor:
+        """The dense cost (as stored: its strides are ``dense_strides`` for this view)."""
+        if self.kind != DENSE:
+            raise AttributeError("embedding operands hold no dense cost")
+        return self.x
+
     def transposed(self) -> CostOperands:
         if self.kind == DENSE:
             sb, sn, sm = self.dense_strides
-            return CostOperands(self.kind, self.x, self.x, self.x, self.x, self.m, self.n, 0,
+            return CostOperands(self.kind, self.x, None, None, None, self.m, self.n, 0,
                                 (sb, sm, sn))
         return CostOperands(self.kind, self.y, self.x, self.y_stat, self.x_stat, self.m, self.n,
                             self.d)
@@ -119,6 +147,28 @@ class CostOperands:
             return (self.x, *self.dense_strides, self.x, *self.dense_strides, self.x, self.x)
         return (self.x, *self.x.stride(), self.y, *self.y.stride(), self.x_stat, self.y_stat)
 
+    def check(self) -> torch.device:
+        """Shapes, dtypes and devices as the kernels index them (metadata only); returns the
+        device. Raises ValueError with the operand's name."""
+        dev = self.x.device
+        if self.kind == DENSE:
+            check_tensor("the dense cost", self.x, (None, None, None), HALF_OR_FLOAT,
+                         contiguous=False)
+            sb, sn, sm = self.dense_strides
+            stored = (tuple(self.x.shape[1:]), tuple(self.x.stride()[1:]))
+            views = (((self.n, self.m), (sn, sm)), ((self.m, self.n), (sm, sn)))  # C or C^T
+            if sb != self.x.stride(0) or stored not in views:
+                raise ValueError(f"dense operands of {self.n} x {self.m} with strides "
+                                 f"{self.dense_strides} do not describe a cost of shape "
+                                 f"{tuple(self.x.shape)}, strides {self.x.stride()}")
+            return dev
+        batch = self.x.shape[0]
+        check_tensor("x", self.x, (batch, self.n, self.d), HALF_OR_FLOAT, contiguous=False)
+        check_tensor("y", self.y, (batch, self.m, self.d), HALF_OR_FLOAT, dev, contiguous=False)
+        check_tensor("x_stat", self.x_stat, (batch, self.n), torch.float32, dev)
+        check_tensor("y_stat", self.y_stat, (batch, self.m), torch.float32, dev)
+        return dev
+
     @property
     def batch(self) -> int:
         return self.x.shape[0]
@@ -126,6 +176,12 @@ class CostOperands:
     @property
     def dtype(self) -> torch.dtype:
         return self.x.dtype
+
+
+def check_vectors(device, **vectors) -> None:
+    """fp32 contiguous (B, length) vectors of the launchers: name=(tensor, B, length)."""
+    for name, (t, batch, length) in vectors.items():
+        check_tensor(name, t, (batch, length), torch.float32, device)
 
 
 def token_stat(t: torch.Tensor, valid: torch.Tensor, kind: int, norm_floor: float):
@@ -150,7 +206,7 @@ def embedding_operands(x, y, cost: str, row_valid, col_valid, norm_floor: float)
 
 def dense_operands(cost: torch.Tensor) -> CostOperands:
     """Operands that read C (B, n, m) in place."""
-    return CostOperands(DENSE, cost, cost, cost, cost, cost.shape[1], cost.shape[2], 0,
+    return CostOperands(DENSE, cost, None, None, None, cost.shape[1], cost.shape[2], 0,
                         tuple(cost.stride()))
 
 

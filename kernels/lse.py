@@ -8,21 +8,33 @@ log2(e): with h_j = (log w_j + pot_j / eps) log2(e) and scale = log2(e) / eps,
 
 The log-sum-exp is accumulated online over column tiles, flash-attention style: a running max M
 and a running sum S of exp2(z - M), so any number of tiles costs O(rows) state.
+
+No division on the device: the launchers pass ``inv_eps`` = 1 / eps computed on the host in
+double precision (rounded once to fp32), and the kernels multiply by it. A device ``pot / eps``
+compiles to the approximate ``div.full.f32`` (2 ulp), which the interpreter does not show.
+Still approximate on the GPU, and stated in the README: ``tl.exp2`` is ``ex2.approx.ftz.f32``
+(relative error ~2^-22, subnormal results flushed to 0: weights below 2^-126 vanish),
+``tl.log2`` is ``lg2.approx``, and ptxas contracts multiply-adds into FMAs
+(``enable_fp_fusion``), which the interpreter's numpy evaluates in two roundings.
 """
 
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+from ._triton_version import require_triton
+
+require_triton()
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
-def log2_potential(log_w, pot, eps):
-    """h = (log w + pot / eps) log2(e); -inf where the weight is 0."""
-    return (log_w + pot / eps) * LOG2E
+def log2_potential(log_w, pot, inv_eps):
+    """h = (log w + pot / eps) log2(e) with inv_eps = 1 / eps; -inf where the weight is 0."""
+    return (log_w + pot * inv_eps) * LOG2E
 
 
 @triton.jit

@@ -11,7 +11,9 @@ and the row sums; the column side is the same kernel on the transposed operands.
 and s_j = 1 / |y_j| (the cosine statistic) the product is P y' through the normalised
 embeddings without materialising them.
 
-The grid splits rows and the feature dimension of v (BLOCK_DV per program), so each program
+The grid splits rows (axis 0: problem x row block, so the batch is not bound by the 65,535
+programs of the other axes) and the feature dimension of v (axis 1, BLOCK_DV per program), so
+each program
 keeps a (BLOCK_N, BLOCK_DV) fp32 accumulator and rebuilds its plan tiles nb = ceil(dv /
 BLOCK_DV) times: from a dense cost when the caller built one (``dense_operands``: nb B n m 4
 bytes read) or from the embeddings (2 nb B n m d FLOPs). Then 2 B n m dv FLOPs for P v and
@@ -24,9 +26,18 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import Config, launch, pow2_at_least
-from .cost_tile import DOT_PRECISION, CostOperands, cost_tile, dot_block_d
+from ._launch import Config, check_tensor, launch, pow2_at_least
+from .cost_tile import (
+    COST_DENSE,
+    DOT_PRECISION,
+    HALF_OR_FLOAT,
+    CostOperands,
+    check_vectors,
+    cost_tile,
+    dot_block_d,
+)
 from .lse import LOG2E, log2_potential, plan_tile
+from .sinkhorn_streaming import _problem_and_rows
 
 # Rows x columns x accumulator width per program, at 8 warps: the 32 x 128 fp32 accumulator is
 # 16 registers per thread beside the 32 x 32 cost and plan tiles; 100-230 registers, no spills
@@ -43,24 +54,24 @@ def _plan_matmul_kernel(
     x_ptr, stride_xb, stride_xn, stride_xd, y_ptr, stride_yb, stride_ym, stride_yd,
     xs_ptr, ys_ptr, loga_ptr, logb_ptr, f_ptr, g_ptr,
     v_ptr, stride_vb, stride_vm, stride_vd, vs_ptr, out_ptr, rowsum_ptr,
-    n, m, d, dv, eps,
+    n, m, d, dv, inv_eps,
     COST: tl.constexpr, HAS_SCALE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr,
 ):
-    pid_b = tl.program_id(2).to(tl.int64)
+    pid_b, rows = _problem_and_rows(n, BLOCK_N)
     pid_v = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     feats = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
     log_a = tl.load(loga_ptr + pid_b * n + rows, mask=rows < n, other=float("-inf"))
     row_h = log2_potential(log_a, tl.load(f_ptr + pid_b * n + rows, mask=rows < n, other=0.0),
-                           eps)
+                           inv_eps)
     x_ptr += pid_b * stride_xb
     y_ptr += pid_b * stride_yb
-    xs_ptr += pid_b * n
-    ys_ptr += pid_b * m
+    if COST != COST_DENSE:
+        xs_ptr += pid_b * n
+        ys_ptr += pid_b * m
     v_ptr += pid_b * stride_vb
-    scale = LOG2E / eps
+    scale = inv_eps * LOG2E
     acc = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     rowsum = tl.zeros([BLOCK_N], dtype=tl.float32)
     for start in range(0, m, BLOCK_M):
@@ -69,8 +80,9 @@ def _plan_matmul_kernel(
         col_ok = log_b > float("-inf")
         g = tl.load(g_ptr + pid_b * m + cols, mask=cols < m, other=0.0)
         c = cost_tile(x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd, xs_ptr, ys_ptr,
-                      rows, cols, log_a > float("-inf"), col_ok, d, COST, BLOCK_D)
-        p = plan_tile(c, row_h, log2_potential(log_b, g, eps), scale)
+                      rows, cols, rows < n, cols < m, log_a > float("-inf"), col_ok, d, COST,
+                      BLOCK_D)
+        p = plan_tile(c, row_h, log2_potential(log_b, g, inv_eps), scale)
         rowsum += tl.sum(p, axis=1)
         if HAS_SCALE:
             p = p * tl.load(vs_ptr + pid_b * m + cols, mask=col_ok, other=0.0)[None, :]
@@ -104,15 +116,22 @@ def plan_matmul(ops: CostOperands, log_a, log_b, f, g, eps: float, v: torch.Tens
         v: (B, m, dv), any float dtype and strides (read in place).
         v_scale: optional (B, m) fp32 contiguous column scale s (default 1).
     """
-    batch, dv = ops.batch, v.shape[2]
+    dev = ops.check()
+    batch = ops.batch
+    check_vectors(dev, log_a=(log_a, batch, ops.n), log_b=(log_b, batch, ops.m),
+                  f=(f, batch, ops.n), g=(g, batch, ops.m))
+    check_tensor("v", v, (batch, ops.m, None), HALF_OR_FLOAT, dev, contiguous=False)
+    if v_scale is not None:
+        check_vectors(dev, v_scale=(v_scale, batch, ops.m))
+    dv = v.shape[2]
     cfg = backward_config(ops.n, ops.m, ops.d, ops.dtype)
     block_dv = backward_block_dv(dv)
-    out = torch.empty(batch, ops.n, dv, dtype=torch.float32, device=f.device)
-    rowsum = torch.empty(batch, ops.n, dtype=torch.float32, device=f.device)
+    out = torch.empty(batch, ops.n, dv, dtype=torch.float32, device=dev)
+    rowsum = torch.empty(batch, ops.n, dtype=torch.float32, device=dev)
     args = (*ops.args(), log_a, log_b, f, g, v, *v.stride(),
             log_a if v_scale is None else v_scale, out, rowsum,
-            ops.n, ops.m, ops.d, dv, float(eps))
-    grid = (triton.cdiv(ops.n, cfg.block_n), triton.cdiv(dv, block_dv), batch)
+            ops.n, ops.m, ops.d, dv, 1.0 / eps)
+    grid = (batch * triton.cdiv(ops.n, cfg.block_n), triton.cdiv(dv, block_dv))
     launch(_plan_matmul_kernel, grid, args,
            dict(COST=ops.kind, HAS_SCALE=v_scale is not None, BLOCK_DV=block_dv, **cfg.meta()))
     return out, rowsum

@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 
 from ._launch import MIN_DOT, Config, launch, pow2_at_least
-from .cost_tile import DENSE, CostOperands, cost_tile, dot_block_d
+from .cost_tile import DENSE, CostOperands, check_vectors, cost_tile, dot_block_d
 from .lse import LOG2E, log2_potential, lse2_fold, plan_tile, softmin_from_lse2
 
 # Largest BLOCK_N * BLOCK_M held in registers, at 8 warps: 32 tile entries per thread, and
@@ -89,9 +89,9 @@ STRIP_WARPS = 8
 
 
 @triton.jit
-def _row_softmin(c, log_b, g, eps, scale):
+def _row_softmin(c, log_b, g, eps, inv_eps, scale):
     """f_i = -eps LSE_j(log b_j + (g_j - C_ij) / eps) for the rows of a strip (whole rows)."""
-    z = log2_potential(log_b, g, eps)[None, :] - c * scale
+    z = log2_potential(log_b, g, inv_eps)[None, :] - c * scale
     run_max = tl.full([c.shape[0]], float("-inf"), tl.float32)
     run_max, run_sum = lse2_fold(run_max, tl.zeros_like(run_max), z, 1)
     return softmin_from_lse2(run_max, run_sum, eps)
@@ -99,7 +99,7 @@ def _row_softmin(c, log_b, g, eps, scale):
 
 @triton.jit
 def _strip(c_res, x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd, xs_ptr, ys_ptr,
-           loga_ptr, start, n, d, cols, col_ok,
+           loga_ptr, start, n, m, d, cols, col_ok,
            COST: tl.constexpr, RESIDENT: tl.constexpr, BLOCK_N: tl.constexpr,
            BLOCK_D: tl.constexpr):
     """Log-weights and cost strip of rows start .. start + BLOCK_N: the resident tile
@@ -110,13 +110,14 @@ def _strip(c_res, x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd, xs_p
         c = c_res
     else:
         c = cost_tile(x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd, xs_ptr, ys_ptr,
-                      rows, cols, log_a > float("-inf"), col_ok, d, COST, BLOCK_D)
+                      rows, cols, rows < n, cols < m, log_a > float("-inf"), col_ok, d, COST,
+                      BLOCK_D)
     return log_a, c
 
 
 @triton.jit
 def _sweep(c_res, x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd, xs_ptr, ys_ptr,
-           loga_ptr, n, d, cols, log_b, g, eps, scale,
+           loga_ptr, n, m, d, cols, log_b, g, eps, inv_eps, scale,
            COST: tl.constexpr, RESIDENT: tl.constexpr, ROW_UPDATE: tl.constexpr,
            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """The column update g' = -eps LSE_i(log a_i + (f_i - C_ij) / eps) for f the row update
@@ -127,23 +128,25 @@ def _sweep(c_res, x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd, xs_p
     # reduced (Triton pipelines only dot operands unless asked).
     for start in tl.range(0, n, BLOCK_N, num_stages=2):
         log_a, c = _strip(c_res, x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd,
-                          xs_ptr, ys_ptr, loga_ptr, start, n, d, cols, log_b > float("-inf"),
+                          xs_ptr, ys_ptr, loga_ptr, start, n, m, d, cols, log_b > float("-inf"),
                           COST, RESIDENT, BLOCK_N, BLOCK_D)
         if ROW_UPDATE:
-            f = _row_softmin(c, log_b, g, eps, scale)
+            f = _row_softmin(c, log_b, g, eps, inv_eps, scale)
         else:
             f = tl.zeros([BLOCK_N], tl.float32)
-        z = log2_potential(log_a, f, eps)[:, None] - c * scale
+        z = log2_potential(log_a, f, inv_eps)[:, None] - c * scale
         col_max, col_sum = lse2_fold(col_max, col_sum, z, 0)
     return softmin_from_lse2(col_max, col_sum, eps)
 
 
-@triton.jit
+# Lengths bound loops and masks across rows only (never the vectorised axis), and iteration
+# counts are plain loop bounds: not specialised, so a new length or n_iters reuses the binary.
+@triton.jit(do_not_specialize=["n", "n_iters", "check_every"])
 def _sinkhorn_fused_kernel(
     x_ptr, stride_xb, stride_xn, stride_xd, y_ptr, stride_yb, stride_ym, stride_yd,
     xs_ptr, ys_ptr, loga_ptr, logb_ptr,
     f_ptr, g_ptr, loss_ptr, iters_ptr, plan_ptr,
-    n, m, d, eps, n_iters, tol, check_every,
+    n, m, d, eps, inv_eps, n_iters, tol, check_every,
     COST: tl.constexpr, HAS_TOL: tl.constexpr, WRITE_PLAN: tl.constexpr,
     RESIDENT: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -157,44 +160,45 @@ def _sinkhorn_fused_kernel(
     cols = tl.arange(0, BLOCK_M)
     log_b = tl.load(logb_ptr + pid * m + cols, mask=cols < m, other=float("-inf"))
     col_ok = log_b > float("-inf")
-    scale = LOG2E / eps
+    scale = inv_eps * LOG2E
     if RESIDENT:  # the one strip, built once
         _, c_res = _strip(None, x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd,
-                          xs_ptr, ys_ptr, loga_ptr, 0, n, d, cols, col_ok, COST, False,
+                          xs_ptr, ys_ptr, loga_ptr, 0, n, m, d, cols, col_ok, COST, False,
                           BLOCK_N, BLOCK_D)
     else:
         c_res = None
 
     g = _sweep(c_res, x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd, xs_ptr, ys_ptr,
-               loga_ptr, n, d, cols, log_b, None, eps, scale, COST, RESIDENT, False,
+               loga_ptr, n, m, d, cols, log_b, None, eps, inv_eps, scale, COST, RESIDENT, False,
                BLOCK_N, BLOCK_D)
     it = 0
     go = it < n_iters
     while go:
         # f = row update of g (iteration it + 1), and g_next its column update.
         g_next = _sweep(c_res, x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd,
-                        xs_ptr, ys_ptr, loga_ptr, n, d, cols, log_b, g, eps, scale, COST,
+                        xs_ptr, ys_ptr, loga_ptr, n, m, d, cols, log_b, g, eps, inv_eps, scale,
+                        COST,
                         RESIDENT, True, BLOCK_N, BLOCK_D)
         it += 1
         go = it < n_iters
         if HAS_TOL:
             # The loop's check: err of the plan (f, g); (f, g) frozen once err <= tol.
-            col_term = tl.exp(log_b) * tl.abs(tl.exp((g - g_next) / eps) - 1.0)
+            col_term = tl.exp(log_b) * tl.abs(tl.exp((g - g_next) * inv_eps) - 1.0)
             err = tl.sum(tl.where(col_ok, col_term, 0.0))
             go = go & ((it % check_every != 0) | (err > tol))
         g = tl.where(go, g_next, g)
 
     # f from the final g, the plan and <P, C>.
-    g_h = log2_potential(log_b, g, eps)
+    g_h = log2_potential(log_b, g, inv_eps)
     partial = tl.zeros([BLOCK_N], tl.float32)
     for start in tl.range(0, n, BLOCK_N, num_stages=2):
         log_a, c = _strip(c_res, x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd,
-                          xs_ptr, ys_ptr, loga_ptr, start, n, d, cols, col_ok, COST, RESIDENT,
-                          BLOCK_N, BLOCK_D)
+                          xs_ptr, ys_ptr, loga_ptr, start, n, m, d, cols, col_ok, COST,
+                          RESIDENT, BLOCK_N, BLOCK_D)
         rows = start + tl.arange(0, BLOCK_N)
-        f = _row_softmin(c, log_b, g, eps, scale)
+        f = _row_softmin(c, log_b, g, eps, inv_eps, scale)
         tl.store(f_ptr + pid * n + rows, f, mask=rows < n)
-        p = plan_tile(c, log2_potential(log_a, f, eps), g_h, scale)
+        p = plan_tile(c, log2_potential(log_a, f, inv_eps), g_h, scale)
         partial += tl.sum(p * c, axis=1)
         if WRITE_PLAN:
             out = plan_ptr + pid * n * m + rows.to(tl.int64)[:, None] * m + cols[None, :]
@@ -257,14 +261,18 @@ def sinkhorn_fused(ops: CostOperands, log_a: torch.Tensor, log_b: torch.Tensor, 
         if cfg is None or ops.kind != DENSE:
             raise ValueError(f"a {ops.n} x {ops.m} problem needs a dense cost within "
                              f"{MAX_STRIP_ROWS} x {MAX_STRIP_COLS} tokens for the fused kernel")
-    batch, dev = ops.batch, log_a.device
+    dev = ops.check()
+    batch = ops.batch
+    check_vectors(dev, log_a=(log_a, batch, ops.n), log_b=(log_b, batch, ops.m))
+    if n_iters < 1 or check_every < 1:
+        raise ValueError(f"n_iters and check_every must be >= 1, got {n_iters}, {check_every}")
     f = torch.empty(batch, ops.n, dtype=torch.float32, device=dev)
     g = torch.empty(batch, ops.m, dtype=torch.float32, device=dev)
     loss = torch.empty(batch, dtype=torch.float32, device=dev)
     iters = torch.empty(batch, dtype=torch.int64, device=dev)
     plan = torch.empty(batch, ops.n, ops.m, dtype=torch.float32, device=dev) if write_plan else f
     args = (*ops.args(), log_a, log_b, f, g, loss, iters, plan,
-            ops.n, ops.m, ops.d, float(eps), n_iters, 0.0 if tol is None else float(tol),
+            ops.n, ops.m, ops.d, float(eps), 1.0 / eps, n_iters, 0.0 if tol is None else float(tol),
             check_every)
     launch(_sinkhorn_fused_kernel, (batch,), args,
            dict(COST=ops.kind, HAS_TOL=tol is not None, WRITE_PLAN=write_plan,

@@ -22,12 +22,16 @@ from reference import assert_close_up_to_constant, random_tokens, random_weights
 from optical_ops import OTDistillLoss, cost_matrix, ot_distill_loss, sinkhorn
 from optical_ops import autograd as pytorch_backend
 
-triton_backend = pytest.importorskip("optical_ops.triton_backend")
+pytest.importorskip("triton")
+try:  # the dispatch module, where the package has one
+    from optical_ops.dispatch import triton_unavailable_reason
+except ImportError:
+    from optical_ops.triton_backend import triton_unavailable_reason
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 pytestmark = [
     pytest.mark.triton,
-    pytest.mark.skipif(not triton_backend.triton_available(DEVICE),
-                       reason=str(triton_backend.triton_unavailable_reason(DEVICE))),
+    pytest.mark.skipif(triton_unavailable_reason(DEVICE) is not None,
+                       reason=str(triton_unavailable_reason(DEVICE))),
 ]
 
 from optical_ops.kernels import sinkhorn_fused  # noqa: E402  (needs triton)
@@ -401,7 +405,8 @@ def test_dispatch_by_problem_size(n, m, solver):
     log_a, log_b = torch.empty(batch, n, device="meta"), torch.empty(batch, m, device="meta")
     ops = embedding_operands(x, y, "cosine", log_a > 0, log_b > 0, 1e-12)
     with recording() as launches:
-        triton_backend._solve(ops, log_b, log_a, log_b, 0.05, 5, None, False)
+        pytest.importorskip("optical_ops.triton_backend")._solve(ops, log_b, log_a, log_b,
+                                                                  0.05, 5, None, False)
     kernels = [(r.kernel.fn.__name__, r.meta.get("RESIDENT")) for r in launches]
     if solver == "registers":
         assert kernels == [("_sinkhorn_fused_kernel", True)]
@@ -422,7 +427,8 @@ def test_strips_need_the_dense_cost_to_fit_the_budget(monkeypatch):
     log_w = torch.empty(3, 128, device="meta")
     ops = embedding_operands(x, x, "cosine", log_w > 0, log_w > 0, 1e-12)
     with recording() as launches:
-        triton_backend._solve(ops, log_w, log_w, log_w, 0.05, 5, None, False)
+        pytest.importorskip("optical_ops.triton_backend")._solve(ops, log_w, log_w, log_w,
+                                                                  0.05, 5, None, False)
     assert {(r.kernel.fn.__name__, r.meta["COST"]) for r in launches} == {
         ("_softmin_kernel", COSINE), ("_plan_cost_kernel", COSINE)}
 
@@ -495,3 +501,210 @@ def test_kernel_operands_match_the_pytorch_factors(gen):
     assert ops.kind == COSINE
     torch.testing.assert_close(ops.x_stat, fc.row_scale)
     torch.testing.assert_close(ops.transposed().x_stat, fc.col_scale)
+
+
+# ---- Launch plumbing: device guard, grid limits, argument checks (no GPU needed) ----
+
+
+class _OnDevice(torch.Tensor):
+    """A meta tensor that reports a CUDA device: what the launch plumbing sees of a tensor on
+    another GPU, without one."""
+
+    index = 1
+
+    @property
+    def device(self):
+        return torch.device("cuda", self.index)
+
+
+def _on_cuda(index, *shape):
+    cls = type(f"OnCuda{index}", (_OnDevice,), {"index": index})
+    return torch.Tensor._make_subclass(cls, torch.empty(*shape, device="meta"))
+
+
+def test_launch_runs_on_the_device_of_its_tensors(monkeypatch):
+    """Triton launches on the current device; the launch makes the tensors' device current
+    (cuda:1 while cuda:0 is current), and refuses tensors spread over two devices."""
+    from optical_ops.kernels import _launch
+
+    entered, ran_inside = [], []
+
+    class Guard:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            entered.append(None)
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **meta: ran_inside.append(entered[-1])
+
+    monkeypatch.setattr(torch.cuda, "device", Guard)
+    on_1 = _on_cuda(1, 2, 3)
+    _launch.launch(Kernel(), (4,), (on_1, 3, 0.5), {})
+    assert ran_inside == [torch.device("cuda", 1)] and entered[-1] is None
+    _launch.launch(Kernel(), (4,), (torch.empty(2), 3), {})  # CPU (interpreter): no guard
+    assert ran_inside[-1] is None and len(entered) == 2
+    with pytest.raises(ValueError, match="several devices"):
+        _launch.launch(Kernel(), (4,), (on_1, _on_cuda(0, 2, 3)), {})
+
+
+@pytest.mark.parametrize("cost", ["cosine", "dense"])
+def test_batches_beyond_65535_problems_fit_the_grid(cost):
+    """The batch is folded into grid axis 0 (2^31 - 1 programs) in every launch, so a batch
+    over the 65,535 limit of axes 1 and 2 still launches (recorded on meta tensors)."""
+    from optical_ops.kernels import sinkhorn_backward, sinkhorn_streaming
+    from optical_ops.kernels._launch import MAX_GRID_12, recording
+    from optical_ops.kernels.cost_tile import dense_operands
+
+    batch, n, m = 70_000, 20, 24
+    log_a, log_b = torch.empty(batch, n, device="meta"), torch.empty(batch, m, device="meta")
+    if cost == "dense":
+        ops = dense_operands(torch.empty(batch, n, m, device="meta"))
+    else:
+        ops = embedding_operands(torch.empty(batch, n, 32, device="meta"),
+                                 torch.empty(batch, m, 32, device="meta"), cost, log_a > 0,
+                                 log_b > 0, 1e-12)
+    with recording() as launches:
+        sinkhorn_fused.sinkhorn_fused(ops, log_a, log_b, 0.05, 5, None, 10)
+        sinkhorn_streaming.softmin(ops, log_a, log_b, log_b, 0.05)
+        sinkhorn_streaming.softmin(ops.transposed(), log_b, log_a, log_a, 0.05)
+        sinkhorn_streaming.transport_cost(ops, log_a, log_b, log_a, log_b, 0.05)
+        if cost != "dense":
+            sinkhorn_streaming.cost_matrix(ops, log_a, log_b)
+            sinkhorn_backward.plan_matmul(ops, log_a, log_b, log_a, log_b, 0.05, ops.y)
+    assert len(launches) == (4 if cost == "dense" else 6)
+    for rec in launches:
+        assert rec.grid[0] >= batch and all(g <= MAX_GRID_12 for g in rec.grid[1:]), rec.grid
+
+
+def test_launchers_check_their_arguments():
+    """dtype, shape, contiguity and device of every operand, before any launch (metadata
+    only): the kernels index the vectors as problem * length + index."""
+    from optical_ops.kernels import sinkhorn_backward, sinkhorn_streaming
+    from optical_ops.kernels._launch import recording
+    from optical_ops.kernels.cost_tile import dense_operands
+
+    batch, n, m = 2, 5, 7
+
+    def meta(*shape, dtype=torch.float32):
+        return torch.empty(*shape, dtype=dtype, device="meta")
+
+    log_a, log_b = meta(batch, n), meta(batch, m)
+    ops = embedding_operands(meta(batch, n, 8), meta(batch, m, 8), "cosine", log_a > 0,
+                             log_b > 0, 1e-12)
+    with recording() as launches:
+        with pytest.raises(ValueError, match=r"log_a must be torch.float32, got torch.float64"):
+            sinkhorn_fused.sinkhorn_fused(ops, log_a.double(), log_b, 0.1, 5, None, 10)
+        with pytest.raises(ValueError, match=r"log_b must have shape \(2, 7\), got \(2, 5\)"):
+            sinkhorn_streaming.cost_matrix(ops, log_a, log_a)
+        with pytest.raises(ValueError, match="pot must be contiguous"):
+            sinkhorn_streaming.softmin(ops, log_a, log_b, meta(m, batch).t(), 0.1)
+        with pytest.raises(ValueError, match=r"g is on cpu, the cost operands on meta"):
+            sinkhorn_streaming.transport_cost(ops, log_a, log_b, log_a, torch.zeros(batch, m),
+                                              0.1)
+        with pytest.raises(ValueError, match=r"v must be torch.float16 or torch.bfloat16 or "
+                                             r"torch.float32, got torch.float64"):
+            sinkhorn_backward.plan_matmul(ops, log_a, log_b, log_a, log_b, 0.1,
+                                          meta(batch, m, 3, dtype=torch.float64))
+        with pytest.raises(ValueError, match=r"y must have shape \(2, 7, 8\)"):
+            bad = embedding_operands(meta(batch, n, 8), meta(batch, m, 9), "cosine", log_a > 0,
+                                     log_b > 0, 1e-12)
+            sinkhorn_streaming.softmin(bad, log_a, log_b, log_b, 0.1)
+        with pytest.raises(ValueError, match="n_iters and check_every must be >= 1"):
+            sinkhorn_fused.sinkhorn_fused(ops, log_a, log_b, 0.1, 0, None, 10)
+        dense = dense_operands(meta(batch, n, m))
+        with pytest.raises(ValueError, match="do not describe a cost"):
+            sinkhorn_streaming.softmin(type(dense)(dense.kind, dense.x, None, None, None, m, n,
+                                                   0, dense.dense_strides),
+                                       log_b, log_a, log_a, 0.1)
+    assert launches == []  # nothing launched on bad arguments
+
+
+def test_dense_operands_say_what_they_hold():
+    from optical_ops.kernels.cost_tile import DENSE, dense_operands
+
+    cost = torch.empty(3, 4, 6, device="meta")
+    ops = dense_operands(cost)
+    assert ops.kind == DENSE and ops.cost is cost and (ops.n, ops.m, ops.d) == (4, 6, 0)
+    assert ops.y is None and ops.x_stat is None and ops.y_stat is None
+    t = ops.transposed()
+    assert (t.n, t.m, t.dense_strides) == (6, 4, (24, 1, 6)) and t.cost is cost
+    assert len(ops.args()) == 10 and t.check() == cost.device
+    valid = cost[..., 0] > 0
+    with pytest.raises(AttributeError, match="no dense cost"):
+        _ = embedding_operands(cost, cost, "cosine", valid, valid, 1e-12).cost
+
+
+def test_launchers_pass_one_over_eps():
+    """The kernels multiply by a host-computed 1 / eps (double, rounded once to fp32) instead
+    of dividing on the device, where ``/`` is the approximate div.full.f32."""
+    from optical_ops.kernels import sinkhorn_streaming
+    from optical_ops.kernels._launch import recording
+
+    log_w = torch.empty(2, 8, device="meta")
+    ops = embedding_operands(torch.empty(2, 8, 4, device="meta"),
+                             torch.empty(2, 8, 4, device="meta"), "cosine", log_w > 0,
+                             log_w > 0, 1e-12)
+    with recording() as launches:
+        sinkhorn_fused.sinkhorn_fused(ops, log_w, log_w, 0.07, 5, None, 10)
+        sinkhorn_streaming.softmin(ops, log_w, log_w, log_w, 0.07)
+        sinkhorn_streaming.transport_cost(ops, log_w, log_w, log_w, log_w, 0.07)
+    for rec in launches:
+        floats = [a for a in rec.args if isinstance(a, float)]
+        assert 1.0 / 0.07 in floats, rec.kernel.fn.__name__
+
+
+def test_squared_distance_propagates_nan_like_torch(gen):
+    """The clamp at 0 is a select, so a NaN in a token with mass gives NaN costs in the
+    interpreter and on the GPU alike (tl.maximum drops NaN on the GPU only); massless NaN
+    padding still gives finite costs, and negative rounding clamps to 0."""
+    from optical_ops.kernels.sinkhorn_streaming import cost_matrix as kernel_cost_matrix
+
+    x = random_tokens(gen, 1, 4, 8, dtype=torch.float32).float()
+    y = torch.cat([x, random_tokens(gen, 1, 2, 8).float()], 1)  # y_j = x_j: distance 0
+    x[0, 1, 3] = float("nan")  # a token with mass
+    y[0, 5] = float("nan")  # padding
+    valid_x = torch.ones(1, 4, dtype=torch.bool)
+    valid_y = torch.tensor([[True] * 5 + [False]])
+    ops = embedding_operands(x.to(DEVICE), y.to(DEVICE), "sqeuclidean", valid_x.to(DEVICE),
+                             valid_y.to(DEVICE), 1e-12)
+    log_a = torch.zeros(1, 4, device=DEVICE)
+    log_b = torch.where(valid_y, 0.0, -torch.inf).to(DEVICE)
+    c = kernel_cost_matrix(ops, log_a, log_b).cpu()
+    assert torch.isnan(c[0, 1, :5]).all()
+    rest = c[0, [0, 2, 3]]
+    assert torch.isfinite(rest).all() and (rest >= 0).all()
+    assert (rest[:, [0, 2, 3]].diagonal() < 1e-4).all()  # x_i against itself
+    ref = cost_matrix(x[0, [0, 2, 3]].double(), y[0, :5].double(), "sqeuclidean")
+    torch.testing.assert_close(rest[:, :5].double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_streaming_row_block_fills_the_sms():
+    """Fewer programs than SMs: the row block halves down to 16 (W3: 1 x 1024 rows gives 64
+    programs of 16 rows instead of 16 of 64); enough programs keep 64. Three sizes only."""
+    from optical_ops.kernels.sinkhorn_streaming import stream_block_n
+
+    assert stream_block_n(1024, 1, 132) == 16
+    assert stream_block_n(16384, 1, 132) == 64
+    assert stream_block_n(128, 32, 132) == 16 and stream_block_n(128, 64, 132) == 32
+    assert stream_block_n(9, 1, 132) == 16
+    assert {stream_block_n(n, b) for n in range(1, 5000, 37) for b in (1, 8, 64)} <= {16, 32, 64}
+
+
+def test_triton_version_check():
+    """triton.knobs (3.4+) is needed: an older Triton gets a clear reason (and ImportError from
+    the kernel modules) instead of an AttributeError; the dispatch can fall back on it."""
+    from optical_ops.kernels import MIN_TRITON, triton_unavailable_reason
+
+    assert MIN_TRITON == (3, 4)
+    assert triton_unavailable_reason() is None  # the installed one
+    reason = triton_unavailable_reason("3.3.1")
+    assert "triton>=3.4" in reason and "3.3.1" in reason
+    assert triton_unavailable_reason("3.0.0") is not None
+    for ok in ("3.4.0", "3.4.0+git1a2b3c", "3.5.0rc1", "4.0"):
+        assert triton_unavailable_reason(ok) is None, ok

@@ -70,5 +70,13 @@ test-kernels: $(STAMP)
 compile-report: $(STAMP)
 	env -u TRITON_INTERPRET $(BIN)/python -m optical_ops.kernels.compile_report
 
+# The prepared GPU check (benchmarks/gpu_check.py, README "Triton backend"): on a CUDA machine
+# with torch and Triton already installed (no venv, no registry); exit 3 without CUDA.
+# GPU_CHECK_ARGS, e.g. "--sections solvers,timing --budget 300 --out gpu_check.json".
+GPU_PYTHON ?= python3
+.PHONY: gpu-check
+gpu-check:
+	PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

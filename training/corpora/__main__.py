@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import load_corpora
-from .cache import CORPORA, CORPORA_ENV, CorpusNotFoundError, corpora_dir, fetch
+from .cache import CORPORA, CORPORA_ENV, CorpusNotFoundError, FetchError, corpora_dir, fetch
 from .clir import build_benchmarks
 
 
@@ -40,8 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "fetch":
-        for fetched in fetch(args.corpus, args.cache):
-            print(f"{fetched.corpus}: {', '.join(path.name for path in fetched.downloads)}")
+        try:
+            for fetched in fetch(args.corpus, args.cache):
+                print(f"{fetched.corpus}: {', '.join(path.name for path in fetched.downloads)}")
+        except FetchError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         print(f"in {corpora_dir(args.cache)}")
         return 0
     out = args.out or corpora_dir(args.cache) / "clir"

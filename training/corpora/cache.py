@@ -27,6 +27,7 @@ import importlib.util
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -149,18 +150,32 @@ class Fetched:
     downloads: tuple[Path, ...]
 
 
+class FetchError(RuntimeError):
+    """A registry client that is missing, failed, or left no download."""
+
+
+_CLIENTS = {"npm": "Node.js's npm", "apt-get": "Debian's apt", "dpkg-deb": "Debian's dpkg"}
+
+
 def _run(command: Sequence[str], cwd: Path) -> None:
+    if shutil.which(command[0]) is None:
+        raise FetchError(f"{command[0]} ({_CLIENTS.get(command[0], 'a registry client')}) is not "
+                         f"installed; it is needed to run: {shlex.join(command)}")  # fmt: skip
     print("+", shlex.join(command), flush=True)
-    subprocess.run(command, cwd=cwd, check=True)
+    try:
+        subprocess.run(command, cwd=cwd, check=True)
+    except subprocess.CalledProcessError as error:
+        raise FetchError(
+            f"{shlex.join(command)} failed with exit status {error.returncode}"
+        ) from None
 
 
-def _unzip_wheel(wheel: Path, destination: Path) -> None:
-    with zipfile.ZipFile(wheel) as archive:
-        archive.extractall(destination)
-
-
-def _new_files(folder: Path, pattern: str, before: set[Path]) -> list[Path]:
-    return sorted(set(folder.glob(pattern)) - before)
+def _fresh(folder: Path) -> Path:
+    """``folder``, emptied: an unpacked copy never mixes two downloads."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder
 
 
 def fetch_bible(cache=None) -> Fetched:
@@ -175,8 +190,9 @@ def fetch_bible(cache=None) -> Fetched:
               requirement, "-d", str(folder)], folder)  # fmt: skip
         wheels = sorted(folder.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
         if not wheels:
-            raise RuntimeError(f"pip download {requirement} left no wheel in {folder}")
-        _unzip_wheel(wheels[0], folder / unpacked)
+            raise FetchError(f"pip download {requirement} left no wheel in {folder}")
+        with zipfile.ZipFile(wheels[0]) as archive:
+            archive.extractall(_fresh(folder / unpacked))
         downloads.append(wheels[0])
     return Fetched("bible", tuple(downloads))
 
@@ -190,7 +206,7 @@ def fetch_quran(cache=None) -> Fetched:
     name, version = QURAN_NPM.rsplit("@", 1)
     tarball = folder / f"{name}-{version}.tgz"
     if not tarball.is_file():
-        raise RuntimeError(f"npm pack {QURAN_NPM} left no {tarball.name} in {folder}")
+        raise FetchError(f"npm pack {QURAN_NPM} left no {tarball.name} in {folder}")
     with tarfile.open(tarball) as archive:
         # Only the whole-Quran files and the notices (the per-chapter and per-verse copies are
         # 60 MB more), plain files only: no links, no paths leaving the folder.
@@ -201,6 +217,7 @@ def fetch_quran(cache=None) -> Fetched:
             and ".." not in Path(member.name).parts
             and (QURAN_FILES.fullmatch(member.name) or member.name in QURAN_NOTICES)
         ]
+        _fresh(folder / "package")
         archive.extractall(folder, members=members)
     return Fetched("quran", (tarball,))
 
@@ -210,12 +227,15 @@ def fetch_libreoffice(cache=None) -> Fetched:
     folder = corpora_dir(cache) / "libreoffice"
     debs_dir, root = folder / "debs", folder / "root"
     debs_dir.mkdir(parents=True, exist_ok=True)
-    before = set(debs_dir.glob("*.deb"))
     _run(["apt-get", "download", *LIBREOFFICE_DEBS], debs_dir)
-    debs = _new_files(debs_dir, "*.deb", before) or sorted(before)
+    debs = []
     for package in LIBREOFFICE_DEBS:
-        if not any(deb.name.startswith(f"{package}_") for deb in debs):
-            raise RuntimeError(f"apt-get download {package} left no .deb in {debs_dir}")
+        # The newest download of each package (an earlier fetch may have left an older version).
+        found = sorted(debs_dir.glob(f"{package}_*.deb"), key=lambda path: path.stat().st_mtime)
+        if not found:
+            raise FetchError(f"apt-get download {package} left no .deb in {debs_dir}")
+        debs.append(found[-1])
+    _fresh(root)
     for deb in debs:
         _run(["dpkg-deb", "-x", str(deb), str(root)], folder)
     return Fetched("libreoffice", tuple(debs))

@@ -39,16 +39,15 @@ def stabilised_iterate(
     accurate: float,
     exp_lo: float,
     exp_hi: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``n_iters`` Sinkhorn iterations (column then row update) from the potentials ``f``.
 
     cost: (B, n, m) contiguous, shifted and sanitised (massless entries finite); a, f: (B, n);
     b: (B, m); one float dtype, CPU. The absorption cache kernel (B, n, m) contiguous, fbar
     (B, n), gbar (B, m) and valid (B,) int32 (0: no kernel yet, 1: kernel at (fbar, gbar),
     2: the problem runs in the log domain) are read and updated in place; ``f`` is not.
-    Returns (f, g, f_prev, counts): the new potentials, f before the last row update (for the
-    massless columns' exact potentials) and int64 (absorptions, log-domain half-iterations).
-    Massless potentials in the result are not meaningful (the caller recomputes them).
+    Returns (f, g, counts): the new potentials (massless ones recomputed by log-sum-exp, as the
+    log-domain loop has them) and int64 (absorptions, log-domain half-iterations).
     """
     if not native_stabilised_available(cost):
         raise RuntimeError("the native CPU stabilised loop is not available for this tensor")
@@ -66,13 +65,12 @@ def stabilised_iterate(
         raise ValueError(f"n_iters must be >= 1, got {n_iters}")
     f = f.to(cost.dtype).contiguous().clone()
     g = cost.new_empty(batch, m)
-    f_prev = cost.new_empty(batch, n)
     counts = torch.zeros(2, dtype=torch.int64)
     _stabilised_cpu.stabilised_iterate(
         cost.data_ptr(), a.data_ptr(), b.data_ptr(), f.data_ptr(), g.data_ptr(),
-        f_prev.data_ptr(), kernel.data_ptr(), fbar.data_ptr(), gbar.data_ptr(),
-        valid.data_ptr(), counts.data_ptr(), batch, n, m, n_iters, float(eps), float(damping),
-        float(absorb), float(accurate), float(exp_lo), float(exp_hi),
+        kernel.data_ptr(), fbar.data_ptr(), gbar.data_ptr(), valid.data_ptr(), counts.data_ptr(),
+        batch, n, m, n_iters, float(eps), float(damping), float(absorb), float(accurate),
+        float(exp_lo), float(exp_hi),
         cost.dtype == torch.float64, torch.get_num_threads(),
     )
-    return f, g, f_prev, counts
+    return f, g, counts

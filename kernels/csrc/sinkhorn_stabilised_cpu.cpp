@@ -13,8 +13,8 @@
 // from C and absorbed (fbar, gbar <- f, g; K~ rebuilt; u = v = 1); when only the new scalings
 // leave [e^-absorb, e^absorb] the current potentials are absorbed. An absorption whose massful
 // exponents exceed hi puts the problem in the log domain for good (valid = 2). Rows and columns
-// with zero weight get coefficient exactly 0 and are never range-checked; their potentials are
-// not meaningful here (the caller recomputes them by log-sum-exp).
+// with zero weight get coefficient exactly 0 and are never range-checked; after the last
+// iteration their potentials are recomputed by log-sum-exp (exact_massless).
 //
 // Both mat-vecs are sums of rows (of K~ for the columns, of a transposed copy for the rows),
 // register blocked and vectorised along the rows, with no horizontal reduction. Column
@@ -68,10 +68,16 @@ struct ExpConst<double> {
   static constexpr int kTerms = 13, kShift = 52, kBias = 1023;
 };
 
-template <typename T>
-constexpr T inverse_factorial(int i) {
-  return i <= 1 ? T(1) : inverse_factorial<T>(i - 1) / T(i);
-}
+// The Taylor coefficients 1/i!, i = 0..N, as a table built at compile time (a constexpr
+// function called in the loop is not reliably folded, and a call stops vectorisation).
+template <typename T, int N>
+struct InverseFactorials {
+  T c[N + 1];
+  constexpr InverseFactorials() : c() {
+    c[0] = 1;
+    for (int i = 1; i <= N; ++i) c[i] = c[i - 1] / T(i);
+  }
+};
 
 template <typename T>
 INLINE T exp_in_range(T x) {
@@ -80,9 +86,10 @@ INLINE T exp_in_range(T x) {
   const T k = rounded - E::kMagic;
   const T r = std::fma(-k, E::kLn2B, std::fma(-k, E::kLn2A, x));
   // Horner over the Taylor coefficients 1/i!, highest first.
-  T poly = inverse_factorial<T>(E::kTerms);
+  static constexpr InverseFactorials<T, E::kTerms> kCoef{};
+  T poly = kCoef.c[E::kTerms];
 #pragma GCC unroll 16
-  for (int i = E::kTerms - 1; i >= 0; --i) poly = std::fma(poly, r, inverse_factorial<T>(i));
+  for (int i = E::kTerms - 1; i >= 0; --i) poly = std::fma(poly, r, kCoef.c[i]);
   const auto k_int = __builtin_bit_cast(typename E::Int, rounded) -
                      __builtin_bit_cast(typename E::Int, E::kMagic);
   const auto scale = __builtin_bit_cast(T, (k_int + E::kBias) << E::kShift);
@@ -147,6 +154,8 @@ struct Problem {
   // per-thread scratch
   T *KT, *u, *v, *coef, *sum, *f, *g, *top;
   int64_t absorptions = 0, log_updates = 0;
+  // e^-accurate, e^accurate, e^-absorb, e^absorb (bounds on the sums T)
+  double accurate_lo, accurate_hi, absorb_lo, absorb_hi;
 };
 
 // Column soft-min from potentials f: g_j = -lam eps LSE_i(log a_i + (f_i - C_ij)/eps), rows
@@ -251,41 +260,34 @@ INLINE int scaling_half(Problem<T>& P, const Limits& L, const T* M, const T* ow,
                         int64_t olen, const T* w, const T* bar, T* s, int64_t len) {
   for (int64_t i = 0; i < olen; ++i) P.coef[i] = ow[i] > 0 ? ow[i] * o[i] : T(0);
   sum_rows(P.sum, P.coef, M, olen, len);
-  const T acc_hi = T(std::exp(L.accurate)), acc_lo = T(std::exp(-L.accurate));
-  bool accurate = true, within = true;
-  if (L.lam == 1.0) {
-    const T abs_hi = T(std::exp(L.absorb)), abs_lo = T(std::exp(-L.absorb));
-    for (int64_t j = 0; j < len; ++j) {
-      const T t = P.sum[j];
-      s[j] = T(1) / t;
-      if (w[j] > 0) {
-        accurate &= (t >= acc_lo) & (t <= acc_hi);
-        within &= (t >= abs_lo) & (t <= abs_hi);
-      }
-    }
-  } else {
-    const T lam = T(L.lam), c = -(T(1) - lam) / T(L.eps), lim = T(L.absorb);
-    for (int64_t j = 0; j < len; ++j) {
-      const T t = P.sum[j];
-      const T log_s = c * bar[j] - lam * std::log(t);
-      s[j] = std::exp(log_s);
-      if (w[j] > 0) {
-        accurate &= (t >= acc_lo) & (t <= acc_hi);
-        within &= std::fabs(log_s) <= lim;
-      }
-    }
+  const T* t = P.sum;
+  T lo = 1, hi = 1;  // range of the massful sums
+#pragma omp simd reduction(min : lo) reduction(max : hi)
+  for (int64_t j = 0; j < len; ++j) {
+    lo = std::min(lo, w[j] > 0 ? t[j] : T(1));
+    hi = std::max(hi, w[j] > 0 ? t[j] : T(1));
   }
-  return !accurate ? 2 : (within ? 0 : 1);
+  if (!(lo >= T(P.accurate_lo) && hi <= T(P.accurate_hi))) return 2;
+  if (L.lam == 1.0) {
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) s[j] = T(1) / t[j];
+    return (lo >= T(P.absorb_lo) && hi <= T(P.absorb_hi)) ? 0 : 1;
+  }
+  const T lam = T(L.lam), c = -(T(1) - lam) / T(L.eps), lim = T(L.absorb);
+  bool within = true;
+  for (int64_t j = 0; j < len; ++j) {
+    const T log_s = c * bar[j] - lam * std::log(t[j]);
+    s[j] = std::exp(log_s);
+    within &= !(w[j] > 0) || std::fabs(log_s) <= lim;
+  }
+  return within ? 0 : 1;
 }
 
-// All iterations of one problem. f_io: potentials in, out; g_out, f_prev: outputs.
+// All iterations of one problem. f_io: potentials in, out; g_out: out; f_prev: f before the
+// last row update (massful rows).
 template <typename T>
-PER_ISA void solve_problem(Problem<T>& P, const Limits& L, T* f_io, T* g_out, T* f_prev,
+INLINE void run_iterations(Problem<T>& P, const Limits& L, T* f_io, T* g_out, T* f_prev,
                            int iters) {
-#if defined(__SSE2__)
-  const unsigned csr = _mm_getcsr();
-  _mm_setcsr(csr | 0x8000);  // flush denormal results to zero
-#endif
   const T eps = T(L.eps);
   const int64_t n = P.n, m = P.m;
   bool need_log = true;  // the next column update must run in the log domain
@@ -306,9 +308,6 @@ PER_ISA void solve_problem(Problem<T>& P, const Limits& L, T* f_io, T* g_out, T*
     }
     std::copy(P.f, P.f + n, f_io);
     std::copy(P.g, P.g + m, g_out);
-#if defined(__SSE2__)
-    _mm_setcsr(csr);
-#endif
     return;
   }
   bool log_mode = false;
@@ -347,9 +346,6 @@ PER_ISA void solve_problem(Problem<T>& P, const Limits& L, T* f_io, T* g_out, T*
       if (last) {  // keep the result exact; the next call absorbs what it needs
         std::copy(P.f, P.f + n, f_io);
         std::copy(P.g, P.g + m, g_out);
-#if defined(__SSE2__)
-        _mm_setcsr(csr);
-#endif
         return;
       }
       log_mode = !absorb(P, L, P.f, P.g);
@@ -362,6 +358,38 @@ PER_ISA void solve_problem(Problem<T>& P, const Limits& L, T* f_io, T* g_out, T*
     potentials(P.fbar, P.u, n, eps, f_io);
     potentials(P.gbar, P.v, m, eps, g_out);
   }
+}
+
+// Potentials of the rows and columns without mass, by log-sum-exp as the log-domain loop has
+// them: g from the f before the last row update, f from the final g.
+template <typename T>
+INLINE void exact_massless(Problem<T>& P, const Limits& L, const T* f_prev, T* f, T* g) {
+  bool rows = false, cols = false;
+  for (int64_t i = 0; i < P.n; ++i) rows |= !(P.a[i] > 0);
+  for (int64_t j = 0; j < P.m; ++j) cols |= !(P.b[j] > 0);
+  const int64_t counted = P.log_updates;
+  if (cols) {
+    log_cols(P, L, f_prev, P.g);
+    for (int64_t j = 0; j < P.m; ++j)
+      if (!(P.b[j] > 0)) g[j] = P.g[j];
+  }
+  if (rows) {
+    log_rows(P, L, g, P.f);
+    for (int64_t i = 0; i < P.n; ++i)
+      if (!(P.a[i] > 0)) f[i] = P.f[i];
+  }
+  P.log_updates = counted;
+}
+
+template <typename T>
+PER_ISA void solve_problem(Problem<T>& P, const Limits& L, T* f_io, T* g_out, T* f_prev,
+                           int iters) {
+#if defined(__SSE2__)
+  const unsigned csr = _mm_getcsr();
+  _mm_setcsr(csr | 0x8000);  // flush denormal results to zero
+#endif
+  run_iterations(P, L, f_io, g_out, f_prev, iters);
+  exact_massless(P, L, f_prev, f_io, g_out);
 #if defined(__SSE2__)
   _mm_setcsr(csr);
 #endif
@@ -372,7 +400,7 @@ PER_ISA void solve_problem(Problem<T>& P, const Limits& L, T* f_io, T* g_out, T*
 constexpr int64_t kParallelMinWork = int64_t(1) << 22;
 
 template <typename T>
-void iterate(const T* C, const T* a, const T* b, T* f, T* g, T* f_prev, T* K, T* fbar, T* gbar,
+void iterate(const T* C, const T* a, const T* b, T* f, T* g, T* K, T* fbar, T* gbar,
              int32_t* valid, int64_t* counts, int64_t batch, int64_t n, int64_t m, int iters,
              const Limits& L, int threads) {
   const int64_t work = batch * n * m * iters;
@@ -381,16 +409,21 @@ void iterate(const T* C, const T* a, const T* b, T* f, T* g, T* f_prev, T* K, T*
 #pragma omp parallel num_threads(use) reduction(+ : absorptions, log_updates)
   {
     const int64_t big = std::max(n, m);
-    std::vector<T> kt(n * m), u(n), v(m), coef(big), sum(big), fw(n), gw(m), top(big);
+    std::vector<T> kt(n * m), u(n), v(m), coef(big), sum(big), fw(n), gw(m), top(big),
+        f_prev(n);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t p = 0; p < batch; ++p) {
       Problem<T> P{C + p * n * m, a + p * n, b + p * m, K + p * n * m, fbar + p * n,
                    gbar + p * m, valid + p, n, m, kt.data(), u.data(), v.data(),
                    coef.data(), sum.data(), fw.data(), gw.data(), top.data()};
+      P.accurate_lo = std::exp(-L.accurate);
+      P.accurate_hi = std::exp(L.accurate);
+      P.absorb_lo = std::exp(-L.absorb);
+      P.absorb_hi = std::exp(L.absorb);
       if (valid[p] == 1)  // the transposed kernel is per thread: rebuild it
         for (int64_t i = 0; i < n; ++i)
           for (int64_t j = 0; j < m; ++j) kt[j * n + i] = P.K[i * m + j];
-      solve_problem(P, L, f + p * n, g + p * m, f_prev + p * n, iters);
+      solve_problem(P, L, f + p * n, g + p * m, f_prev.data(), iters);
       absorptions += P.absorptions;
       log_updates += P.log_updates;
     }
@@ -399,15 +432,15 @@ void iterate(const T* C, const T* a, const T* b, T* f, T* g, T* f_prev, T* K, T*
   counts[1] += log_updates;
 }
 
-// stabilised_iterate(C, a, b, f, g, f_prev, K, fbar, gbar, valid, counts, batch, n, m, iters,
+// stabilised_iterate(C, a, b, f, g, K, fbar, gbar, valid, counts, batch, n, m, iters,
 // eps, damping, absorb, accurate, exp_lo, exp_hi, is_double, threads): addresses of contiguous
 // CPU buffers (see kernels/cpu_stabilised.py).
 PyObject* stabilised_iterate(PyObject*, PyObject* args) {
-  unsigned long long c, a, b, f, g, fp, k, fb, gb, valid, counts;
+  unsigned long long c, a, b, f, g, k, fb, gb, valid, counts;
   long long batch, n, m;
   int iters, is_double, threads;
   Limits L;
-  if (!PyArg_ParseTuple(args, "KKKKKKKKKKKLLLiddddddpi", &c, &a, &b, &f, &g, &fp, &k, &fb, &gb,
+  if (!PyArg_ParseTuple(args, "KKKKKKKKKKLLLiddddddpi", &c, &a, &b, &f, &g, &k, &fb, &gb,
                         &valid, &counts, &batch, &n, &m, &iters, &L.eps, &L.lam, &L.absorb,
                         &L.accurate, &L.exp_lo, &L.exp_hi, &is_double, &threads))
     return nullptr;
@@ -419,12 +452,12 @@ PyObject* stabilised_iterate(PyObject*, PyObject* args) {
   Py_BEGIN_ALLOW_THREADS
   if (is_double)
     iterate(as_ptr<const double>(c), as_ptr<const double>(a), as_ptr<const double>(b),
-            as_ptr<double>(f), as_ptr<double>(g), as_ptr<double>(fp), as_ptr<double>(k),
+            as_ptr<double>(f), as_ptr<double>(g), as_ptr<double>(k),
             as_ptr<double>(fb), as_ptr<double>(gb), as_ptr<int32_t>(valid),
             as_ptr<int64_t>(counts), batch, n, m, iters, L, threads);
   else
     iterate(as_ptr<const float>(c), as_ptr<const float>(a), as_ptr<const float>(b),
-            as_ptr<float>(f), as_ptr<float>(g), as_ptr<float>(fp), as_ptr<float>(k),
+            as_ptr<float>(f), as_ptr<float>(g), as_ptr<float>(k),
             as_ptr<float>(fb), as_ptr<float>(gb), as_ptr<int32_t>(valid),
             as_ptr<int64_t>(counts), batch, n, m, iters, L, threads);
   Py_END_ALLOW_THREADS

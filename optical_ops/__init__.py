@@ -9,7 +9,7 @@ Public API::
 from .build_info import native_cpu_status
 from .costs import cost_matrix
 from .dispatch import SOLVERS, SolverPlan, solver_plan
-from .functional import SinkhornResult, ot_distill_loss, sinkhorn
+from .functional import SinkhornResult, ot_distill_loss, ot_distill_plan, sinkhorn
 from .modules import OTDistillLoss
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "cost_matrix",
     "native_cpu_status",
     "ot_distill_loss",
+    "ot_distill_plan",
     "sinkhorn",
     "solver_plan",
 ]

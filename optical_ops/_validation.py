@@ -9,6 +9,7 @@ sync; they run before any iteration and can be switched off with ``check_inputs=
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -21,23 +22,32 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
+# The native loops count iterations in a C int.
+MAX_ITERS = 2**31 - 1
+
+
+def _is_real(value) -> bool:
+    """A real number (Python or NumPy scalar), not a bool and not a tensor."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, torch.Tensor))
+
+
 def check_solver_options(eps: float, n_iters: int, tol: float | None) -> None:
-    if isinstance(eps, torch.Tensor) or not isinstance(eps, (int, float)):
-        raise TypeError(f"eps must be a Python float, got {type(eps).__name__}")
+    if not _is_real(eps):
+        raise TypeError(f"eps must be a real number (float), got {type(eps).__name__}")
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0, got {eps}")
-    if isinstance(n_iters, bool) or not isinstance(n_iters, int):
+    if isinstance(n_iters, bool) or not isinstance(n_iters, numbers.Integral):
         raise TypeError(f"n_iters must be an int, got {type(n_iters).__name__}")
-    if n_iters < 1:
-        raise ValueError(f"n_iters must be >= 1, got {n_iters}")
-    if tol is not None and not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+    if not 1 <= n_iters <= MAX_ITERS:
+        raise ValueError(f"n_iters must be in [1, {MAX_ITERS}], got {n_iters}")
+    if tol is not None and not (_is_real(tol) and math.isfinite(tol) and tol > 0):
         raise ValueError(f"tol must be None or a finite number > 0, got {tol!r}")
 
 
 def check_tau(tau: float | None) -> None:
     if tau is None:
         return
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)):
+    if not _is_real(tau):
         raise TypeError(f"tau must be None or a Python float, got {type(tau).__name__}")
     if not (math.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be None (balanced OT) or a finite number > 0, got {tau}")
@@ -79,12 +89,14 @@ def check_finite(name: str, t: torch.Tensor, valid: torch.Tensor | None = None) 
 
 
 def _check_shape(arg: str, t: torch.Tensor, expected: tuple, device: torch.device) -> torch.Tensor:
+    """``t`` of shape ``expected`` (B, n); a 1-D (n,) tensor is broadcast over the batch."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{arg} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() == 1 and expected[0] == 1:
-        t = t.unsqueeze(0)
+    if t.dim() == 1 and t.shape[0] == expected[1]:
+        t = t.expand(expected)
     if tuple(t.shape) != expected:
-        raise ValueError(f"{arg} must have shape {expected}, got {tuple(t.shape)}")
+        raise ValueError(f"{arg} must have shape {expected} or ({expected[1]},), got "
+                         f"{tuple(t.shape)}")
     if t.device != device:
         raise ValueError(f"{arg} is on {t.device}, expected {device} like the inputs")
     return t
@@ -123,13 +135,18 @@ def marginal(
             raise TypeError(
                 f"{weights_name} must be a real float or integer tensor, got {weights.dtype}"
             )
-        weights = weights.to(dtype)
         if check_values:
             if not bool(torch.isfinite(weights).all()):
                 raise ValueError(f"{weights_name} must be finite")
             if bool((weights < 0).any()):
                 raise ValueError(f"{weights_name} must be non-negative")
-        w = w * weights
+        if weights.is_floating_point():
+            # Scaled by the largest weight of each problem in their own dtype first, so that
+            # finite weights whose sum (or whose value in the compute dtype) overflows stay
+            # finite; the normalisation below removes the scale.
+            top = weights.detach().abs().amax(dim=1, keepdim=True)
+            weights = weights / torch.where(top > 0, top, torch.ones_like(top))
+        w = w * weights.to(dtype)
         given.append(weights_name)
     if not given:
         return w / size

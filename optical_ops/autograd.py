@@ -29,7 +29,7 @@ from .dispatch import SolverPlan, solver_plan
 from .primitives import cost_primitive, embedding_primitive
 from .ragged import Bucket, length_buckets
 from .saved import release, restore
-from .sinkhorn_loop import SoftMin, entropic_value, run_sinkhorn
+from .sinkhorn_loop import SoftMin, entropic_value, run_sinkhorn, warn_unconverged
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,12 @@ def first_order_only(backward):
     return wrapped
 
 
+def _check_weight_gradients(a, b, spec: SolveSpec) -> None:
+    if spec.tau is not None and (a.requires_grad or b.requires_grad):
+        raise ValueError("gradients with respect to the weights are implemented for balanced "
+                         "OT (tau=None) only; detach the weights or drop tau")
+
+
 @contextmanager
 def exact_numerics(device: torch.device):
     """No autocast (the solver picks its own compute dtype) and full-precision fp32 products."""
@@ -103,11 +109,12 @@ class EmbeddingOTFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, a, b, spec: SolveSpec):
+        _check_weight_gradients(a, b, spec)
         batch, n, d = x.shape
         m = y.shape[1]
         buckets = length_buckets(a, b) if spec.plan.buckets else [Bucket(None, n, m)]
         losses = a.new_empty(batch)
-        states = []
+        states, converged = [], []
         with exact_numerics(x.device):
             for bucket in buckets:
                 xb, yb, ab, bb = bucket.take(x, y, a, b)
@@ -117,6 +124,8 @@ class EmbeddingOTFunction(torch.autograd.Function):
                 if spec.check_inputs:
                     fc.check_finite(ab, bb)
                 res = run_sinkhorn(op, spec.n_iters, spec.tol)
+                if res.converged is not None:
+                    converged.append(res.converged)
                 if spec.value == "entropic":
                     loss = entropic_value(op, res.f_state, res.g_state, spec.eps)
                 elif res.loss is not None:
@@ -129,50 +138,59 @@ class EmbeddingOTFunction(torch.autograd.Function):
                     losses[bucket.index] = loss
                 states.append(BucketState(bucket, op.for_backward(), fc, res.f_state,
                                           res.g_state))
+        if converged:
+            warn_unconverged(torch.cat(converged), spec.tol, spec.n_iters)
         tensors, ctx.slots = release(states)
         ctx.save_for_backward(*tensors)
         ctx.states = states
-        ctx.inputs = (x.shape, y.shape, x.dtype, y.dtype)
+        ctx.inputs = [(t.shape, t.dtype) for t in (x, y, a, b)]
         return losses
 
     @staticmethod
     @first_order_only
     def backward(ctx, grad_loss):
+        """dL/dx, dL/dy through the cost; dL/da = grad f, dL/db = grad g (the potentials: the
+        envelope gradient of the entropic value in the weights, up to a constant that the
+        normalisation of the weights removes)."""
         restore(ctx.slots, ctx.saved_tensors)
-        need_x, need_y = ctx.needs_input_grad[:2]
-        x_shape, y_shape, x_dtype, y_dtype = ctx.inputs
+        needs = ctx.needs_input_grad[:4]
+        shapes = [shape for shape, _ in ctx.inputs]
         states = ctx.states
-        whole = len(states) == 1 and states[0].bucket.is_whole(x_shape[1], y_shape[1])
-        dx = dy = None
-        if not whole:
-            dx = grad_loss.new_zeros(x_shape, dtype=x_dtype) if need_x else None
-            dy = grad_loss.new_zeros(y_shape, dtype=y_dtype) if need_y else None
+        whole = len(states) == 1 and states[0].bucket.is_whole(shapes[0][1], shapes[1][1])
+        grads = [grad_loss.new_zeros(shape, dtype=dtype) if need and not whole else None
+                 for need, (shape, dtype) in zip(needs, ctx.inputs)]
         with exact_numerics(grad_loss.device):
             for state in states:
                 bucket, fc = state.bucket, state.fc
-                products = state.op.plan_products(state.f, state.g, fc.x, fc.y, fc.row_scale,
-                                                  fc.col_scale)
                 weight = grad_loss if bucket.index is None else grad_loss[bucket.index]
-                gx, gy = fc.input_grads(*products, weight.to(products[0].dtype), need_x,
-                                        need_y)
-                if whole:
-                    dx = None if gx is None else gx.to(x_dtype)
-                    dy = None if gy is None else gy.to(y_dtype)
-                    continue
+                parts = [None] * 4
+                if needs[0] or needs[1]:
+                    products = state.op.plan_products(state.f, state.g, fc.x, fc.y,
+                                                      fc.row_scale, fc.col_scale)
+                    parts[:2] = fc.input_grads(*products, weight.to(products[0].dtype),
+                                               needs[0], needs[1])
+                if needs[2] or needs[3]:
+                    f, g = state.op.potentials(state.f, state.g)
+                    parts[2:] = weight[:, None] * f, weight[:, None] * g
                 rows = slice(None) if bucket.index is None else bucket.index
-                if need_x:
-                    dx[rows, : bucket.n] = gx.to(x_dtype)
-                if need_y:
-                    dy[rows, : bucket.m] = gy.to(y_dtype)
-        return dx, dy, None, None, None
+                for k, (part, extent) in enumerate(zip(parts, (bucket.n, bucket.m) * 2)):
+                    if not needs[k]:
+                        continue
+                    if whole:
+                        grads[k] = part.to(ctx.inputs[k][1])
+                    else:
+                        grads[k][rows, :extent] = part.to(ctx.inputs[k][1])
+        return (*grads, None)
 
 
 class CostOTFunction(torch.autograd.Function):
-    """(loss, plan, f, g, iterations) for a dense cost (B, n, m) and weights a, b in the
-    compute dtype; only ``loss`` has a gradient, dL/dC = grad * P."""
+    """(loss, plan, f, g, iterations, converged) for a dense cost (B, n, m) and weights a, b in
+    the compute dtype; only ``loss`` has a gradient, dL/dC = grad * P. ``converged`` is None
+    without ``tol``."""
 
     @staticmethod
     def forward(ctx, cost, a, b, spec: SolveSpec):
+        _check_weight_gradients(a, b, spec)
         with exact_numerics(cost.device):
             op = cost_primitive(spec.plan.solver, cost, a, b, spec.eps, spec.tau,
                                 sync_ok=spec.check_inputs)
@@ -180,13 +198,18 @@ class CostOTFunction(torch.autograd.Function):
             plan = op.plan(res.f_state, res.g_state) if res.plan is None else res.plan
             loss = op.loss(res.f_state, res.g_state) if res.loss is None else res.loss
             f, g = op.potentials(res.f_state, res.g_state)
-        ctx.save_for_backward(plan)
-        ctx.cost_dtype = cost.dtype
+        ctx.save_for_backward(plan, f, g)
+        ctx.dtypes = (cost.dtype, a.dtype, b.dtype)
         ctx.mark_non_differentiable(plan, f, g, res.iterations)
-        return loss, plan, f, g, res.iterations
+        warn_unconverged(res.converged, spec.tol, spec.n_iters)
+        return loss, plan, f, g, res.iterations, res.converged
 
     @staticmethod
     @first_order_only
     def backward(ctx, grad_loss, *_):
-        (plan,) = ctx.saved_tensors
-        return (grad_loss[:, None, None] * plan).to(ctx.cost_dtype), None, None, None
+        """dL/dC = grad P; dL/da = grad f, dL/db = grad g (see :class:`EmbeddingOTFunction`)."""
+        plan, f, g = ctx.saved_tensors
+        weight = grad_loss[:, None]
+        grads = (grad_loss[:, None, None] * plan, weight * f, weight * g)
+        return (*(t.to(dtype) if need else None
+                  for t, dtype, need in zip(grads, ctx.dtypes, ctx.needs_input_grad)), None)

@@ -110,7 +110,9 @@ class FactorisedCost:
         if self.kind == "cosine":
             # dL/dz = -s w sigma (g - sigma^2 <z, g> z)  for z = x (g = g_y) or z = y (g = g_x)
             def grad(z, sigma, g):
-                coef = -self.scale * w * sigma
+                # A zero vector (|z| at the floor) has a constant cost row, cos = 0 whatever
+                # y: its gradient is taken as 0, not the 1/NORM_FLOOR of the formula (inf in fp16).
+                coef = torch.where(sigma < 1.0 / NORM_FLOOR, -self.scale * w * sigma, 0.0)
                 radial = _row_dots(z, g) * sigma * sigma
                 return g.mul_(coef[..., None]).addcmul_(z, (-coef * radial)[..., None])
             dx = grad(self.x, self.row_scale, g_y) if need_x else None
@@ -135,12 +137,20 @@ class FactorisedCost:
 
     def check_finite(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Raise unless the embeddings are finite at every token with mass (a_i > 0, b_j > 0);
-        one host sync for both sides."""
+        one host sync for both sides (a second one only to word an error)."""
         finite_x, finite_y = self.finite_rows()
-        bad = torch.stack([(~finite_x & (a > 0)).any(), (~finite_y & (b > 0)).any()]).tolist()
-        for name, is_bad in zip(("student", "teacher"), bad):
-            if is_bad:
-                raise ValueError(f"{name} contains NaN or inf at unmasked positions")
+        bad_x, bad_y = ~finite_x & (a > 0), ~finite_y & (b > 0)
+        found = torch.stack([bad_x.any(), bad_y.any()]).tolist()
+        for name, z, bad, is_bad in zip(("student", "teacher"), (self.x, self.y),
+                                        (bad_x, bad_y), found):
+            if not is_bad:
+                continue
+            if bool(torch.isfinite(z[bad]).all()):
+                raise ValueError(
+                    f"{name} has finite tokens whose squared norm overflows {z.dtype} (|x| > "
+                    f"{torch.finfo(z.dtype).max ** 0.5:.2g}): scale the embeddings down or "
+                    "pass float64")
+            raise ValueError(f"{name} contains NaN or inf at unmasked positions")
 
 
 def _row_dots(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,8 @@ import torch
 
 from . import _validation as v
 from .autograd import CostOTFunction, EmbeddingOTFunction, SolveSpec
-from .costs import COSTS
-from .dispatch import solver_plan
+from .costs import COSTS, cost_matrix
+from .dispatch import SOLVERS, solver_plan
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -34,6 +34,7 @@ class SinkhornResult:
         loss: (B,) transport cost <P, C>; differentiable w.r.t. the cost (dL/dC = P).
         iterations: (B,) int64, Sinkhorn iterations each problem ran.
         marginal_error: (B,) |P 1 - a|_1 + |P^T 1 - b|_1.
+        converged: (B,) bool, the problem reached ``tol``; None when no ``tol`` was given.
     """
 
     plan: torch.Tensor
@@ -42,16 +43,7 @@ class SinkhornResult:
     loss: torch.Tensor
     iterations: torch.Tensor
     marginal_error: torch.Tensor
-
-
-def _weights_for(name: str, t, size: int, batch: int):
-    """Broadcast 1-D weights (size,) over a batch."""
-    if isinstance(t, torch.Tensor) and t.dim() == 1 and batch > 1:
-        if t.shape[0] != size:
-            raise ValueError(f"{name} must have shape ({size},) or ({batch}, {size}), "
-                             f"got {tuple(t.shape)}")
-        return t.expand(batch, size)
-    return t
+    converged: torch.Tensor | None = None
 
 
 def sinkhorn(
@@ -88,10 +80,12 @@ def sinkhorn(
 
     Returns:
         :class:`SinkhornResult`, in fp32 for half-precision costs, else the cost's dtype.
-        ``plan``, ``f`` and ``g`` carry no gradient.
+        ``plan``, ``f`` and ``g`` carry no gradient. With ``tol``, a RuntimeWarning names the
+        problems that did not reach it (``converged`` flags them).
 
-    N.B. ``loss.backward()`` gives dL/dC = P: the exact gradient of the entropic OT value at
-    convergence (envelope theorem), an approximation of the gradient of <P, C>.
+    N.B. ``loss.backward()`` gives dL/dC = P and, for weights that require grad, dL/da = f and
+    dL/db = g: the exact gradients of the entropic OT value at convergence (envelope theorem),
+    an approximation of the gradients of <P, C>.
     """
     v.check_float_tensor("cost", cost)
     if cost.dim() not in (2, 3):
@@ -107,22 +101,29 @@ def sinkhorn(
     plan = solver_plan(batch, n, m, None, device=device, dtype=cost.dtype, backend=backend,
                        solver=solver, tau=tau, check_inputs=check_inputs)
     dtype = v.compute_dtype(cost.dtype)
+    if batch == 0:
+        return _empty_result(c3, dtype)
     common = dict(dtype=dtype, device=device, check_values=check_inputs)
-    wa = v.marginal(n, batch, None, _weights_for("a", a, n, batch),
-                    mask_name="a", weights_name="a", **common)
-    wb = v.marginal(m, batch, None, _weights_for("b", b, m, batch),
-                    mask_name="b", weights_name="b", **common)
+    wa = v.marginal(n, batch, None, a, mask_name="a", weights_name="a", **common)
+    wb = v.marginal(m, batch, None, b, mask_name="b", weights_name="b", **common)
     if check_inputs:
         v.check_finite("cost", c3, (wa > 0)[:, :, None] & (wb > 0)[:, None, :])
 
     spec = SolveSpec(plan, solver, float(eps), n_iters, tol, tau, check_inputs)
-    loss, transport, f, g, iterations = CostOTFunction.apply(c3, wa, wb, spec)
+    loss, transport, f, g, iterations, converged = CostOTFunction.apply(c3, wa, wb, spec)
     with torch.no_grad():
         error = (transport.sum(2) - wa).abs().sum(1) + (transport.sum(1) - wb).abs().sum(1)
-    out = SinkhornResult(transport, f, g, loss, iterations, error)
-    if single:
-        out = SinkhornResult(*(t[0] for t in (transport, f, g, loss, iterations, error)))
-    return out
+    fields = (transport, f, g, loss, iterations, error, converged)
+    return SinkhornResult(*(t[0] if single and t is not None else t for t in fields))
+
+
+def _empty_result(cost: torch.Tensor, dtype: torch.dtype) -> SinkhornResult:
+    """The result for a batch of no problems (B = 0): empty tensors of the right shapes."""
+    n, m = cost.shape[1:]
+    empty = cost.new_zeros
+    return SinkhornResult(empty((0, n, m), dtype=dtype), empty((0, n), dtype=dtype),
+                          empty((0, m), dtype=dtype), cost.sum((1, 2)).to(dtype) * 0,
+                          empty(0, dtype=torch.int64), empty(0, dtype=dtype))
 
 
 def _check_embeddings(student, teacher):
@@ -162,6 +163,60 @@ def check_loss_options(cost: str, eps: float, n_iters: int, tol: float | None,
         raise TypeError(f"debias must be a bool, got {type(debias).__name__}")
     if debias and tau is not None:
         raise ValueError("debias=True is defined for balanced OT only: pass tau=None")
+
+
+def _token_weights(x, y, student_mask, teacher_mask, student_weights, teacher_weights, dtype,
+                   device, check_inputs):
+    """The normalised token weights (a (B, n), b (B, m)) of the student and teacher sides."""
+    common = dict(dtype=dtype, device=device, check_values=check_inputs)
+    a = v.marginal(x.shape[1], x.shape[0], student_mask, student_weights,
+                   mask_name="student_mask", weights_name="student_weights", **common)
+    b = v.marginal(y.shape[1], y.shape[0], teacher_mask, teacher_weights,
+                   mask_name="teacher_mask", weights_name="teacher_weights", **common)
+    return a, b
+
+
+def ot_distill_plan(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    student_mask: torch.Tensor | None = None,
+    teacher_mask: torch.Tensor | None = None,
+    *,
+    student_weights: torch.Tensor | None = None,
+    teacher_weights: torch.Tensor | None = None,
+    cost: str = "cosine",
+    eps: float = 0.05,
+    n_iters: int = 100,
+    tol: float | None = None,
+    tau: float | None = None,
+    backend: str = "auto",
+    solver: str = "auto",
+    check_inputs: bool = True,
+) -> SinkhornResult:
+    """The plan, potentials, iterations and convergence of the problems that
+    :func:`ot_distill_loss` solves with the same arguments: the cost C(student, teacher) is
+    built densely (:func:`~optical_ops.cost_matrix`) and solved by :func:`sinkhorn` with the
+    same token weights. For inspection (convergence, alignments); the loss's own solver never
+    stores the plan. ``debias`` and ``reduction`` do not apply; a solver that needs embeddings
+    (``"streaming"``, ``"triton-streaming"``) is replaced by the automatic dense-cost choice.
+    """
+    _check_embeddings(student, teacher)
+    check_loss_options(cost, eps, n_iters, tol, tau, False, "none")
+    device = v.check_same_device(
+        student=student, teacher=teacher, student_mask=student_mask,
+        teacher_mask=teacher_mask, student_weights=student_weights,
+        teacher_weights=teacher_weights,
+    )
+    single = student.dim() == 2
+    x, y = (student[None], teacher[None]) if single else (student, teacher)
+    a, b = _token_weights(x, y, student_mask, teacher_mask, student_weights, teacher_weights,
+                          v.compute_dtype(student.dtype, teacher.dtype), device, check_inputs)
+    c = cost_matrix(x, y, cost)
+    if single:
+        c, a, b = c[0], a[0], b[0]
+    takes_cost = solver in SOLVERS and "cost" in SOLVERS[solver].inputs
+    return sinkhorn(c, a, b, eps=eps, n_iters=n_iters, tol=tol, tau=tau, backend=backend,
+                    solver=solver if takes_cost else "auto", check_inputs=check_inputs)
 
 
 def ot_distill_loss(
@@ -236,13 +291,12 @@ def ot_distill_loss(
     plan = solver_plan(batch, n, m, x.shape[2], device=device,
                        dtype=torch.promote_types(student.dtype, teacher.dtype), backend=backend,
                        solver=solver, tau=tau, debias=debias, check_inputs=check_inputs)
-    common = dict(dtype=dtype, device=device, check_values=check_inputs)
-    a = v.marginal(n, batch, student_mask, student_weights,
-                   mask_name="student_mask", weights_name="student_weights", **common)
-    b = v.marginal(m, batch, teacher_mask, teacher_weights,
-                   mask_name="teacher_mask", weights_name="teacher_weights", **common)
+    a, b = _token_weights(x, y, student_mask, teacher_mask, student_weights, teacher_weights,
+                          dtype, device, check_inputs)
     spec = SolveSpec(plan, solver, float(eps), n_iters, tol, tau, check_inputs, cost)
-    if debias:
+    if batch == 0:  # what torch losses return: empty, sum 0, mean NaN (connected to the graph)
+        per_problem = (x.sum((1, 2)) + y.sum((1, 2))).to(dtype) * 0
+    elif debias:
         entropic = replace(spec, value="entropic")
 
         def value(p, q, wp, wq):

@@ -26,6 +26,7 @@ that runs the whole loop in one routine (the fused Triton kernel) does so throug
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -136,6 +137,8 @@ class LoopResult:
     # What a fused solve computed on the way (else None: ask the primitive).
     loss: torch.Tensor | None = None
     plan: torch.Tensor | None = None
+    # (B,) bool: the problem reached ``tol`` (None without tol: not checked).
+    converged: torch.Tensor | None = None
 
 
 def run_sinkhorn(op: SoftMin, n_iters: int, tol: float | None) -> LoopResult:
@@ -144,10 +147,13 @@ def run_sinkhorn(op: SoftMin, n_iters: int, tol: float | None) -> LoopResult:
     With ``tol=None`` nothing leaves the device inside the loop. With ``tol``, the plan's
     error is checked every :data:`CHECK_EVERY` iterations (one extra column update and one
     host sync per check); a problem whose L1 marginal error is <= tol keeps its state from
-    then on, and the loop ends when all have stopped.
+    then on, and the loop ends when all have stopped. ``converged`` is checked once more at the
+    end when the iterations ran out.
     """
     fused = op.solve(n_iters, tol)
     if fused is not None:
+        if tol is not None and fused.converged is None:
+            fused.converged = (fused.iterations < n_iters) | _reached(op, fused, tol)
         return fused
     f_state = op.initial_f_state()
     batch = f_state.shape[0]
@@ -171,4 +177,25 @@ def run_sinkhorn(op: SoftMin, n_iters: int, tol: float | None) -> LoopResult:
         g_state = torch.where(done[:, None], g_state, next_g)
         iterations += block * (~done)
         ran += block
-    return LoopResult(f_state, g_state, iterations)
+    result = LoopResult(f_state, g_state, iterations, converged=done)
+    if ran >= n_iters:  # the last block was not checked
+        result.converged = done | _reached(op, result, tol)
+    return result
+
+
+def _reached(op: SoftMin, res: LoopResult, tol: float) -> torch.Tensor:
+    """(B,) bool: the plan's L1 marginal error is <= tol (one column update)."""
+    return op.col_error(res.g_state, op.update_cols(res.f_state)) <= tol
+
+
+def warn_unconverged(converged: torch.Tensor | None, tol: float | None, n_iters: int) -> None:
+    """Warn (like POT) when ``tol`` was given and some problem did not reach it; one host
+    sync, only with ``tol`` (whose loop reads the device anyway)."""
+    if tol is None or converged is None:
+        return
+    missed = int((~converged).sum())
+    if missed:
+        warnings.warn(f"Sinkhorn did not converge: {missed} of {converged.numel()} problem(s) "
+                      f"did not reach tol={tol:g} in n_iters={n_iters} iterations; raise "
+                      "n_iters, raise eps, or inspect ot_distill_plan(...).marginal_error",
+                      RuntimeWarning, stacklevel=4)

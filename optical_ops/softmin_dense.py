@@ -34,17 +34,24 @@ def col_error_from_log_ratio(b: torch.Tensor, log_ratio: torch.Tensor) -> torch.
 
 
 class DenseLogSoftMin(SoftMin):
-    """Log-domain updates on a dense cost. States are the potentials f (B, n), g (B, m).
+    """Log-domain updates on a dense cost. States are f (B, n) and g - shift (B, m).
 
     ``damping`` = tau / (tau + eps) < 1 gives unbalanced OT (see :func:`dense_softmin`).
+    ``shift`` (B,), balanced OT only: the iterations run on C - shift (the cost's minimum), so
+    a large constant in the cost, which OT ignores, costs no precision in C / eps; the
+    iterates are the same, with g shifted.
     """
 
     def __init__(self, cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float,
-                 damping: float = 1.0):
+                 damping: float = 1.0, shift: torch.Tensor | None = None):
+        if shift is not None and damping != 1.0:
+            raise ValueError("the cost shift is exact for balanced OT only")
         self.eps, self.damping = eps, damping
         self.a, self.b = a, b
         self.log_a, self.log_b = a.log(), b.log()  # -inf where a weight is zero
-        self.neg_cost_eps = cost / -eps  # (B, n, m), reused by every half-iteration
+        self.shift = torch.zeros_like(a[:, 0]) if shift is None else shift
+        # (B, n, m), reused by every half-iteration
+        self.neg_cost_eps = (cost - self.shift[:, None, None]) / -eps
         self._scratch: torch.Tensor | None = None  # one (B, n, m) buffer for all iterations
 
     def for_backward(self) -> DenseLogSoftMin:
@@ -71,7 +78,7 @@ class DenseLogSoftMin(SoftMin):
         return col_error_from_log_ratio(self.b, (g - next_g) / self.eps)
 
     def potentials(self, f, g):
-        return f, g
+        return f, g + self.shift[:, None]
 
     def plan(self, f, g):
         row = self.log_a + f / self.eps
@@ -79,7 +86,8 @@ class DenseLogSoftMin(SoftMin):
         return torch.exp(self.neg_cost_eps + row[:, :, None] + col[:, None, :])
 
     def loss(self, f, g):
-        return (self.plan(f, g) * self.neg_cost_eps).sum((1, 2)) * -self.eps
+        plan = self.plan(f, g)
+        return (plan * self.neg_cost_eps).sum((1, 2)) * -self.eps + self.shift * plan.sum((1, 2))
 
     def plan_products(self, f, g, x, y, x_scale, y_scale):
         p = self.plan(f, g)
@@ -202,5 +210,6 @@ def dense_softmin(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: flo
     cost, lo, hi = sanitised_cost_range(cost, a, b, sync_ok)
     spread = (lambda: float((hi - lo).max())) if sync_ok else range_bound
     if dense_domain(solver, spread, eps, cost.dtype, tau) == "log":
-        return DenseLogSoftMin(cost, a, b, eps, damping(eps, tau))
+        return DenseLogSoftMin(cost, a, b, eps, damping(eps, tau),
+                               shift=lo if tau is None else None)
     return DenseScalingSoftMin(cost, a, b, eps, shift=lo)

@@ -155,3 +155,135 @@ def test_double_backward_says_it_is_not_supported(gen):
         torch.autograd.grad(sinkhorn(x[0] @ y[0].T).loss, x, create_graph=True)
     (grad,) = torch.autograd.grad(ot_distill_loss(x, y), x)  # first order is fine
     assert torch.isfinite(grad).all()
+
+
+def test_weight_gradients_are_the_potentials(gen):
+    """d OT_eps / d w for weights normalised inside the op: the debiased divergence is built of
+    entropic values, so its envelope gradient in the weights is exact at convergence (checked by
+    central differences in float64); the transport value gets the same envelope gradient."""
+    x = random_tokens(gen, 2, 5, 8)
+    y = random_tokens(gen, 2, 6, 8)
+    w = torch.rand(2, 5, generator=gen, dtype=torch.float64) + 0.2
+    options = dict(eps=0.1, n_iters=5000, tol=1e-12, reduction="sum", debias=True)
+    wr = w.clone().requires_grad_()
+    ot_distill_loss(x, y, student_weights=wr, **options).backward()
+    step = 1e-6
+    numeric = torch.zeros_like(w)
+    for index in [(0, 0), (0, 3), (1, 1), (1, 4)]:
+        plus, minus = w.clone(), w.clone()
+        plus[index] += step
+        minus[index] -= step
+        numeric[index] = (ot_distill_loss(x, y, student_weights=plus, **options)
+                          - ot_distill_loss(x, y, student_weights=minus, **options)) / (2 * step)
+        torch.testing.assert_close(wr.grad[index], numeric[index], rtol=1e-5, atol=1e-9)
+    # Every path returns one: sinkhorn's a and b, and the teacher's weights.
+    a = torch.rand(5, generator=gen, dtype=torch.float64).requires_grad_()
+    res = sinkhorn(torch.rand(5, 6, generator=gen, dtype=torch.float64), a, eps=0.1)
+    res.loss.backward()
+    assert a.grad is not None and torch.isfinite(a.grad).all()
+    wt = torch.rand(2, 6, generator=gen, dtype=torch.float64).requires_grad_()
+    ot_distill_loss(x, y, teacher_weights=wt, solver="streaming").backward()
+    assert wt.grad is not None and wt.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"balanced OT \(tau=None\) only"):
+        ot_distill_loss(x, y, student_weights=wr, tau=1.0)
+
+
+def test_weight_gradients_of_a_ragged_batch_match_each_problem(gen):
+    lengths = [7, 2, 5, 1]
+    x = random_tokens(gen, 4, 7, 8)
+    y = random_tokens(gen, 4, 6, 8)
+    mask = torch.arange(7)[None] < torch.tensor(lengths)[:, None]
+    w = (torch.rand(4, 7, generator=gen, dtype=torch.float64) + 0.1).requires_grad_()
+    ot_distill_loss(x, y, mask, student_weights=w, reduction="sum").backward()
+    for i, n in enumerate(lengths):
+        wi = w.detach()[i, :n].clone().requires_grad_()
+        ot_distill_loss(x[i, :n], y[i], student_weights=wi).backward()
+        torch.testing.assert_close(w.grad[i, :n], wi.grad, rtol=1e-10, atol=1e-13)
+        assert (w.grad[i, n:] == 0).all()
+
+
+def test_empty_batch_returns_what_torch_losses_return():
+    x = torch.randn(0, 5, 8, requires_grad=True)
+    assert ot_distill_loss(x, x, reduction="none").shape == (0,)
+    assert ot_distill_loss(x, x, reduction="sum").item() == 0.0
+    mean = ot_distill_loss(x, x)
+    assert torch.isnan(mean)
+    mean.backward()  # connected to the graph, like torch losses
+    res = sinkhorn(torch.rand(0, 3, 4))
+    assert res.plan.shape == (0, 3, 4) and res.f.shape == (0, 3) and res.loss.shape == (0,)
+
+
+def test_options_accept_numpy_scalars_and_reject_bools():
+    np = pytest.importorskip("numpy")
+    x = torch.randn(2, 5, 8)
+    ref = ot_distill_loss(x, x, eps=0.1, n_iters=5)
+    torch.testing.assert_close(ot_distill_loss(x, x, eps=np.float32(0.1), n_iters=np.int64(5)),
+                               ref, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match=r"tol must be None or a finite number > 0, got True"):
+        ot_distill_loss(x, x, tol=True)
+    with pytest.raises(ValueError, match=r"n_iters must be in \[1, 2147483647\]"):
+        ot_distill_loss(x, x, n_iters=2**31)
+
+
+def test_weights_that_overflow_when_summed_or_cast_and_1d_weights():
+    x = torch.randn(2, 5, 8)
+    uniform = ot_distill_loss(x, x.flip(1), reduction="none")
+    for weights in (torch.full((2, 5), 1e38), torch.full((2, 5), 1e300, dtype=torch.float64)):
+        torch.testing.assert_close(
+            ot_distill_loss(x, x.flip(1), student_weights=weights, reduction="none"), uniform)
+    w = torch.rand(5) + 0.1
+    torch.testing.assert_close(ot_distill_loss(x, x, student_weights=w, reduction="none"),
+                               ot_distill_loss(x, x, student_weights=w.expand(2, 5),
+                                               reduction="none"))
+
+
+def test_huge_finite_embeddings_are_named_as_such():
+    x = torch.randn(2, 5, 8)
+    with pytest.raises(ValueError, match=r"student has finite tokens whose squared norm "
+                                         r"overflows torch.float32"):
+        ot_distill_loss(x * 1e20, x)
+    with pytest.raises(ValueError, match=r"teacher contains NaN or inf"):
+        ot_distill_loss(x, torch.full_like(x, float("nan")))
+
+
+def test_log_domain_ignores_a_constant_in_the_cost(gen):
+    cost = torch.rand(2, 6, 7, generator=gen, dtype=torch.float64)
+    base = sinkhorn(cost, eps=0.01, n_iters=300, solver="dense-log")
+    shifted = sinkhorn(cost + 1e5, eps=0.01, n_iters=300, solver="dense-log")
+    # (C + 1e5 carries ulp(1e5) ~ 1.5e-11 of input rounding: 1.5e-9 in C / eps.)
+    torch.testing.assert_close(shifted.plan, base.plan, rtol=1e-8, atol=1e-14)
+    torch.testing.assert_close(shifted.loss - 1e5, base.loss, rtol=0, atol=1e-9)
+    fp32 = sinkhorn((cost + 1e5).float(), eps=0.01, n_iters=300, solver="dense-log")
+    torch.testing.assert_close(fp32.plan.sum((1, 2)), torch.ones(2), rtol=0, atol=1e-5)
+    assert (fp32.marginal_error < 1e-3).all()
+
+
+def test_a_zero_vector_gets_a_zero_gradient_in_half_precision(gen):
+    x = random_tokens(gen, 2, 5, 8, dtype=torch.float16)
+    x[0, 2] = 0.0
+    x.requires_grad_()
+    ot_distill_loss(x, random_tokens(gen, 2, 6, 8, dtype=torch.float16)).backward()
+    assert torch.isfinite(x.grad).all() and (x.grad[0, 2] == 0).all()
+
+
+def test_convergence_is_reported(gen):
+    from optical_ops import ot_distill_plan
+
+    x, y = random_tokens(gen, 3, 7, 16), random_tokens(gen, 3, 9, 16)
+    with pytest.warns(RuntimeWarning, match=r"did not converge: 3 of 3 problem\(s\)"):
+        ot_distill_loss(x, y, eps=1e-3, n_iters=20, tol=1e-9)
+    with pytest.warns(RuntimeWarning, match=r"did not converge"):
+        res = sinkhorn(cost_of(x, y), eps=1e-3, n_iters=20, tol=1e-9)
+    assert res.converged.tolist() == [False] * 3
+    res = ot_distill_plan(x, y, eps=0.1, n_iters=2000, tol=1e-8)
+    assert res.converged.all() and (res.marginal_error <= 1e-8).all()
+    assert res.plan.shape == (3, 7, 9) and (res.iterations < 2000).all()
+    torch.testing.assert_close(res.loss, ot_distill_loss(x, y, eps=0.1, n_iters=2000, tol=1e-8,
+                                                         reduction="none"))
+    assert sinkhorn(cost_of(x, y)).converged is None
+
+
+def cost_of(x, y):
+    from optical_ops import cost_matrix
+
+    return cost_matrix(x, y)

@@ -105,38 +105,37 @@ INLINE T clamp(T x, T lo, T hi) {
 // Four rows per pass over a block of accumulators, so each block is loaded and stored once per
 // four rows (a long store-to-load chain otherwise bounds short rows).
 template <typename T>
-INLINE void sum_rows(T* acc, const T* coef, const T* M, int64_t rows, int64_t len) {
+INLINE void sum_rows(T* __restrict acc, const T* __restrict coef, const T* __restrict M,
+                     int64_t rows, int64_t len) {
   constexpr int64_t kBlock = 64 / sizeof(T);
   int64_t j0 = 0;
-  for (; j0 < len; j0 += kBlock) {
-    const int64_t w = std::min(kBlock, len - j0);
+  for (; j0 + kBlock <= len; j0 += kBlock) {
     T s0[kBlock] = {}, s1[kBlock] = {}, s2[kBlock] = {}, s3[kBlock] = {};
     int64_t i = 0;
     for (; i + 4 <= rows; i += 4) {
       const T* r0 = M + i * len + j0;
       const T c0 = coef[i], c1 = coef[i + 1], c2 = coef[i + 2], c3 = coef[i + 3];
-      if (w == kBlock) {
 #pragma omp simd
-        for (int64_t l = 0; l < kBlock; ++l) {
-          s0[l] += c0 * r0[l];
-          s1[l] += c1 * r0[len + l];
-          s2[l] += c2 * r0[2 * len + l];
-          s3[l] += c3 * r0[3 * len + l];
-        }
-      } else {
-        for (int64_t l = 0; l < w; ++l) {
-          s0[l] += c0 * r0[l];
-          s1[l] += c1 * r0[len + l];
-          s2[l] += c2 * r0[2 * len + l];
-          s3[l] += c3 * r0[3 * len + l];
-        }
+      for (int64_t l = 0; l < kBlock; ++l) {
+        s0[l] += c0 * r0[l];
+        s1[l] += c1 * r0[len + l];
+        s2[l] += c2 * r0[2 * len + l];
+        s3[l] += c3 * r0[3 * len + l];
       }
     }
     for (; i < rows; ++i) {
       const T* r0 = M + i * len + j0;
-      for (int64_t l = 0; l < w; ++l) s0[l] += coef[i] * r0[l];
+#pragma omp simd
+      for (int64_t l = 0; l < kBlock; ++l) s0[l] += coef[i] * r0[l];
     }
-    for (int64_t l = 0; l < w; ++l) acc[j0 + l] = (s0[l] + s1[l]) + (s2[l] + s3[l]);
+#pragma omp simd
+    for (int64_t l = 0; l < kBlock; ++l) acc[j0 + l] = (s0[l] + s1[l]) + (s2[l] + s3[l]);
+  }
+  if (j0 == len) return;
+  for (int64_t l = j0; l < len; ++l) acc[l] = 0;
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* r0 = M + i * len;
+    for (int64_t l = j0; l < len; ++l) acc[l] += coef[i] * r0[l];
   }
 }
 
@@ -160,45 +159,52 @@ struct Problem {
 
 // Column soft-min from potentials f: g_j = -lam eps LSE_i(log a_i + (f_i - C_ij)/eps), rows
 // without mass skipped. Two sweeps over the rows of C: running max, then the sum of exps.
+// Columns [c0, c1) only (default: all).
 template <typename T>
-INLINE void log_cols(Problem<T>& P, const Limits& L, const T* f, T* g) {
+INLINE void log_cols(Problem<T>& P, const Limits& L, const T* f, T* g, int64_t c0 = 0,
+                     int64_t c1 = -1) {
+  if (c1 < 0) c1 = P.m;
   const T inv = T(1) / T(L.eps), floor = T(L.exp_lo);
   T* top = P.top;
   T* sum = P.sum;
-  std::fill(top, top + P.m, -std::numeric_limits<T>::infinity());
-  std::fill(sum, sum + P.m, T(0));
+  T* h = P.coef;  // log a_i + f_i / eps of the massful rows
+  for (int64_t i = 0; i < P.n; ++i) h[i] = P.a[i] > 0 ? std::log(P.a[i]) + f[i] * inv : T(0);
+  std::fill(top + c0, top + c1, -std::numeric_limits<T>::infinity());
+  std::fill(sum + c0, sum + c1, T(0));
   for (int64_t i = 0; i < P.n; ++i) {
     if (!(P.a[i] > 0)) continue;
-    const T h = std::log(P.a[i]) + f[i] * inv;
+    const T hi = h[i];
     const T* c = P.C + i * P.m;
 #pragma omp simd
-    for (int64_t j = 0; j < P.m; ++j) top[j] = std::max(top[j], h - c[j] * inv);
+    for (int64_t j = c0; j < c1; ++j) top[j] = std::max(top[j], hi - c[j] * inv);
   }
   for (int64_t i = 0; i < P.n; ++i) {
     if (!(P.a[i] > 0)) continue;
-    const T h = std::log(P.a[i]) + f[i] * inv;
+    const T hi = h[i];
     const T* c = P.C + i * P.m;
 #pragma omp simd
-    for (int64_t j = 0; j < P.m; ++j) {
-      const T z = h - c[j] * inv - top[j];
+    for (int64_t j = c0; j < c1; ++j) {
+      const T z = hi - c[j] * inv - top[j];
       sum[j] += exp_in_range(z < floor ? floor : z);
     }
   }
   const T scale = -T(L.lam) * T(L.eps);
-  for (int64_t j = 0; j < P.m; ++j) g[j] = scale * (top[j] + std::log(sum[j]));
+  for (int64_t j = c0; j < c1; ++j) g[j] = scale * (top[j] + std::log(sum[j]));
   P.log_updates++;
 }
 
 // Row soft-min from potentials g: f_i = -lam eps LSE_j(log b_j + (g_j - C_ij)/eps), columns
 // without mass contributing exactly 0. All rows (massless ones too).
 template <typename T>
-INLINE void log_rows(Problem<T>& P, const Limits& L, const T* g, T* f) {
+INLINE void log_rows(Problem<T>& P, const Limits& L, const T* g, T* f,
+                     bool massless_only = false) {
   const T inv = T(1) / T(L.eps), floor = T(L.exp_lo);
   const T ninf = -std::numeric_limits<T>::infinity();
   T* h = P.top;  // log b_j + g_j / eps, -inf without mass
   for (int64_t j = 0; j < P.m; ++j) h[j] = P.b[j] > 0 ? std::log(P.b[j]) + g[j] * inv : ninf;
   const T scale = -T(L.lam) * T(L.eps);
   for (int64_t i = 0; i < P.n; ++i) {
+    if (massless_only && P.a[i] > 0) continue;
     const T* c = P.C + i * P.m;
     T mx = ninf;
 #pragma omp simd reduction(max : mx)
@@ -258,8 +264,13 @@ INLINE void potentials(const T* bar, const T* s, int64_t len, T eps, T* out) {
 template <typename T>
 INLINE int scaling_half(Problem<T>& P, const Limits& L, const T* M, const T* ow, const T* o,
                         int64_t olen, const T* w, const T* bar, T* s, int64_t len) {
-  for (int64_t i = 0; i < olen; ++i) P.coef[i] = ow[i] > 0 ? ow[i] * o[i] : T(0);
-  sum_rows(P.sum, P.coef, M, olen, len);
+  T* __restrict coef = P.coef;
+#pragma omp simd
+  for (int64_t i = 0; i < olen; ++i) {
+    const T c = ow[i] * o[i];
+    coef[i] = ow[i] > 0 ? c : T(0);
+  }
+  sum_rows(P.sum, coef, M, olen, len);
   const T* t = P.sum;
   T lo = 1, hi = 1;  // range of the massful sums
 #pragma omp simd reduction(min : lo) reduction(max : hi)
@@ -364,17 +375,22 @@ INLINE void run_iterations(Problem<T>& P, const Limits& L, T* f_io, T* g_out, T*
 // them: g from the f before the last row update, f from the final g.
 template <typename T>
 INLINE void exact_massless(Problem<T>& P, const Limits& L, const T* f_prev, T* f, T* g) {
-  bool rows = false, cols = false;
+  bool rows = false;
   for (int64_t i = 0; i < P.n; ++i) rows |= !(P.a[i] > 0);
-  for (int64_t j = 0; j < P.m; ++j) cols |= !(P.b[j] > 0);
+  int64_t c0 = P.m, c1 = 0;  // the columns without mass lie in [c0, c1) (padding: a suffix)
+  for (int64_t j = 0; j < P.m; ++j)
+    if (!(P.b[j] > 0)) {
+      c0 = std::min(c0, j);
+      c1 = j + 1;
+    }
   const int64_t counted = P.log_updates;
-  if (cols) {
-    log_cols(P, L, f_prev, P.g);
-    for (int64_t j = 0; j < P.m; ++j)
+  if (c0 < c1) {
+    log_cols(P, L, f_prev, P.g, c0, c1);
+    for (int64_t j = c0; j < c1; ++j)
       if (!(P.b[j] > 0)) g[j] = P.g[j];
   }
   if (rows) {
-    log_rows(P, L, g, P.f);
+    log_rows(P, L, g, P.f, true);
     for (int64_t i = 0; i < P.n; ++i)
       if (!(P.a[i] > 0)) f[i] = P.f[i];
   }

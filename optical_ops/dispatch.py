@@ -174,13 +174,13 @@ def _backend(backend: str, solver: str, device: torch.device, dtype: torch.dtype
         return SOLVERS[solver].backend, f"solver={solver!r}"
     if backend == "torch":
         return "torch", "backend='torch'"
+    if backend == "auto" and device.type != "cuda":
+        return "torch", f"{device.type} tensors"
     reason = triton_unavailable_reason(device, dtype)
     if backend == "triton":
         if reason is not None:
             raise RuntimeError(f"backend='triton' cannot run: {reason}; use backend='torch'")
         return "triton", "backend='triton'"
-    if device.type != "cuda":
-        return "torch", f"{device.type} tensors"
     if reason is not None:
         return "torch", f"Triton cannot run: {reason}"
     if needs_torch:

@@ -18,6 +18,7 @@ import torch
 
 from . import _validation as v
 from .autograd import CostOTFunction, EmbeddingOTFunction, SolveSpec
+from .compiled import ot_value
 from .costs import COSTS, cost_matrix
 from .dispatch import SOLVERS, solver_plan
 
@@ -294,17 +295,21 @@ def ot_distill_loss(
     a, b = _token_weights(x, y, student_mask, teacher_mask, student_weights, teacher_weights,
                           dtype, device, check_inputs)
     spec = SolveSpec(plan, solver, float(eps), n_iters, tol, tau, check_inputs, cost)
+
+    def value(p, q, wp, wq, entropic: bool = False):
+        if torch.compiler.is_compiling():  # one opaque graph node (see .compiled)
+            return ot_value(p, q, wp, wq, plan.solver, cost, float(eps), n_iters, tol, tau,
+                            entropic)[0]
+        return EmbeddingOTFunction.apply(p, q, wp, wq,
+                                         replace(spec, value="entropic") if entropic else spec)
+
     if batch == 0:  # what torch losses return: empty, sum 0, mean NaN (connected to the graph)
         per_problem = (x.sum((1, 2)) + y.sum((1, 2))).to(dtype) * 0
     elif debias:
-        entropic = replace(spec, value="entropic")
-
-        def value(p, q, wp, wq):
-            return EmbeddingOTFunction.apply(p, q, wp, wq, entropic)
-
-        per_problem = value(x, y, a, b) - 0.5 * value(x, x, a, a) - 0.5 * value(y, y, b, b)
+        per_problem = (value(x, y, a, b, True) - 0.5 * value(x, x, a, a, True)
+                       - 0.5 * value(y, y, b, b, True))
     else:
-        per_problem = EmbeddingOTFunction.apply(x, y, a, b, spec)
+        per_problem = value(x, y, a, b)
     if reduction == "mean":
         return per_problem.mean()
     if reduction == "sum":

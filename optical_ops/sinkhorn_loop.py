@@ -66,6 +66,11 @@ class SoftMin(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(f, g) in the plan convention P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps)."""
 
+    def states(self, f: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inverse of :meth:`potentials`: (f_state, g_state) of the potentials (f, g).
+        Primitives whose states are the potentials keep this default."""
+        return f, g
+
     @abstractmethod
     def plan(self, f_state: torch.Tensor, g_state: torch.Tensor) -> torch.Tensor:
         """The dense plan (B, n, m)."""

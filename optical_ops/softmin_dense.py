@@ -80,6 +80,9 @@ class DenseLogSoftMin(SoftMin):
     def potentials(self, f, g):
         return f, g + self.shift[:, None]
 
+    def states(self, f, g):
+        return f, g - self.shift[:, None]
+
     def plan(self, f, g):
         row = self.log_a + f / self.eps
         col = self.log_b + g / self.eps
@@ -136,6 +139,9 @@ class DenseScalingSoftMin(SoftMin):
 
     def potentials(self, s, t):
         return -self.eps * s.log(), self.shift[:, None] - self.eps * t.log()
+
+    def states(self, f, g):
+        return torch.exp(f / -self.eps), torch.exp((self.shift[:, None] - g) / self.eps)
 
     def plan(self, s, t):
         # The big operand first: TensorIterator lays the output out like its first input.

@@ -88,6 +88,23 @@ def check_finite(name: str, t: torch.Tensor, valid: torch.Tensor | None = None) 
         raise ValueError(f"{name} contains NaN or inf at unmasked positions")
 
 
+def check_cost(cost: torch.Tensor, row_mass: torch.Tensor, col_mass: torch.Tensor) -> None:
+    """A cost (B, n, m) with no NaN or -inf where both weights are > 0; +inf (a forbidden pair)
+    is allowed while every row and column with mass keeps a finite entry. One host sync."""
+    valid = row_mass[:, :, None] & col_mass[:, None, :]
+    c = cost.detach()
+    finite = torch.isfinite(c) & valid
+    bad = torch.stack([((torch.isnan(c) | (c == -torch.inf)) & valid).any(),
+                       (row_mass & ~finite.any(2)).any(), (col_mass & ~finite.any(1)).any()])
+    nan, row, col = bad.tolist()
+    if nan:
+        raise ValueError("cost contains NaN or -inf at unmasked positions")
+    if row or col:
+        side = "row" if row else "column"
+        raise ValueError(f"cost has a {side} with mass whose entries are all +inf (forbidden): "
+                         "no transport plan exists")
+
+
 def _check_shape(arg: str, t: torch.Tensor, expected: tuple, device: torch.device) -> torch.Tensor:
     """``t`` of shape ``expected`` (B, n); a 1-D (n,) tensor is broadcast over the batch."""
     if not isinstance(t, torch.Tensor):
@@ -159,3 +176,18 @@ def marginal(
                 "every problem needs at least one token with positive weight"
             )
     return w / total
+
+
+def potentials(name: str, t: torch.Tensor | None, expected: tuple, device: torch.device,
+               dtype: torch.dtype) -> torch.Tensor | None:
+    """Potentials (B, n) (or (n,) for an unbatched problem) in the compute dtype, or None."""
+    if t is None:
+        return None
+    check_float_tensor(name, t)
+    if t.dim() == 1 and expected[0] == 1:
+        t = t[None]
+    if tuple(t.shape) != expected:
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device} like the inputs")
+    return t.detach().to(dtype)

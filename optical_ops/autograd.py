@@ -46,6 +46,7 @@ class SolveSpec:
     check_inputs: bool
     cost: str = "cosine"
     value: str = "transport"
+    norm: int = 1  # of the marginal error checked against tol (2: POT's rule)
 
     def bucket_solver(self, bucket: Bucket, batch: int, d: int, dtype, device) -> str:
         if not self.plan.buckets:
@@ -108,7 +109,7 @@ class EmbeddingOTFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, y, a, b, spec: SolveSpec):
+    def forward(ctx, x, y, a, b, f_init, spec: SolveSpec):
         _check_weight_gradients(a, b, spec)
         batch, n, d = x.shape
         m = y.shape[1]
@@ -123,7 +124,8 @@ class EmbeddingOTFunction(torch.autograd.Function):
                                              spec.tau, sync_ok=spec.check_inputs)
                 if spec.check_inputs:
                     fc.check_finite(ab, bb)
-                res = run_sinkhorn(op, spec.n_iters, spec.tol)
+                res = run_sinkhorn(op, spec.n_iters, spec.tol, norm=spec.norm,
+                                   f_init=bucket.trim(f_init, bucket.n))
                 if res.converged is not None:
                     converged.append(res.converged)
                 if spec.value == "entropic":
@@ -180,7 +182,7 @@ class EmbeddingOTFunction(torch.autograd.Function):
                         grads[k] = part.to(ctx.inputs[k][1])
                     else:
                         grads[k][rows, :extent] = part.to(ctx.inputs[k][1])
-        return (*grads, None)
+        return (*grads, None, None)
 
 
 class CostOTFunction(torch.autograd.Function):
@@ -189,12 +191,12 @@ class CostOTFunction(torch.autograd.Function):
     without ``tol``."""
 
     @staticmethod
-    def forward(ctx, cost, a, b, spec: SolveSpec):
+    def forward(ctx, cost, a, b, f_init, spec: SolveSpec):
         _check_weight_gradients(a, b, spec)
         with exact_numerics(cost.device):
             op = cost_primitive(spec.plan.solver, cost, a, b, spec.eps, spec.tau,
                                 sync_ok=spec.check_inputs)
-            res = run_sinkhorn(op, spec.n_iters, spec.tol)
+            res = run_sinkhorn(op, spec.n_iters, spec.tol, f_init=f_init, norm=spec.norm)
             plan = op.plan(res.f_state, res.g_state) if res.plan is None else res.plan
             loss = op.loss(res.f_state, res.g_state) if res.loss is None else res.loss
             f, g = op.potentials(res.f_state, res.g_state)
@@ -212,4 +214,4 @@ class CostOTFunction(torch.autograd.Function):
         weight = grad_loss[:, None]
         grads = (grad_loss[:, None, None] * plan, weight * f, weight * g)
         return (*(t.to(dtype) if need else None
-                  for t, dtype, need in zip(grads, ctx.dtypes, ctx.needs_input_grad)), None)
+                  for t, dtype, need in zip(grads, ctx.dtypes, ctx.needs_input_grad)), None, None)

@@ -26,14 +26,14 @@ from .sinkhorn_loop import entropic_value, run_sinkhorn
 
 
 @torch.library.custom_op("optical_ops::ot_value", mutates_args=())
-def ot_value(x: Tensor, y: Tensor, a: Tensor, b: Tensor, solver: str, cost: str, eps: float,
-             n_iters: int, tol: float | None, tau: float | None,
-             entropic: bool) -> tuple[Tensor, Tensor, Tensor]:
+def ot_value(x: Tensor, y: Tensor, a: Tensor, b: Tensor, f_init: Tensor | None, solver: str,
+             cost: str, eps: float, n_iters: int, tol: float | None, tol_norm: int,
+             tau: float | None, entropic: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(value (B,), f (B, n), g (B, m)) of the problems x (B, n, d), y (B, m, d) with weights
     a (B, n), b (B, m) in the compute dtype; value = <P, C>, or the entropic value."""
     with exact_numerics(x.device):
         op, _ = embedding_primitive(solver, x, y, a, b, cost, eps, tau, sync_ok=False)
-        res = run_sinkhorn(op, n_iters, tol)
+        res = run_sinkhorn(op, n_iters, tol, f_init=f_init, norm=tol_norm)
         if entropic:
             value = entropic_value(op, res.f_state, res.g_state, eps)
         else:
@@ -43,7 +43,8 @@ def ot_value(x: Tensor, y: Tensor, a: Tensor, b: Tensor, solver: str, cost: str,
 
 
 @ot_value.register_fake
-def _ot_value_fake(x, y, a, b, solver, cost, eps, n_iters, tol, tau, entropic):
+def _ot_value_fake(x, y, a, b, f_init, solver, cost, eps, n_iters, tol, tol_norm, tau,
+                   entropic):
     return a.new_empty(a.shape[0]), a.new_empty(a.shape), b.new_empty(b.shape)
 
 
@@ -67,7 +68,7 @@ def _ot_value_backward_fake(grad, x, y, a, b, f, g, solver, cost, eps, tau, need
 
 
 def _setup_context(ctx, inputs, output):
-    x, y, a, b, solver, cost, eps, _n_iters, _tol, tau, _entropic = inputs
+    x, y, a, b, _f_init, solver, cost, eps, _n_iters, _tol, _tol_norm, tau, _entropic = inputs
     _, f, g = output
     ctx.save_for_backward(x, y, a, b, f, g)
     ctx.options = (solver, cost, eps, tau)
@@ -85,7 +86,7 @@ def _backward(ctx, grad_value, _grad_f, _grad_g):
     return (dx if need_x else None, dy if need_y else None,
             (weight * f).to(a.dtype) if need_a else None,
             (weight * g).to(b.dtype) if need_b else None,
-            None, None, None, None, None, None, None)
+            None, None, None, None, None, None, None, None, None)
 
 
 ot_value.register_autograd(_backward, setup_context=_setup_context)

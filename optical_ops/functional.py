@@ -23,6 +23,7 @@ from .costs import COSTS, cost_matrix
 from .dispatch import SOLVERS, solver_plan
 
 REDUCTIONS = ("mean", "sum", "none")
+TOL_NORMS = {"l1": 1, "l2": 2}
 
 
 @dataclass
@@ -59,11 +60,15 @@ def sinkhorn(
     backend: str = "auto",
     solver: str = "auto",
     check_inputs: bool = True,
+    tol_norm: str = "l1",
+    warm_start: torch.Tensor | None = None,
 ) -> SinkhornResult:
     """Entropic OT plan, potentials and transport cost for one cost matrix or a batch.
 
     Args:
-        cost: (n, m) or (B, n, m) float tensor; must be finite where both weights are > 0.
+        cost: (n, m) or (B, n, m) float tensor; no NaN or -inf where both weights are > 0;
+            +inf marks a forbidden pair (P_ij = 0; PyTorch backend), as long as every row and
+            column with mass keeps a finite entry.
         a: row weights (n,) or (B, n), non-negative, normalised per problem; zeros allowed
             (those points carry no mass). Default uniform.
         b: column weights (m,) or (B, m), likewise.
@@ -78,6 +83,10 @@ def sinkhorn(
         solver: ``"auto"`` or a solver of :data:`optical_ops.dispatch.SOLVERS` that takes a
             dense cost; :func:`~optical_ops.solver_plan` tells which one "auto" picks.
         check_inputs: run the value checks that need a device-to-host sync.
+        tol_norm: ``"l1"`` (default) or ``"l2"``: the norm of the column-marginal error
+            |P^T 1 - b| compared with ``tol``; ``"l2"`` is POT's stopping rule.
+        warm_start: potentials f (n,) or (B, n) to start from instead of f = 0 (e.g. the ``f``
+            of an earlier result), in the cost's units.
 
     Returns:
         :class:`SinkhornResult`, in fp32 for half-precision costs, else the cost's dtype.
@@ -93,7 +102,8 @@ def sinkhorn(
         raise ValueError(f"cost must be (n, m) or (B, n, m), got shape {tuple(cost.shape)}")
     v.check_solver_options(eps, n_iters, tol)
     v.check_tau(tau)
-    device = v.check_same_device(cost=cost, a=a, b=b)
+    v.check_choice("tol_norm", tol_norm, TOL_NORMS)
+    device = v.check_same_device(cost=cost, a=a, b=b, warm_start=warm_start)
     single = cost.dim() == 2
     c3 = cost[None] if single else cost
     batch, n, m = c3.shape
@@ -108,10 +118,12 @@ def sinkhorn(
     wa = v.marginal(n, batch, None, a, mask_name="a", weights_name="a", **common)
     wb = v.marginal(m, batch, None, b, mask_name="b", weights_name="b", **common)
     if check_inputs:
-        v.check_finite("cost", c3, (wa > 0)[:, :, None] & (wb > 0)[:, None, :])
+        v.check_cost(c3, wa > 0, wb > 0)
 
-    spec = SolveSpec(plan, solver, float(eps), n_iters, tol, tau, check_inputs)
-    loss, transport, f, g, iterations, converged = CostOTFunction.apply(c3, wa, wb, spec)
+    f_init = v.potentials("warm_start", warm_start, (batch, n), device, dtype)
+    spec = SolveSpec(plan, solver, float(eps), n_iters, tol, tau, check_inputs,
+                     norm=TOL_NORMS[tol_norm])
+    loss, transport, f, g, iterations, converged = CostOTFunction.apply(c3, wa, wb, f_init, spec)
     with torch.no_grad():
         error = (transport.sum(2) - wa).abs().sum(1) + (transport.sum(1) - wb).abs().sum(1)
     fields = (transport, f, g, loss, iterations, error, converged)
@@ -153,11 +165,13 @@ def _check_embeddings(student, teacher):
 
 
 def check_loss_options(cost: str, eps: float, n_iters: int, tol: float | None,
-                       tau: float | None, debias: bool, reduction: str) -> None:
+                       tau: float | None, debias: bool, reduction: str,
+                       tol_norm: str = "l1") -> None:
     """The value-free option checks of :func:`ot_distill_loss` (also run by
     :class:`~optical_ops.OTDistillLoss` at construction)."""
     v.check_choice("cost", cost, COSTS)
     v.check_choice("reduction", reduction, REDUCTIONS)
+    v.check_choice("tol_norm", tol_norm, TOL_NORMS)
     v.check_solver_options(eps, n_iters, tol)
     v.check_tau(tau)
     if not isinstance(debias, bool):
@@ -193,6 +207,8 @@ def ot_distill_plan(
     backend: str = "auto",
     solver: str = "auto",
     check_inputs: bool = True,
+    tol_norm: str = "l1",
+    warm_start: torch.Tensor | None = None,
 ) -> SinkhornResult:
     """The plan, potentials, iterations and convergence of the problems that
     :func:`ot_distill_loss` solves with the same arguments: the cost C(student, teacher) is
@@ -217,7 +233,8 @@ def ot_distill_plan(
         c, a, b = c[0], a[0], b[0]
     takes_cost = solver in SOLVERS and "cost" in SOLVERS[solver].inputs
     return sinkhorn(c, a, b, eps=eps, n_iters=n_iters, tol=tol, tau=tau, backend=backend,
-                    solver=solver if takes_cost else "auto", check_inputs=check_inputs)
+                    solver=solver if takes_cost else "auto", check_inputs=check_inputs,
+                    tol_norm=tol_norm, warm_start=warm_start)
 
 
 def ot_distill_loss(
@@ -238,6 +255,8 @@ def ot_distill_loss(
     backend: str = "auto",
     solver: str = "auto",
     check_inputs: bool = True,
+    tol_norm: str = "l1",
+    warm_start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """OPTICAL distillation loss: OT cost <P, C> between student and teacher token sets.
 
@@ -269,6 +288,8 @@ def ot_distill_loss(
             backward (CUDA graphs, ``torch.compile``): ragged batches are then not split into
             length buckets, and the dense solver picks its domain from a bound instead of the
             cost's range.
+        tol_norm, warm_start: as in :func:`sinkhorn`; ``warm_start`` holds the student-side
+            potentials f (B, n) (e.g. ``ot_distill_plan(...).f``).
 
     Returns:
         The loss: a scalar, or (B,) with ``reduction="none"`` (() for unbatched inputs), in
@@ -279,11 +300,11 @@ def ot_distill_loss(
     value at convergence, an approximation of the gradient of <P, C>.
     """
     _check_embeddings(student, teacher)
-    check_loss_options(cost, eps, n_iters, tol, tau, debias, reduction)
+    check_loss_options(cost, eps, n_iters, tol, tau, debias, reduction, tol_norm)
     device = v.check_same_device(
         student=student, teacher=teacher, student_mask=student_mask,
         teacher_mask=teacher_mask, student_weights=student_weights,
-        teacher_weights=teacher_weights,
+        teacher_weights=teacher_weights, warm_start=warm_start,
     )
     dtype = v.compute_dtype(student.dtype, teacher.dtype)
     single = student.dim() == 2
@@ -294,22 +315,24 @@ def ot_distill_loss(
                        solver=solver, tau=tau, debias=debias, check_inputs=check_inputs)
     a, b = _token_weights(x, y, student_mask, teacher_mask, student_weights, teacher_weights,
                           dtype, device, check_inputs)
-    spec = SolveSpec(plan, solver, float(eps), n_iters, tol, tau, check_inputs, cost)
+    f_init = v.potentials("warm_start", warm_start, (batch, n), device, dtype)
+    norm = TOL_NORMS[tol_norm]
+    spec = SolveSpec(plan, solver, float(eps), n_iters, tol, tau, check_inputs, cost, norm=norm)
 
-    def value(p, q, wp, wq, entropic: bool = False):
+    def value(p, q, wp, wq, warm=None, entropic: bool = False):
         if torch.compiler.is_compiling():  # one opaque graph node (see .compiled)
-            return ot_value(p, q, wp, wq, plan.solver, cost, float(eps), n_iters, tol, tau,
-                            entropic)[0]
-        return EmbeddingOTFunction.apply(p, q, wp, wq,
+            return ot_value(p, q, wp, wq, warm, plan.solver, cost, float(eps), n_iters, tol,
+                            norm, tau, entropic)[0]
+        return EmbeddingOTFunction.apply(p, q, wp, wq, warm,
                                          replace(spec, value="entropic") if entropic else spec)
 
     if batch == 0:  # what torch losses return: empty, sum 0, mean NaN (connected to the graph)
         per_problem = (x.sum((1, 2)) + y.sum((1, 2))).to(dtype) * 0
     elif debias:
-        per_problem = (value(x, y, a, b, True) - 0.5 * value(x, x, a, a, True)
-                       - 0.5 * value(y, y, b, b, True))
+        per_problem = (value(x, y, a, b, f_init, True) - 0.5 * value(x, x, a, a, None, True)
+                       - 0.5 * value(y, y, b, b, None, True))
     else:
-        per_problem = value(x, y, a, b)
+        per_problem = value(x, y, a, b, f_init)
     if reduction == "mean":
         return per_problem.mean()
     if reduction == "sum":

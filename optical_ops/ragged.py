@@ -31,11 +31,15 @@ class Bucket:
     def take(self, x, y, a, b) -> list[torch.Tensor]:
         """x (B, n, d), y (B, m, d), a (B, n), b (B, m) restricted to the bucket (views unless
         problems are selected)."""
-        out = []
-        for t, extent in ((x, self.n), (y, self.m), (a, self.n), (b, self.m)):
-            t = t[:, :extent] if extent < t.shape[1] else t
-            out.append(t if self.index is None else t.index_select(0, self.index))
-        return out
+        return [self.trim(x, self.n), self.trim(y, self.m), self.trim(a, self.n),
+                self.trim(b, self.m)]
+
+    def trim(self, t: torch.Tensor | None, extent: int) -> torch.Tensor | None:
+        """t (B, extent', ...) cut to ``extent`` along dim 1, for the bucket's problems."""
+        if t is None:
+            return None
+        t = t[:, :extent] if extent < t.shape[1] else t
+        return t if self.index is None else t.index_select(0, self.index)
 
     def is_whole(self, n: int, m: int) -> bool:
         return self.index is None and (self.n, self.m) == (n, m)

@@ -41,12 +41,18 @@ class SoftMin(ABC):
     """Both soft-min updates of one problem batch, in a primitive-defined state.
 
     ``f_state``/``g_state`` are tensors (B, n)/(B, m) that determine f and g; the loop only
-    passes them between the methods.
+    passes them between the methods. Every primitive holds ``eps`` and the column weights ``b``
+    (B, m) and the row weights ``a`` (B, n).
     """
 
-    @abstractmethod
-    def initial_f_state(self) -> torch.Tensor:
-        """The state of f = 0."""
+    eps: float
+    a: torch.Tensor
+    b: torch.Tensor
+
+    def initial_f_state(self, f: torch.Tensor | None = None) -> torch.Tensor:
+        """The state of f = 0, or of the given potentials f (B, n) (a warm start)."""
+        zeros = torch.zeros_like(self.b)
+        return self.states(torch.zeros_like(self.a) if f is None else f, zeros)[0]
 
     @abstractmethod
     def update_cols(self, f_state: torch.Tensor) -> torch.Tensor:
@@ -56,9 +62,10 @@ class SoftMin(ABC):
     def update_rows(self, g_state: torch.Tensor) -> torch.Tensor:
         """f_state from g_state (the row soft-min)."""
 
-    @abstractmethod
-    def col_error(self, g_state: torch.Tensor, next_g_state: torch.Tensor) -> torch.Tensor:
-        """(B,) L1 column-marginal error of the plan (f, g), given the next column update."""
+    def col_log_ratio(self, g_state: torch.Tensor, next_g_state: torch.Tensor) -> torch.Tensor:
+        """(B, m) log((P^T 1)_j / b_j) of the plan (f, g), given the next column update g':
+        (g - g') / eps for primitives whose states are the potentials."""
+        return (g_state - next_g_state) / self.eps
 
     @abstractmethod
     def potentials(
@@ -111,9 +118,10 @@ class SoftMin(ABC):
             f_state = self.update_rows(g_state)
         return f_state, g_state
 
-    def solve(self, n_iters: int, tol: float | None) -> LoopResult | None:
+    def solve(self, n_iters: int, tol: float | None, warm: bool, norm: int) -> LoopResult | None:
         """The whole loop in one routine, or None to let :func:`run_sinkhorn` drive
-        :meth:`iterate`. Primitives that fuse the loop (and its ``tol`` check) override this."""
+        :meth:`iterate`. Primitives that fuse the loop (and its ``tol`` check) override this;
+        ``warm``: a warm start was asked for; ``norm``: of the marginal error (1 or 2)."""
         return None
 
     def for_backward(self) -> SoftMin:
@@ -146,21 +154,32 @@ class LoopResult:
     converged: torch.Tensor | None = None
 
 
-def run_sinkhorn(op: SoftMin, n_iters: int, tol: float | None) -> LoopResult:
+def marginal_error(b: torch.Tensor, log_ratio: torch.Tensor, norm: int = 1) -> torch.Tensor:
+    """(B,) |P^T 1 - b| in the L1 (``norm=1``) or L2 (``norm=2``, POT's rule) norm, from
+    log((P^T 1)_j / b_j); zero-weight columns contribute 0."""
+    term = b * torch.expm1(log_ratio).abs()
+    return torch.linalg.vector_norm(torch.where(b > 0, term, torch.zeros_like(term)), ord=norm,
+                                    dim=-1)
+
+
+def run_sinkhorn(op: SoftMin, n_iters: int, tol: float | None, *,
+                 f_init: torch.Tensor | None = None, norm: int = 1) -> LoopResult:
     """Run ``n_iters`` Sinkhorn iterations, or fewer per problem when ``tol`` is reached.
 
-    With ``tol=None`` nothing leaves the device inside the loop. With ``tol``, the plan's
-    error is checked every :data:`CHECK_EVERY` iterations (one extra column update and one
-    host sync per check); a problem whose L1 marginal error is <= tol keeps its state from
-    then on, and the loop ends when all have stopped. ``converged`` is checked once more at the
-    end when the iterations ran out.
+    The first column update starts from f = 0, or from the potentials ``f_init`` (B, n) (a warm
+    start). With ``tol=None`` nothing leaves the device inside the loop. With ``tol``, the
+    plan's column-marginal error (:func:`marginal_error` in the ``norm``: 1, or 2 as POT) is
+    checked every :data:`CHECK_EVERY` iterations (one extra column update and one host sync per
+    check); a problem whose error is <= tol keeps its state from then on, and the loop ends
+    when all have stopped. ``converged`` is checked once more at the end when the iterations
+    ran out.
     """
-    fused = op.solve(n_iters, tol)
+    fused = op.solve(n_iters, tol, f_init is not None, norm)
     if fused is not None:
         if tol is not None and fused.converged is None:
-            fused.converged = (fused.iterations < n_iters) | _reached(op, fused, tol)
+            fused.converged = (fused.iterations < n_iters) | _reached(op, fused, tol, norm)
         return fused
-    f_state = op.initial_f_state()
+    f_state = op.initial_f_state(f_init)
     batch = f_state.shape[0]
     if tol is None:
         f_state, g_state = op.iterate(f_state, n_iters)
@@ -173,7 +192,7 @@ def run_sinkhorn(op: SoftMin, n_iters: int, tol: float | None) -> LoopResult:
     iterations = torch.full((batch,), block, dtype=torch.int64, device=f_state.device)
     ran = block
     while ran < n_iters:
-        done |= op.col_error(g_state, op.update_cols(f_state)) <= tol
+        done |= _error(op, f_state, g_state, norm) <= tol
         if bool(done.all()):
             break
         block = min(CHECK_EVERY, n_iters - ran)
@@ -184,13 +203,17 @@ def run_sinkhorn(op: SoftMin, n_iters: int, tol: float | None) -> LoopResult:
         ran += block
     result = LoopResult(f_state, g_state, iterations, converged=done)
     if ran >= n_iters:  # the last block was not checked
-        result.converged = done | _reached(op, result, tol)
+        result.converged = done | _reached(op, result, tol, norm)
     return result
 
 
-def _reached(op: SoftMin, res: LoopResult, tol: float) -> torch.Tensor:
-    """(B,) bool: the plan's L1 marginal error is <= tol (one column update)."""
-    return op.col_error(res.g_state, op.update_cols(res.f_state)) <= tol
+def _error(op: SoftMin, f_state, g_state, norm: int) -> torch.Tensor:
+    """(B,) column-marginal error of the plan (f, g): one column update."""
+    return marginal_error(op.b, op.col_log_ratio(g_state, op.update_cols(f_state)), norm)
+
+
+def _reached(op: SoftMin, res: LoopResult, tol: float, norm: int) -> torch.Tensor:
+    return _error(op, res.f_state, res.g_state, norm) <= tol
 
 
 def warn_unconverged(converged: torch.Tensor | None, tol: float | None, n_iters: int) -> None:

@@ -27,12 +27,6 @@ from .logsumexp import logsumexp_
 from .sinkhorn_loop import SoftMin
 
 
-def col_error_from_log_ratio(b: torch.Tensor, log_ratio: torch.Tensor) -> torch.Tensor:
-    """sum_j b_j |exp(log_ratio_j) - 1|, with zero-weight columns contributing 0."""
-    term = b * torch.expm1(log_ratio).abs()
-    return torch.where(b > 0, term, torch.zeros_like(term)).sum(-1)
-
-
 class DenseLogSoftMin(SoftMin):
     """Log-domain updates on a dense cost. States are f (B, n) and g - shift (B, m).
 
@@ -65,17 +59,11 @@ class DenseLogSoftMin(SoftMin):
         torch.add(self.neg_cost_eps, h, out=self._scratch)
         return logsumexp_(self._scratch, dim).mul_(-self.eps * self.damping)
 
-    def initial_f_state(self) -> torch.Tensor:
-        return self.a.new_zeros(self.a.shape)
-
     def update_cols(self, f: torch.Tensor) -> torch.Tensor:
         return self._softmin((self.log_a + f / self.eps)[:, :, None], dim=1)
 
     def update_rows(self, g: torch.Tensor) -> torch.Tensor:
         return self._softmin((self.log_b + g / self.eps)[:, None, :], dim=2)
-
-    def col_error(self, g: torch.Tensor, next_g: torch.Tensor) -> torch.Tensor:
-        return col_error_from_log_ratio(self.b, (g - next_g) / self.eps)
 
     def potentials(self, f, g):
         return f, g + self.shift[:, None]
@@ -90,7 +78,9 @@ class DenseLogSoftMin(SoftMin):
 
     def loss(self, f, g):
         plan = self.plan(f, g)
-        return (plan * self.neg_cost_eps).sum((1, 2)) * -self.eps + self.shift * plan.sum((1, 2))
+        # P_ij C_ij is 0 where P_ij = 0, +inf costs (forbidden pairs) included.
+        terms = torch.where(plan > 0, plan * self.neg_cost_eps, 0.0)
+        return terms.sum((1, 2)) * -self.eps + self.shift * plan.sum((1, 2))
 
     def plan_products(self, f, g, x, y, x_scale, y_scale):
         p = self.plan(f, g)
@@ -120,9 +110,6 @@ class DenseScalingSoftMin(SoftMin):
         self.cost = None
         return self
 
-    def initial_f_state(self) -> torch.Tensor:
-        return self.a.new_ones(self.a.shape)
-
     def update_cols(self, s: torch.Tensor) -> torch.Tensor:
         return torch.bmm(self.kernel.transpose(1, 2), (self.a / s)[:, :, None])[:, :, 0]
 
@@ -134,8 +121,8 @@ class DenseScalingSoftMin(SoftMin):
             return scaling_iterate(self.kernel, self.a, self.b, s, n_iters)
         return super().iterate(s, n_iters)
 
-    def col_error(self, t: torch.Tensor, next_t: torch.Tensor) -> torch.Tensor:
-        return col_error_from_log_ratio(self.b, torch.log(next_t / t))
+    def col_log_ratio(self, t: torch.Tensor, next_t: torch.Tensor) -> torch.Tensor:
+        return torch.log(next_t / t)
 
     def potentials(self, s, t):
         return -self.eps * s.log(), self.shift[:, None] - self.eps * t.log()
@@ -152,7 +139,8 @@ class DenseScalingSoftMin(SoftMin):
         if self.cost is None:
             raise RuntimeError("the loss needs the cost, which for_backward() released")
         u, v = self.a / s, self.b / t
-        weighted = torch.bmm(self.kernel * self.cost, v[:, :, None])[:, :, 0]
+        kc = torch.where(self.kernel > 0, self.kernel * self.cost, 0.0)  # +inf costs: K = 0
+        weighted = torch.bmm(kc, v[:, :, None])[:, :, 0]
         return (u * weighted).sum(1)
 
     def marginals(self, s, t):

@@ -56,7 +56,7 @@ import torch
 from .kernels.cpu_stabilised import native_stabilised_available, stabilised_iterate
 from .logsumexp import logsumexp_
 from .sinkhorn_loop import SoftMin
-from .softmin_dense import col_error_from_log_ratio, damping, sanitised_cost_range
+from .softmin_dense import damping, sanitised_cost_range
 
 # |log u|, |log v| above which the scalings are absorbed into K~ (see the module docstring).
 ABSORB = {torch.float32: 20.0, torch.float64: 300.0}
@@ -114,9 +114,6 @@ class StabilisedSoftMin(SoftMin):
 
     def update_rows(self, g: torch.Tensor) -> torch.Tensor:
         return self._softmin((self.log_b + g / self.eps)[:, None, :], dim=2)
-
-    def initial_f_state(self) -> torch.Tensor:
-        return self.a.new_zeros(self.a.shape)
 
     def for_backward(self) -> StabilisedSoftMin:
         self.kernel = self._scratch = None
@@ -249,9 +246,6 @@ class StabilisedSoftMin(SoftMin):
         return f, g
 
     # ----- what the loss and the gradient need -----
-
-    def col_error(self, g: torch.Tensor, next_g: torch.Tensor) -> torch.Tensor:
-        return col_error_from_log_ratio(self.b, (g - next_g) / self.eps)
 
     def potentials(self, f, g):
         return f, g + self.shift[:, None]

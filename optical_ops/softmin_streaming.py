@@ -36,7 +36,6 @@ from .kernels.cpu_streaming import (
 )
 from .logsumexp import logsumexp_
 from .sinkhorn_loop import SoftMin
-from .softmin_dense import col_error_from_log_ratio
 
 # Bytes of one (B, rows, m) chunk: small enough to stay in L2 (1 MiB per core here) while the
 # log-sum-exp makes its passes over it, large enough to keep the per-chunk op overhead low.
@@ -178,9 +177,6 @@ class StreamingSoftMin(SoftMin):
             out[:, rows] = own_offset[:, rows] - self.eps * logsumexp_(z, dim=2)
         return out.mul_(self.damping)
 
-    def initial_f_state(self) -> torch.Tensor:
-        return self.a.new_zeros(self.a.shape)
-
     def update_cols(self, f):
         if self.native:
             return self._native_cols(f)
@@ -192,9 +188,6 @@ class StreamingSoftMin(SoftMin):
             return self._native_rows(g, fold=False)[0]
         fc = self.fc
         return self._softmin(fc.x, fc.y, self.log_b, g, fc.row_offset, fc.col_offset)
-
-    def col_error(self, g, next_g):
-        return col_error_from_log_ratio(self.b, (g - next_g) / self.eps)
 
     def potentials(self, f, g):
         return f, g

@@ -102,7 +102,7 @@ def test_module_rejects_options_at_construction():
          r"b must have shape \(2, 4\) or \(4,\)"),
         ((torch.rand(3, 4), -torch.ones(3)), {}, ValueError, r"a must be non-negative"),
         ((torch.rand(3, 4), torch.zeros(3)), {}, ValueError, r"a leave no mass .* index \[0\]"),
-        ((torch.full((3, 4), float("nan")),), {}, ValueError, r"cost contains NaN or inf"),
+        ((torch.full((3, 4), float("nan")),), {}, ValueError, r"cost contains NaN or -inf"),
         ((torch.rand(3, 4),), dict(eps=0), ValueError, r"eps must be a finite number > 0"),
         ((torch.rand(3, 4),), dict(n_iters=0), ValueError, r"n_iters must be in \[1, "),
         ((torch.rand(3, 4),), dict(backend="numpy"), ValueError, r"backend must be one of"),

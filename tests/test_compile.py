@@ -42,13 +42,14 @@ def test_custom_op_gradients_equal_the_autograd_function(gen, solver):
     y = random_tokens(gen, 2, 6, 8, dtype=torch.float64).requires_grad_()
     a = torch.full((2, 5), 0.2, dtype=torch.float64, requires_grad=True)
     b = torch.full((2, 6), 1 / 6, dtype=torch.float64)
-    value = ot_value(x, y, a / a.sum(1, keepdim=True), b, solver, "cosine", 0.1, 50, None,
-                     None, False)[0]  # normalised as ot_distill_loss does
+    args = (x, y, a / a.sum(1, keepdim=True), b, None, solver, "cosine", 0.1, 50, None, 1, None,
+            False)  # the weights normalised as ot_distill_loss does
+    value = ot_value(*args)[0]
     grads = torch.autograd.grad(value.sum(), (x, y, a))
     eager = ot_distill_loss(x, y, student_weights=a, eps=0.1, n_iters=50, solver=solver,
                             reduction="sum", check_inputs=False)
     for got, want in zip(grads, torch.autograd.grad(eager, (x, y, a))):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
-    torch.library.opcheck(ot_value, (x, y, a, b, solver, "cosine", 0.1, 50, None, None, False),
+    torch.library.opcheck(ot_value, args,
                           test_utils=("test_schema", "test_faketensor",
                                       "test_autograd_registration"))

@@ -4,11 +4,19 @@ check_inputs=False; the caller's TF32 switch does not reach the op)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from reference import random_tokens
 
-from optical_ops import SOLVERS, OTDistillLoss, ot_distill_loss, sinkhorn, solver_plan
+from optical_ops import (
+    SOLVERS,
+    OTDistillLoss,
+    ot_distill_loss,
+    ot_distill_plan,
+    sinkhorn,
+    solver_plan,
+)
 from optical_ops.dispatch import DENSE_MAX_BYTES
 
 CPU_TABLE = [
@@ -287,3 +295,55 @@ def cost_of(x, y):
     from optical_ops import cost_matrix
 
     return cost_matrix(x, y)
+
+
+def test_infinite_costs_are_forbidden_pairs(gen):
+    """+inf entries get no mass; the result equals POT's on the finite pairs (float64)."""
+    ot = pytest.importorskip("ot")
+    cost = torch.rand(6, 7, generator=gen, dtype=torch.float64)
+    forbidden = torch.rand(6, 7, generator=gen) < 0.3
+    forbidden[:, 0] = False  # every row keeps a finite entry
+    forbidden[0, :] = False  # and every column
+    c = cost.masked_fill(forbidden, float("inf"))
+    for solver in ("dense", "dense-log", "dense-scaling"):
+        res = sinkhorn(c, eps=0.1, n_iters=2000, tol=1e-12, solver=solver)
+        assert (res.plan[forbidden] == 0).all() and torch.isfinite(res.loss)
+        big = cost.masked_fill(forbidden, 1e3).numpy()  # exp(-1e3 / 0.1) = 0 in float64
+        ref = ot.sinkhorn(np.full(6, 1 / 6), np.full(7, 1 / 7), big, 0.1,
+                          method="sinkhorn_log", numItermax=100000, stopThr=1e-14)
+        np.testing.assert_allclose(res.plan.numpy(), ref, rtol=1e-7, atol=1e-14)
+    c.requires_grad_()
+    sinkhorn(c, eps=0.1).loss.backward()
+    assert (c.grad[forbidden] == 0).all()
+    with pytest.raises(ValueError, match=r"a row with mass whose entries are all \+inf"):
+        sinkhorn(torch.full((3, 4), float("inf")))
+
+
+def test_warm_start_from_converged_potentials_needs_few_iterations(gen):
+    x, y = random_tokens(gen, 3, 7, 16), random_tokens(gen, 3, 9, 16)
+    cold = ot_distill_plan(x, y, eps=0.02, n_iters=5000, tol=1e-9)
+    warm = ot_distill_plan(x, y, eps=0.02, n_iters=5000, tol=1e-9, warm_start=cold.f)
+    assert (warm.iterations <= 10).all() and (cold.iterations > 10).all()
+    torch.testing.assert_close(warm.plan, cold.plan, rtol=1e-6, atol=1e-12)
+    for solver in ("dense", "streaming"):  # and through the loss, ragged buckets included
+        mask = torch.ones(3, 7, dtype=torch.bool)
+        mask[1, 4:] = False
+        start = ot_distill_plan(x, y, mask, eps=0.02, n_iters=5000, tol=1e-10).f
+        loss = ot_distill_loss(x, y, mask, eps=0.02, n_iters=1, warm_start=start,
+                               solver=solver, reduction="none")
+        ref = ot_distill_loss(x, y, mask, eps=0.02, n_iters=5000, tol=1e-10, reduction="none")
+        torch.testing.assert_close(loss, ref, rtol=1e-7, atol=0)
+    with pytest.raises(ValueError, match=r"warm_start must have shape \(3, 7\)"):
+        ot_distill_loss(x, y, warm_start=cold.f[:, :3])
+
+
+def test_pot_stopping_rule(gen):
+    """tol_norm="l2" stops on |P^T 1 - b|_2 as POT does: no later than the L1 rule."""
+    cost = torch.rand(2, 30, 40, generator=gen, dtype=torch.float64)
+    l1 = sinkhorn(cost, eps=0.02, n_iters=20000, tol=1e-7)
+    l2 = sinkhorn(cost, eps=0.02, n_iters=20000, tol=1e-7, tol_norm="l2")
+    assert (l2.iterations <= l1.iterations).all() and (l2.iterations < l1.iterations).any()
+    cols = l2.plan.sum(1) - 1 / 40
+    assert (torch.linalg.vector_norm(cols, dim=1) <= 1e-7).all() and l2.converged.all()
+    with pytest.raises(ValueError, match=r"tol_norm must be one of"):
+        sinkhorn(cost, tol_norm="max")

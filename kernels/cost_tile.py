@@ -47,6 +47,10 @@ COST_KINDS = {"cosine": COSINE, "sqeuclidean": SQEUCLIDEAN}
 HALF_OR_FLOAT = (torch.float16, torch.bfloat16, torch.float32)
 
 DOT_PRECISION = tl.constexpr("tf32x3")
+# Mixed fp16/bf16 embeddings meet in fp32; both fit TF32 exactly (10 explicit mantissa bits,
+# fp32's exponent range), so one TF32 product is exact where 3xTF32 would triple the work and
+# the registers (the fp16 x bf16 resident tiles spilled on sm_80 with it).
+HALF_AS_TF32 = tl.constexpr("tf32")
 
 # Triton's interpreter (3.9) stores bf16 as uint16 and its tl.dot multiplies those bits as
 # integers; under it bf16 operands are widened to fp32 first, which gives the same products.
@@ -85,9 +89,15 @@ def cost_tile(x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd, xs_ptr, 
             yk = tl.load(y_ptr + cols64[:, None] * stride_ym + feats[None, :] * stride_yd,
                          mask=col_ok[:, None] & in_d[None, :], other=0.0)
             if xk.dtype != yk.dtype or (_INTERPRETED and xk.dtype == tl.bfloat16):
-                xk = xk.to(tl.float32)  # mixed half types meet in fp32
+                halves = xk.dtype != tl.float32 and yk.dtype != tl.float32
+                xk = xk.to(tl.float32)  # mixed types meet in fp32
                 yk = yk.to(tl.float32)
-            dots = tl.dot(xk, tl.trans(yk), dots, input_precision=DOT_PRECISION)
+                if halves:  # fp16/bf16 values are exact in TF32: one product, not three
+                    dots = tl.dot(xk, tl.trans(yk), dots, input_precision=HALF_AS_TF32)
+                else:
+                    dots = tl.dot(xk, tl.trans(yk), dots, input_precision=DOT_PRECISION)
+            else:
+                dots = tl.dot(xk, tl.trans(yk), dots, input_precision=DOT_PRECISION)
         xs = tl.load(xs_ptr + rows, mask=row_ok, other=0.0)
         ys = tl.load(ys_ptr + cols, mask=col_ok, other=0.0)
         if COST == COST_COSINE:
@@ -176,6 +186,14 @@ class CostOperands:
     @property
     def dtype(self) -> torch.dtype:
         return self.x.dtype
+
+    @property
+    def dot_dtype(self) -> torch.dtype:
+        """The dtype the cost dot multiplies in: the embeddings' own, fp32 when they differ
+        (block sizes follow it: an fp32 operand chunk is twice the bytes of a half one)."""
+        if self.kind == DENSE or self.y is None or self.y.dtype == self.x.dtype:
+            return self.x.dtype
+        return torch.float32
 
 
 def check_vectors(device, **vectors) -> None:

@@ -117,7 +117,7 @@ def _strip(c_res, x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd, xs_p
 
 @triton.jit
 def _sweep(c_res, x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd, xs_ptr, ys_ptr,
-           loga_ptr, n, m, d, cols, log_b, g, eps, inv_eps, scale,
+           loga_ptr, row_lo, row_hi, n, m, d, cols, log_b, g, eps, inv_eps, scale,
            COST: tl.constexpr, RESIDENT: tl.constexpr, ROW_UPDATE: tl.constexpr,
            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """The column update g' = -eps LSE_i(log a_i + (f_i - C_ij) / eps) for f the row update
@@ -126,7 +126,7 @@ def _sweep(c_res, x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd, xs_p
     col_sum = tl.zeros(cols.shape, tl.float32)
     # Two stages: the next strip is copied to shared memory (cp.async) while this one is
     # reduced (Triton pipelines only dot operands unless asked).
-    for start in tl.range(0, n, BLOCK_N, num_stages=2):
+    for start in tl.range(row_lo, row_hi, BLOCK_N, num_stages=2):
         log_a, c = _strip(c_res, x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd,
                           xs_ptr, ys_ptr, loga_ptr, start, n, m, d, cols, log_b > float("-inf"),
                           COST, RESIDENT, BLOCK_N, BLOCK_D)
@@ -144,7 +144,7 @@ def _sweep(c_res, x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd, xs_p
 @triton.jit(do_not_specialize=["n", "n_iters", "check_every"])
 def _sinkhorn_fused_kernel(
     x_ptr, stride_xb, stride_xn, stride_xd, y_ptr, stride_yb, stride_ym, stride_yd,
-    xs_ptr, ys_ptr, loga_ptr, logb_ptr,
+    xs_ptr, ys_ptr, loga_ptr, logb_ptr, span_ptr,
     f_ptr, g_ptr, loss_ptr, iters_ptr, plan_ptr,
     n, m, d, eps, inv_eps, n_iters, tol, check_every,
     COST: tl.constexpr, HAS_TOL: tl.constexpr, WRITE_PLAN: tl.constexpr,
@@ -160,6 +160,11 @@ def _sinkhorn_fused_kernel(
     cols = tl.arange(0, BLOCK_M)
     log_b = tl.load(logb_ptr + pid * m + cols, mask=cols < m, other=float("-inf"))
     col_ok = log_b > float("-inf")
+    # The iterations sweep only the strips from the first to the last row with mass (a ragged
+    # batch's padding costs nothing there); the final sweep covers every row, so f and the plan
+    # are written everywhere.
+    row_lo = tl.load(span_ptr + 2 * pid) // BLOCK_N * BLOCK_N
+    row_hi = tl.load(span_ptr + 2 * pid + 1)
     scale = inv_eps * LOG2E
     if RESIDENT:  # the one strip, built once
         _, c_res = _strip(None, x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd,
@@ -169,16 +174,15 @@ def _sinkhorn_fused_kernel(
         c_res = None
 
     g = _sweep(c_res, x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd, xs_ptr, ys_ptr,
-               loga_ptr, n, m, d, cols, log_b, None, eps, inv_eps, scale, COST, RESIDENT, False,
-               BLOCK_N, BLOCK_D)
+               loga_ptr, row_lo, row_hi, n, m, d, cols, log_b, None, eps, inv_eps, scale, COST,
+               RESIDENT, False, BLOCK_N, BLOCK_D)
     it = 0
     go = it < n_iters
     while go:
         # f = row update of g (iteration it + 1), and g_next its column update.
         g_next = _sweep(c_res, x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd,
-                        xs_ptr, ys_ptr, loga_ptr, n, m, d, cols, log_b, g, eps, inv_eps, scale,
-                        COST,
-                        RESIDENT, True, BLOCK_N, BLOCK_D)
+                        xs_ptr, ys_ptr, loga_ptr, row_lo, row_hi, n, m, d, cols, log_b, g, eps,
+                        inv_eps, scale, COST, RESIDENT, True, BLOCK_N, BLOCK_D)
         it += 1
         go = it < n_iters
         if HAS_TOL:
@@ -238,6 +242,17 @@ def rows_aligned(ops: CostOperands) -> bool:
             and ops.x.data_ptr() % 16 == 0)
 
 
+def row_span(log_a: torch.Tensor) -> torch.Tensor:
+    """(B, 2) int32: per problem the first row with mass and one past the last (n, 0 when none):
+    the rows the iterations sweep. A few (B, n) device ops, no host sync."""
+    n = log_a.shape[1]
+    rows = torch.arange(n, device=log_a.device, dtype=torch.int32)
+    valid = log_a > float("-inf")
+    first = torch.where(valid, rows, n).amin(1)
+    last = torch.where(valid, rows + 1, 0).amax(1)
+    return torch.stack([first, last], 1).to(torch.int32)
+
+
 def sinkhorn_fused(ops: CostOperands, log_a: torch.Tensor, log_b: torch.Tensor, eps: float,
                    n_iters: int, tol: float | None, check_every: int, write_plan: bool = False):
     """All Sinkhorn iterations of every problem in one launch.
@@ -254,7 +269,7 @@ def sinkhorn_fused(ops: CostOperands, log_a: torch.Tensor, log_b: torch.Tensor, 
         f (B, n), g (B, m) fp32 potentials (P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps)),
         loss (B,) fp32 = <P, C>, iterations (B,) int64, and the plan or None.
     """
-    cfg = fused_config(ops.n, ops.m, ops.d, ops.dtype)
+    cfg = fused_config(ops.n, ops.m, ops.d, ops.dot_dtype)
     resident = cfg is not None
     if not resident:
         cfg = strip_config(ops.n, ops.m, ops.kind == DENSE and rows_aligned(ops))
@@ -271,7 +286,7 @@ def sinkhorn_fused(ops: CostOperands, log_a: torch.Tensor, log_b: torch.Tensor, 
     loss = torch.empty(batch, dtype=torch.float32, device=dev)
     iters = torch.empty(batch, dtype=torch.int64, device=dev)
     plan = torch.empty(batch, ops.n, ops.m, dtype=torch.float32, device=dev) if write_plan else f
-    args = (*ops.args(), log_a, log_b, f, g, loss, iters, plan,
+    args = (*ops.args(), log_a, log_b, row_span(log_a), f, g, loss, iters, plan,
             ops.n, ops.m, ops.d, float(eps), 1.0 / eps, n_iters, 0.0 if tol is None else float(tol),
             check_every)
     launch(_sinkhorn_fused_kernel, (batch,), args,

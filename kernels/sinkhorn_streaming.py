@@ -30,6 +30,8 @@ offer portably (ROOFLINE.md, "What the GPU check measures").
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import triton
 import triton.language as tl
@@ -48,6 +50,10 @@ STREAM_WARPS = 8
 # 132 SMs): then the row block shrinks to 32 or 16 (more programs, each re-reading the columns
 # from L2). The launchers read the SM count of the tensors' GPU; meta/CPU tensors use an H100's.
 DEFAULT_SMS = 132
+# Column block of the cost kernel for fp32 (3xTF32) dots: the 64 x 64 tile takes 128 registers
+# at 8 warps and spills 4 B on sm_80 (runtime ptxas); 64 x 32 takes 100, and the kernel runs
+# once per solve.
+COST_BLOCK_M_FP32 = 32
 # Row stride of the dense cost built by cost_matrix, in entries: a multiple of Triton's
 # divisibility specialisation (16).
 ROW_ALIGN = 16
@@ -193,7 +199,7 @@ def softmin(ops: CostOperands, own_log_w: torch.Tensor, log_w: torch.Tensor, pot
     batch = ops.batch
     check_vectors(dev, own_log_w=(own_log_w, batch, ops.n), log_w=(log_w, batch, ops.m),
                   pot=(pot, batch, ops.m))
-    cfg = streaming_config(ops.n, ops.m, ops.d, ops.dtype, batch, sm_count(dev))
+    cfg = streaming_config(ops.n, ops.m, ops.d, ops.dot_dtype, batch, sm_count(dev))
     out = torch.empty(batch, ops.n, dtype=torch.float32, device=dev)
     args = (*ops.args(), own_log_w, log_w, pot, out, ops.n, ops.m, ops.d, float(eps), 1.0 / eps)
     launch(_softmin_kernel, _rows_grid(batch, ops.n, cfg), args,
@@ -211,7 +217,9 @@ def cost_matrix(ops: CostOperands, log_a: torch.Tensor, log_b: torch.Tensor) -> 
     dev = ops.check()
     batch = ops.batch
     check_vectors(dev, log_a=(log_a, batch, ops.n), log_b=(log_b, batch, ops.m))
-    cfg = streaming_config(ops.n, ops.m, ops.d, ops.dtype)
+    cfg = streaming_config(ops.n, ops.m, ops.d, ops.dot_dtype)
+    if ops.kind != DENSE and ops.dot_dtype == torch.float32:
+        cfg = replace(cfg, block_m=min(cfg.block_m, COST_BLOCK_M_FP32))
     width = triton.cdiv(ops.m, ROW_ALIGN) * ROW_ALIGN
     out = torch.empty(batch, ops.n, width, dtype=torch.float32, device=dev)[:, :, :ops.m]
     grid = _rows_grid(batch, ops.n, cfg, triton.cdiv(ops.m, cfg.block_m))
@@ -229,7 +237,7 @@ def transport_cost(ops: CostOperands, log_a, log_b, f, g, eps: float, write_plan
     batch = ops.batch
     check_vectors(dev, log_a=(log_a, batch, ops.n), log_b=(log_b, batch, ops.m),
                   f=(f, batch, ops.n), g=(g, batch, ops.m))
-    cfg = streaming_config(ops.n, ops.m, ops.d, ops.dtype, batch, sm_count(dev))
+    cfg = streaming_config(ops.n, ops.m, ops.d, ops.dot_dtype, batch, sm_count(dev))
     partial = torch.empty(batch, ops.n, dtype=torch.float32, device=dev)
     plan = (torch.empty(batch, ops.n, ops.m, dtype=torch.float32, device=dev)
             if write_plan else partial)

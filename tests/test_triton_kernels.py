@@ -708,3 +708,30 @@ def test_triton_version_check():
     assert triton_unavailable_reason("3.0.0") is not None
     for ok in ("3.4.0", "3.4.0+git1a2b3c", "3.5.0rc1", "4.0"):
         assert triton_unavailable_reason(ok) is None, ok
+
+
+def test_strips_sweep_only_the_rows_with_mass(gen, monkeypatch):
+    """The iterations skip the strips before the first and after the last row with mass
+    (padding on either side), and the final sweep still writes f and the plan for every row:
+    each problem equals itself without the padding."""
+    use_path("strips", monkeypatch)
+    monkeypatch.setattr(sinkhorn_fused, "STRIP_TILE", 256)  # strips of 16 rows x 16 columns
+    cost = torch.rand(3, 40, 16, generator=gen) * 2
+    spans = [(20, 35), (0, 40), (33, 40)]
+    a = torch.zeros(3, 40)
+    for k, (lo, hi) in enumerate(spans):
+        a[k, lo:hi] = torch.rand(hi - lo, generator=gen) + 0.1
+    a = normalised(a)
+    b = normalised(torch.rand(3, 16, generator=gen) + 0.1)
+    log_a = torch.log(a)
+    assert sinkhorn_fused.row_span(log_a).tolist() == [list(s) for s in spans]
+    res = sinkhorn(cost.to(DEVICE), a.to(DEVICE), b.to(DEVICE), eps=0.1, n_iters=ITERS,
+                   backend="triton")
+    assert torch.isfinite(res.f).all()
+    for k, (lo, hi) in enumerate(spans):
+        alone = sinkhorn(cost[k:k + 1, lo:hi].to(DEVICE), a[k:k + 1, lo:hi].to(DEVICE),
+                         b[k:k + 1].to(DEVICE), eps=0.1, n_iters=ITERS, backend="triton")
+        plan = res.plan[k].cpu()
+        torch.testing.assert_close(plan[lo:hi], alone.plan[0].cpu(), rtol=1e-5, atol=1e-9)
+        assert (plan[:lo] == 0).all() and (plan[hi:] == 0).all()
+        torch.testing.assert_close(res.loss[k], alone.loss[0], rtol=1e-5, atol=0)

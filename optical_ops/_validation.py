@@ -53,6 +53,15 @@ def check_tau(tau: float | None) -> None:
         raise ValueError(f"tau must be None (balanced OT) or a finite number > 0, got {tau}")
 
 
+def check_eps_scaling(factor: float | None) -> None:
+    if factor is None:
+        return
+    if not _is_real(factor):
+        raise TypeError(f"eps_scaling must be None or a float, got {type(factor).__name__}")
+    if not 0 < factor < 1:
+        raise ValueError(f"eps_scaling must be None or a factor in (0, 1), got {factor}")
+
+
 def check_float_tensor(name: str, t: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")

@@ -25,11 +25,18 @@ from dataclasses import dataclass
 import torch
 
 from .costs import FactorisedCost, full_fp32_products
-from .dispatch import SolverPlan, solver_plan
-from .primitives import cost_primitive, embedding_primitive
+from .dispatch import COSINE_RANGE, SolverPlan, solver_plan
+from .primitives import cost_primitive, embedding_factors, embedding_primitive
 from .ragged import Bucket, length_buckets
 from .saved import release, restore
-from .sinkhorn_loop import SoftMin, entropic_value, run_sinkhorn, warn_unconverged
+from .sinkhorn_loop import (
+    LoopResult,
+    SoftMin,
+    entropic_value,
+    eps_schedule,
+    run_annealed,
+    warn_unconverged,
+)
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,7 @@ class SolveSpec:
     """The non-tensor arguments of a solve. ``requested``: the caller's ``solver`` option, used
     to plan each length bucket again; ``value``: ``"transport"`` (<P, C>) or ``"entropic"``."""
 
-    plan: SolverPlan
+    plan: SolverPlan | None  # None: a single solve (the custom op), no buckets
     requested: str
     eps: float
     n_iters: int
@@ -47,6 +54,7 @@ class SolveSpec:
     cost: str = "cosine"
     value: str = "transport"
     norm: int = 1  # of the marginal error checked against tol (2: POT's rule)
+    eps_scaling: float | None = None  # factor of the eps-scaling schedule, or None
 
     def bucket_solver(self, bucket: Bucket, batch: int, d: int, dtype, device) -> str:
         if not self.plan.buckets:
@@ -55,6 +63,39 @@ class SolveSpec:
         return solver_plan(size, bucket.n, bucket.m, d, device=device, dtype=dtype,
                            backend=self.plan.backend, solver=self.requested, tau=self.tau,
                            debias=self.value == "entropic", check_inputs=False).solver
+
+
+def solve_embeddings(solver: str, x, y, a, b, spec: SolveSpec, f_init=None,
+                     ) -> tuple[SoftMin, FactorisedCost, LoopResult]:
+    """Factorise, check (``check_inputs``), and solve one batch of embedding problems with
+    ``solver``, with eps-scaling when asked (from the cost's range bound down to eps)."""
+    sync_ok = spec.check_inputs
+    fc = embedding_factors(solver, x, y, a, b, spec.cost, sync_ok)
+    if sync_ok:
+        fc.check_finite(a, b)
+    schedule = []
+    if spec.eps_scaling is not None:
+        schedule = eps_schedule(spec.eps, _range_bound(fc, a, b, sync_ok), spec.eps_scaling)
+
+    def build(eps):
+        return embedding_primitive(solver, fc, a, b, eps, spec.tau, sync_ok)
+
+    op, res = run_annealed(build, spec.eps, schedule, spec.n_iters, spec.tol, f_init=f_init,
+                           norm=spec.norm)
+    return op, fc, res
+
+
+def _range_bound(fc: FactorisedCost, a, b, sync_ok: bool) -> float:
+    """An upper bound of the cost's range: 2 for the cosine cost; (max|x| + max|y|)^2 over the
+    tokens with mass for the squared Euclidean cost (one host sync)."""
+    if fc.kind == "cosine":
+        return COSINE_RANGE
+    if not sync_ok:
+        raise ValueError("eps_scaling with the squared Euclidean cost reads the cost's scale "
+                         "on the host: pass check_inputs=True")
+    top = (torch.where(a > 0, fc.row_offset, 0.0).amax().sqrt()
+           + torch.where(b > 0, fc.col_offset, 0.0).amax().sqrt())
+    return float(top) ** 2
 
 
 @dataclass
@@ -120,12 +161,8 @@ class EmbeddingOTFunction(torch.autograd.Function):
             for bucket in buckets:
                 xb, yb, ab, bb = bucket.take(x, y, a, b)
                 solver = spec.bucket_solver(bucket, batch, d, x.dtype, x.device)
-                op, fc = embedding_primitive(solver, xb, yb, ab, bb, spec.cost, spec.eps,
-                                             spec.tau, sync_ok=spec.check_inputs)
-                if spec.check_inputs:
-                    fc.check_finite(ab, bb)
-                res = run_sinkhorn(op, spec.n_iters, spec.tol, norm=spec.norm,
-                                   f_init=bucket.trim(f_init, bucket.n))
+                op, fc, res = solve_embeddings(solver, xb, yb, ab, bb, spec,
+                                               bucket.trim(f_init, bucket.n))
                 if res.converged is not None:
                     converged.append(res.converged)
                 if spec.value == "entropic":
@@ -194,9 +231,22 @@ class CostOTFunction(torch.autograd.Function):
     def forward(ctx, cost, a, b, f_init, spec: SolveSpec):
         _check_weight_gradients(a, b, spec)
         with exact_numerics(cost.device):
-            op = cost_primitive(spec.plan.solver, cost, a, b, spec.eps, spec.tau,
-                                sync_ok=spec.check_inputs)
-            res = run_sinkhorn(op, spec.n_iters, spec.tol, f_init=f_init, norm=spec.norm)
+            schedule = []
+            if spec.eps_scaling is not None:
+                if not spec.check_inputs:
+                    raise ValueError("eps_scaling on a dense cost reads the cost's range on the "
+                                     "host: pass check_inputs=True")
+                valid = (a > 0)[:, :, None] & (b > 0)[:, None, :] & torch.isfinite(cost)
+                spread = (torch.where(valid, cost, -torch.inf).amax()
+                          - torch.where(valid, cost, torch.inf).amin())
+                schedule = eps_schedule(spec.eps, float(spread), spec.eps_scaling)
+
+            def build(eps):
+                return cost_primitive(spec.plan.solver, cost, a, b, eps, spec.tau,
+                                      sync_ok=spec.check_inputs)
+
+            op, res = run_annealed(build, spec.eps, schedule, spec.n_iters, spec.tol,
+                                   f_init=f_init, norm=spec.norm)
             plan = op.plan(res.f_state, res.g_state) if res.plan is None else res.plan
             loss = op.loss(res.f_state, res.g_state) if res.loss is None else res.loss
             f, g = op.potentials(res.f_state, res.g_state)

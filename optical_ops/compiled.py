@@ -20,20 +20,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .autograd import exact_numerics
-from .primitives import embedding_primitive
-from .sinkhorn_loop import entropic_value, run_sinkhorn
+from .autograd import SolveSpec, exact_numerics, solve_embeddings
+from .primitives import embedding_factors, embedding_primitive
+from .sinkhorn_loop import entropic_value
 
 
 @torch.library.custom_op("optical_ops::ot_value", mutates_args=())
 def ot_value(x: Tensor, y: Tensor, a: Tensor, b: Tensor, f_init: Tensor | None, solver: str,
              cost: str, eps: float, n_iters: int, tol: float | None, tol_norm: int,
-             tau: float | None, entropic: bool) -> tuple[Tensor, Tensor, Tensor]:
+             tau: float | None, eps_scaling: float | None,
+             entropic: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(value (B,), f (B, n), g (B, m)) of the problems x (B, n, d), y (B, m, d) with weights
     a (B, n), b (B, m) in the compute dtype; value = <P, C>, or the entropic value."""
+    spec = SolveSpec(None, solver, eps, n_iters, tol, tau, False, cost, norm=tol_norm,
+                     eps_scaling=eps_scaling)
     with exact_numerics(x.device):
-        op, _ = embedding_primitive(solver, x, y, a, b, cost, eps, tau, sync_ok=False)
-        res = run_sinkhorn(op, n_iters, tol, f_init=f_init, norm=tol_norm)
+        op, _, res = solve_embeddings(solver, x, y, a, b, spec, f_init)
         if entropic:
             value = entropic_value(op, res.f_state, res.g_state, eps)
         else:
@@ -44,7 +46,7 @@ def ot_value(x: Tensor, y: Tensor, a: Tensor, b: Tensor, f_init: Tensor | None, 
 
 @ot_value.register_fake
 def _ot_value_fake(x, y, a, b, f_init, solver, cost, eps, n_iters, tol, tol_norm, tau,
-                   entropic):
+                   eps_scaling, entropic):
     return a.new_empty(a.shape[0]), a.new_empty(a.shape), b.new_empty(b.shape)
 
 
@@ -54,7 +56,8 @@ def ot_value_backward(grad: Tensor, x: Tensor, y: Tensor, a: Tensor, b: Tensor, 
                       need_x: bool, need_y: bool) -> tuple[Tensor, Tensor]:
     """(dL/dx, dL/dy) from the potentials; an empty tensor for a side not asked for."""
     with exact_numerics(x.device):
-        op, fc = embedding_primitive(solver, x, y, a, b, cost, eps, tau, sync_ok=False)
+        fc = embedding_factors(solver, x, y, a, b, cost, sync_ok=False)
+        op = embedding_primitive(solver, fc, a, b, eps, tau, sync_ok=False)
         f_state, g_state = op.states(f, g)
         products = op.plan_products(f_state, g_state, fc.x, fc.y, fc.row_scale, fc.col_scale)
         dx, dy = fc.input_grads(*products, grad.to(products[0].dtype), need_x, need_y)
@@ -68,7 +71,7 @@ def _ot_value_backward_fake(grad, x, y, a, b, f, g, solver, cost, eps, tau, need
 
 
 def _setup_context(ctx, inputs, output):
-    x, y, a, b, _f_init, solver, cost, eps, _n_iters, _tol, _tol_norm, tau, _entropic = inputs
+    x, y, a, b, _f_init, solver, cost, eps, *_, tau, _eps_scaling, _entropic = inputs
     _, f, g = output
     ctx.save_for_backward(x, y, a, b, f, g)
     ctx.options = (solver, cost, eps, tau)
@@ -86,7 +89,7 @@ def _backward(ctx, grad_value, _grad_f, _grad_g):
     return (dx if need_x else None, dy if need_y else None,
             (weight * f).to(a.dtype) if need_a else None,
             (weight * g).to(b.dtype) if need_b else None,
-            None, None, None, None, None, None, None, None, None)
+            None, None, None, None, None, None, None, None, None, None)
 
 
 ot_value.register_autograd(_backward, setup_context=_setup_context)

@@ -62,6 +62,7 @@ def sinkhorn(
     check_inputs: bool = True,
     tol_norm: str = "l1",
     warm_start: torch.Tensor | None = None,
+    eps_scaling: float | None = None,
 ) -> SinkhornResult:
     """Entropic OT plan, potentials and transport cost for one cost matrix or a batch.
 
@@ -87,6 +88,10 @@ def sinkhorn(
             |P^T 1 - b| compared with ``tol``; ``"l2"`` is POT's stopping rule.
         warm_start: potentials f (n,) or (B, n) to start from instead of f = 0 (e.g. the ``f``
             of an earlier result), in the cost's units.
+        eps_scaling: None, or a factor q in (0, 1): eps-scaling, 10 iterations at each of
+            R, R q, R q^2, ... above ``eps`` (R: the cost's range), each warm-starting the next,
+            before the ``n_iters`` at ``eps``. For small eps, where plain Sinkhorn needs
+            O(R / eps) iterations.
 
     Returns:
         :class:`SinkhornResult`, in fp32 for half-precision costs, else the cost's dtype.
@@ -103,6 +108,7 @@ def sinkhorn(
     v.check_solver_options(eps, n_iters, tol)
     v.check_tau(tau)
     v.check_choice("tol_norm", tol_norm, TOL_NORMS)
+    v.check_eps_scaling(eps_scaling)
     device = v.check_same_device(cost=cost, a=a, b=b, warm_start=warm_start)
     single = cost.dim() == 2
     c3 = cost[None] if single else cost
@@ -122,7 +128,7 @@ def sinkhorn(
 
     f_init = v.potentials("warm_start", warm_start, (batch, n), device, dtype)
     spec = SolveSpec(plan, solver, float(eps), n_iters, tol, tau, check_inputs,
-                     norm=TOL_NORMS[tol_norm])
+                     norm=TOL_NORMS[tol_norm], eps_scaling=eps_scaling)
     loss, transport, f, g, iterations, converged = CostOTFunction.apply(c3, wa, wb, f_init, spec)
     with torch.no_grad():
         error = (transport.sum(2) - wa).abs().sum(1) + (transport.sum(1) - wb).abs().sum(1)
@@ -209,6 +215,7 @@ def ot_distill_plan(
     check_inputs: bool = True,
     tol_norm: str = "l1",
     warm_start: torch.Tensor | None = None,
+    eps_scaling: float | None = None,
 ) -> SinkhornResult:
     """The plan, potentials, iterations and convergence of the problems that
     :func:`ot_distill_loss` solves with the same arguments: the cost C(student, teacher) is
@@ -234,7 +241,7 @@ def ot_distill_plan(
     takes_cost = solver in SOLVERS and "cost" in SOLVERS[solver].inputs
     return sinkhorn(c, a, b, eps=eps, n_iters=n_iters, tol=tol, tau=tau, backend=backend,
                     solver=solver if takes_cost else "auto", check_inputs=check_inputs,
-                    tol_norm=tol_norm, warm_start=warm_start)
+                    tol_norm=tol_norm, warm_start=warm_start, eps_scaling=eps_scaling)
 
 
 def ot_distill_loss(
@@ -257,6 +264,7 @@ def ot_distill_loss(
     check_inputs: bool = True,
     tol_norm: str = "l1",
     warm_start: torch.Tensor | None = None,
+    eps_scaling: float | None = None,
 ) -> torch.Tensor:
     """OPTICAL distillation loss: OT cost <P, C> between student and teacher token sets.
 
@@ -288,8 +296,9 @@ def ot_distill_loss(
             backward (CUDA graphs, ``torch.compile``): ragged batches are then not split into
             length buckets, and the dense solver picks its domain from a bound instead of the
             cost's range.
-        tol_norm, warm_start: as in :func:`sinkhorn`; ``warm_start`` holds the student-side
-            potentials f (B, n) (e.g. ``ot_distill_plan(...).f``).
+        tol_norm, warm_start, eps_scaling: as in :func:`sinkhorn`; ``warm_start`` holds the
+            student-side potentials f (B, n) (e.g. ``ot_distill_plan(...).f``); the range R of
+            ``eps_scaling`` is 2 for the cosine cost, (max|x| + max|y|)^2 for sqeuclidean.
 
     Returns:
         The loss: a scalar, or (B,) with ``reduction="none"`` (() for unbatched inputs), in
@@ -301,6 +310,7 @@ def ot_distill_loss(
     """
     _check_embeddings(student, teacher)
     check_loss_options(cost, eps, n_iters, tol, tau, debias, reduction, tol_norm)
+    v.check_eps_scaling(eps_scaling)
     device = v.check_same_device(
         student=student, teacher=teacher, student_mask=student_mask,
         teacher_mask=teacher_mask, student_weights=student_weights,
@@ -317,12 +327,13 @@ def ot_distill_loss(
                           dtype, device, check_inputs)
     f_init = v.potentials("warm_start", warm_start, (batch, n), device, dtype)
     norm = TOL_NORMS[tol_norm]
-    spec = SolveSpec(plan, solver, float(eps), n_iters, tol, tau, check_inputs, cost, norm=norm)
+    spec = SolveSpec(plan, solver, float(eps), n_iters, tol, tau, check_inputs, cost, norm=norm,
+                     eps_scaling=eps_scaling)
 
     def value(p, q, wp, wq, warm=None, entropic: bool = False):
         if torch.compiler.is_compiling():  # one opaque graph node (see .compiled)
             return ot_value(p, q, wp, wq, warm, plan.solver, cost, float(eps), n_iters, tol,
-                            norm, tau, entropic)[0]
+                            norm, tau, eps_scaling, entropic)[0]
         return EmbeddingOTFunction.apply(p, q, wp, wq, warm,
                                          replace(spec, value="entropic") if entropic else spec)
 

@@ -1,7 +1,8 @@
 """Build the soft-min primitive of a planned solver (:mod:`.dispatch` decides which).
 
-One constructor per kind of input: :func:`embedding_primitive` for token embeddings (returns
-the factorised cost too, for the chain rule) and :func:`cost_primitive` for a dense cost.
+One constructor per kind of input: :func:`embedding_primitive` for token embeddings (over the
+factorised cost of :func:`embedding_factors`, which the chain rule reuses) and
+:func:`cost_primitive` for a dense cost.
 """
 
 from __future__ import annotations
@@ -21,21 +22,26 @@ def _triton(solver: str, a, b, eps, **source) -> SoftMin:
     return triton_softmin(solver, a, b, eps, **source)
 
 
-def embedding_primitive(solver: str, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor,
-                        b: torch.Tensor, cost: str, eps: float, tau: float | None,
-                        sync_ok: bool) -> tuple[SoftMin, FactorisedCost]:
-    """(primitive, factorised cost) for x (B, n, d), y (B, m, d) and weights a, b in the
-    compute dtype. The PyTorch solvers compute in that dtype; the Triton kernels read x and y
-    as they are."""
-    valid = (a > 0, b > 0)
+def embedding_factors(solver: str, x: torch.Tensor, y: torch.Tensor, a: torch.Tensor,
+                      b: torch.Tensor, cost: str, sync_ok: bool) -> FactorisedCost:
+    """The factorised cost between x (B, n, d) and y (B, m, d) for ``solver``: the PyTorch
+    solvers compute in the weights' (compute) dtype, the Triton kernels read x and y as they
+    are."""
+    if not solver.startswith("triton"):
+        x, y = x.to(a.dtype), y.to(a.dtype)
+    return factorise(x, y, cost, a > 0, b > 0, sync_ok=sync_ok)
+
+
+def embedding_primitive(solver: str, fc: FactorisedCost, a: torch.Tensor, b: torch.Tensor,
+                        eps: float, tau: float | None, sync_ok: bool) -> SoftMin:
+    """The primitive of ``solver`` for the factorised cost ``fc`` and weights a (B, n),
+    b (B, m)."""
     if solver.startswith("triton"):
-        fc = factorise(x, y, cost, *valid, sync_ok=sync_ok)
-        return _triton(solver, a, b, eps, fc=fc), fc
-    fc = factorise(x.to(a.dtype), y.to(a.dtype), cost, *valid, sync_ok=sync_ok)
+        return _triton(solver, a, b, eps, fc=fc)
     if solver == "streaming":
-        return StreamingSoftMin(fc, a, b, eps, damping(eps, tau)), fc
-    bound = COSINE_RANGE if cost == "cosine" else None
-    return dense_softmin(fc.dense(), a, b, eps, solver, tau, sync_ok, bound), fc
+        return StreamingSoftMin(fc, a, b, eps, damping(eps, tau))
+    bound = COSINE_RANGE if fc.kind == "cosine" else None
+    return dense_softmin(fc.dense(), a, b, eps, solver, tau, sync_ok, bound)
 
 
 def cost_primitive(solver: str, cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor,

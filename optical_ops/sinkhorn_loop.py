@@ -36,6 +36,9 @@ import torch
 # like POT; iteration counts are then multiples of it (or n_iters).
 CHECK_EVERY = 10
 
+# Iterations at each intermediate eps of an eps-scaling schedule (:func:`run_annealed`).
+STAGE_ITERS = 10
+
 
 class SoftMin(ABC):
     """Both soft-min updates of one problem batch, in a primitive-defined state.
@@ -205,6 +208,36 @@ def run_sinkhorn(op: SoftMin, n_iters: int, tol: float | None, *,
     if ran >= n_iters:  # the last block was not checked
         result.converged = done | _reached(op, result, tol, norm)
     return result
+
+
+def eps_schedule(eps: float, start: float, factor: float) -> list[float]:
+    """The intermediate eps of eps-scaling: start, start q, start q^2, ... while above eps."""
+    schedule, current = [], start
+    while current > eps:
+        schedule.append(current)
+        current *= factor
+    return schedule
+
+
+def run_annealed(build, eps: float, schedule: list[float], n_iters: int, tol: float | None, *,
+                 f_init: torch.Tensor | None = None, norm: int = 1):
+    """eps-scaling (Kosowsky and Yuille; Schmitzer 2019): :data:`STAGE_ITERS` iterations at
+    each eps of ``schedule`` (decreasing), each stage warm-started from the potentials of the
+    last, then :func:`run_sinkhorn` at ``eps``. Large eps first moves the potentials cheaply
+    most of the way; at small eps plain Sinkhorn needs O(R / eps) iterations to get there.
+
+    ``build(eps)`` returns the primitive at that eps (or a tuple whose first item it is).
+    Returns (what ``build(eps)`` returned, the final :class:`LoopResult`).
+    """
+    f = f_init
+    for stage_eps in schedule:
+        built = build(stage_eps)
+        op = built[0] if isinstance(built, tuple) else built
+        res = run_sinkhorn(op, STAGE_ITERS, None, f_init=f)
+        f = op.potentials(res.f_state, res.g_state)[0]
+    built = build(eps)
+    op = built[0] if isinstance(built, tuple) else built
+    return built, run_sinkhorn(op, n_iters, tol, f_init=f, norm=norm)
 
 
 def _error(op: SoftMin, f_state, g_state, norm: int) -> torch.Tensor:

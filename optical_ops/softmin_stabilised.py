@@ -259,8 +259,10 @@ class StabilisedSoftMin(SoftMin):
         return self._log_plan(f, g).exp_()
 
     def loss(self, f, g):
+        """<P, C - lo> + lo sum(a): after a row update P's mass is sum(a) exactly (balanced; lo = 0
+        otherwise), and the rounded sum of the plan times a large offset would not be."""
         p = self.plan(f, g)
-        return (p * self.cost).sum((1, 2)) + self.shift * p.sum((1, 2))
+        return (p * self.cost).sum((1, 2)) + self.shift * self.a.sum(1)
 
     def plan_products(self, f, g, x, y, x_scale, y_scale):
         p = self.plan(f, g)

@@ -43,7 +43,7 @@ def test_custom_op_gradients_equal_the_autograd_function(gen, solver):
     a = torch.full((2, 5), 0.2, dtype=torch.float64, requires_grad=True)
     b = torch.full((2, 6), 1 / 6, dtype=torch.float64)
     args = (x, y, a / a.sum(1, keepdim=True), b, None, solver, "cosine", 0.1, 50, None, 1, None,
-            False)  # the weights normalised as ot_distill_loss does
+            None, False)  # the weights normalised as ot_distill_loss does
     value = ot_value(*args)[0]
     grads = torch.autograd.grad(value.sum(), (x, y, a))
     eager = ot_distill_loss(x, y, student_weights=a, eps=0.1, n_iters=50, solver=solver,

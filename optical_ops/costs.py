@@ -220,7 +220,7 @@ def cost_matrix(x: torch.Tensor, y: torch.Tensor, cost: str = "cosine") -> torch
 
     Returns:
         C of shape (n, m) or (B, n, m) in the promoted dtype of x and y (half precision inputs
-        are multiplied in fp32 and rounded once).
+        are multiplied in fp32 and rounded once; inside autocast too).
     """
     check_choice("cost", cost, COSTS)
     check_float_tensor("x", x)
@@ -238,6 +238,6 @@ def cost_matrix(x: torch.Tensor, y: torch.Tensor, cost: str = "cosine") -> torch
     dtype = compute_dtype(out_dtype)
     single = x.dim() == 2
     xb, yb = (x[None], y[None]) if single else (x, y)
-    with full_fp32_products():
+    with torch.autocast(x.device.type, enabled=False), full_fp32_products():
         c = factorise(xb.to(dtype), yb.to(dtype), cost).dense().to(out_dtype)
     return c[0] if single else c

@@ -148,6 +148,10 @@ def test_autocast_inputs_are_solved_in_fp32(gen):
             torch.testing.assert_close(loss, plain, rtol=1e-6, atol=0)
         loss.sum().backward()
         assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = cost_of(x, y)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, cost_of(x, y), rtol=1e-6, atol=1e-7)
     cost = torch.rand(2, 5, 6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         res = sinkhorn(cost)

@@ -250,6 +250,9 @@ class StabilisedSoftMin(SoftMin):
     def potentials(self, f, g):
         return f, g + self.shift[:, None]
 
+    def states(self, f, g):
+        return f, g - self.shift[:, None]
+
     def _log_plan(self, f, g):
         row = self.log_a + f / self.eps
         col = self.log_b + g / self.eps

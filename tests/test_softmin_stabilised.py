@@ -229,6 +229,10 @@ def test_loss_is_shift_equivariant(gen):
     assert rel_err(shifted["plan"], base["plan"]) <= 1e-12
     torch.testing.assert_close(shifted["loss"], base["loss"] + 3.5, rtol=1e-13, atol=0)
     torch.testing.assert_close(shifted["g"], base["g"] + 3.5, rtol=1e-12, atol=1e-12)
+    op = stabilised_softmin(cost + 3.5, a, b, 0.01)
+    f, g = op.states(shifted["f"], shifted["g"])  # the inverse of potentials (warm starts)
+    torch.testing.assert_close(op.potentials(f, g), (shifted["f"], shifted["g"]), rtol=0, atol=0)
+    torch.testing.assert_close(g, shifted["states"][1], rtol=0, atol=1e-15)
 
 
 @NATIVE

@@ -12,6 +12,7 @@ student's token embeddings and a frozen teacher's, with C_ij = 1 - cos(student_i
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, replace
 
 import torch
@@ -186,6 +187,21 @@ def check_loss_options(cost: str, eps: float, n_iters: int, tol: float | None,
         raise ValueError("debias=True is defined for balanced OT only: pass tau=None")
 
 
+def _batched(student, teacher, student_mask, teacher_mask, student_weights, teacher_weights,
+             warm_start=None):
+    """(x, y, single, device): the embeddings checked and batched ((n, d) -> (1, n, d)), every
+    tensor argument on one device."""
+    _check_embeddings(student, teacher)
+    device = v.check_same_device(
+        student=student, teacher=teacher, student_mask=student_mask,
+        teacher_mask=teacher_mask, student_weights=student_weights,
+        teacher_weights=teacher_weights, warm_start=warm_start,
+    )
+    single = student.dim() == 2
+    x, y = (student[None], teacher[None]) if single else (student, teacher)
+    return x, y, single, device
+
+
 def _token_weights(x, y, student_mask, teacher_mask, student_weights, teacher_weights, dtype,
                    device, check_inputs):
     """The normalised token weights (a (B, n), b (B, m)) of the student and teacher sides."""
@@ -206,42 +222,33 @@ def ot_distill_plan(
     student_weights: torch.Tensor | None = None,
     teacher_weights: torch.Tensor | None = None,
     cost: str = "cosine",
-    eps: float = 0.05,
-    n_iters: int = 100,
-    tol: float | None = None,
-    tau: float | None = None,
-    backend: str = "auto",
-    solver: str = "auto",
-    check_inputs: bool = True,
-    tol_norm: str = "l1",
-    warm_start: torch.Tensor | None = None,
-    eps_scaling: float | None = None,
+    **options,
 ) -> SinkhornResult:
     """The plan, potentials, iterations and convergence of the problems that
     :func:`ot_distill_loss` solves with the same arguments: the cost C(student, teacher) is
     built densely (:func:`~optical_ops.cost_matrix`) and solved by :func:`sinkhorn` with the
     same token weights. For inspection (convergence, alignments); the loss's own solver never
-    stores the plan. ``debias`` and ``reduction`` do not apply; a solver that needs embeddings
-    (``"streaming"``, ``"triton-streaming"``) is replaced by the automatic dense-cost choice.
+    stores the plan. ``options``: the solver options of :func:`sinkhorn` (``eps``, ``n_iters``,
+    ``tol``, ``tau``, ``backend``, ``solver``, ``check_inputs``, ``tol_norm``, ``warm_start``,
+    ``eps_scaling``); a solver that needs embeddings (``"streaming"``,
+    ``"triton-streaming"``) is replaced by the automatic dense-cost choice.
     """
-    _check_embeddings(student, teacher)
-    check_loss_options(cost, eps, n_iters, tol, tau, False, "none")
-    device = v.check_same_device(
-        student=student, teacher=teacher, student_mask=student_mask,
-        teacher_mask=teacher_mask, student_weights=student_weights,
-        teacher_weights=teacher_weights,
-    )
-    single = student.dim() == 2
-    x, y = (student[None], teacher[None]) if single else (student, teacher)
+    v.check_choice("cost", cost, COSTS)
+    unknown = set(options) - set(_SINKHORN_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)}; expected some of "
+                        f"{sorted(_SINKHORN_OPTIONS)}")
+    x, y, single, device = _batched(student, teacher, student_mask, teacher_mask,
+                                    student_weights, teacher_weights)
     a, b = _token_weights(x, y, student_mask, teacher_mask, student_weights, teacher_weights,
-                          v.compute_dtype(student.dtype, teacher.dtype), device, check_inputs)
+                          v.compute_dtype(student.dtype, teacher.dtype), device,
+                          options.get("check_inputs", True))
     c = cost_matrix(x, y, cost)
     if single:
         c, a, b = c[0], a[0], b[0]
+    solver = options.pop("solver", "auto")
     takes_cost = solver in SOLVERS and "cost" in SOLVERS[solver].inputs
-    return sinkhorn(c, a, b, eps=eps, n_iters=n_iters, tol=tol, tau=tau, backend=backend,
-                    solver=solver if takes_cost else "auto", check_inputs=check_inputs,
-                    tol_norm=tol_norm, warm_start=warm_start, eps_scaling=eps_scaling)
+    return sinkhorn(c, a, b, solver=solver if takes_cost else "auto", **options)
 
 
 def ot_distill_loss(
@@ -308,17 +315,11 @@ def ot_distill_loss(
     envelope gradient dL/dC = P pushed through C(student, teacher): exact for the entropic OT
     value at convergence, an approximation of the gradient of <P, C>.
     """
-    _check_embeddings(student, teacher)
     check_loss_options(cost, eps, n_iters, tol, tau, debias, reduction, tol_norm)
     v.check_eps_scaling(eps_scaling)
-    device = v.check_same_device(
-        student=student, teacher=teacher, student_mask=student_mask,
-        teacher_mask=teacher_mask, student_weights=student_weights,
-        teacher_weights=teacher_weights, warm_start=warm_start,
-    )
+    x, y, single, device = _batched(student, teacher, student_mask, teacher_mask,
+                                    student_weights, teacher_weights, warm_start)
     dtype = v.compute_dtype(student.dtype, teacher.dtype)
-    single = student.dim() == 2
-    x, y = (student[None], teacher[None]) if single else (student, teacher)
     batch, n, m = x.shape[0], x.shape[1], y.shape[1]
     plan = solver_plan(batch, n, m, x.shape[2], device=device,
                        dtype=torch.promote_types(student.dtype, teacher.dtype), backend=backend,
@@ -349,3 +350,7 @@ def ot_distill_loss(
     if reduction == "sum":
         return per_problem.sum()
     return per_problem[0] if single else per_problem
+
+
+_SINKHORN_OPTIONS = [name for name, p in inspect.signature(sinkhorn).parameters.items()
+                     if p.kind is inspect.Parameter.KEYWORD_ONLY]

@@ -232,8 +232,8 @@ class StabilisedSoftMin(SoftMin):
         return f, g
 
     def _native_iterate(self, f: torch.Tensor, n_iters: int):
-        if self.kernel is None:
-            self.kernel = torch.empty_like(self.cost)
+        if self.kernel is None:  # K~ and its transpose, for the two mat-vecs
+            self.kernel = self.cost.new_empty((2, *self.cost.shape))
             self.fbar, self.gbar = torch.zeros_like(self.a), torch.zeros_like(self.b)
             self._valid = torch.zeros(self.a.shape[0], dtype=torch.int32)
         f, g, counts = stabilised_iterate(

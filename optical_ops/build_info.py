@@ -1,6 +1,6 @@
 """What this installation runs: whether the native CPU loops were built and load.
 
-The two C++/OpenMP extensions are optional. ``pip install`` builds them when a C++ compiler
+The C++/OpenMP extensions are optional. ``pip install`` builds them when a C++ compiler
 with OpenMP is at hand and otherwise installs without them; the solvers then run the same
 iterations as PyTorch ops (same results, slower on the CPU). :func:`native_cpu_status` says
 which case this is and why, without changing anything.
@@ -12,10 +12,12 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 
-# module -> what it accelerates (kernels/cpu_scaling.py and kernels/cpu_streaming.py load them)
+# module -> what it accelerates (loaded by kernels/cpu_scaling.py, cpu_streaming.py and
+# cpu_stabilised.py; setup.py builds each of them, a test keeps the two lists equal)
 NATIVE_CPU_EXTENSIONS = {
     "optical_ops.kernels._sinkhorn_cpu": "dense scaling-domain Sinkhorn loop",
     "optical_ops.kernels._streaming_cpu": "streaming log-sum-exp passes",
+    "optical_ops.kernels._stabilised_cpu": "stabilised scaling-domain loop",
 }
 
 

@@ -42,8 +42,9 @@ def stabilised_iterate(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``n_iters`` Sinkhorn iterations (column then row update) from the potentials ``f``.
 
-    cost: (B, n, m) contiguous, shifted and sanitised (massless entries finite); a, f: (B, n);
-    b: (B, m); one float dtype, CPU. The absorption cache kernel (B, n, m) contiguous, fbar
+    cost: (B, n, m) contiguous, shifted and sanitised (massless entries exactly 0); a, f: (B, n);
+    b: (B, m); one float dtype, CPU. The absorption cache kernel (2, B, n, m) contiguous (K~,
+    then K~^T laid out (B, m, n)), fbar
     (B, n), gbar (B, m) and valid (B,) int32 (0: no kernel yet, 1: kernel at (fbar, gbar),
     2: the problem runs in the log domain) are read and updated in place; ``f`` is not.
     Returns (f, g, counts): the new potentials (massless ones recomputed by log-sum-exp, as the
@@ -52,7 +53,7 @@ def stabilised_iterate(
     if not native_stabilised_available(cost):
         raise RuntimeError("the native CPU stabilised loop is not available for this tensor")
     batch, n, m = cost.shape
-    for name, ten, shape in (("cost", cost, (batch, n, m)), ("kernel", kernel, (batch, n, m)),
+    for name, ten, shape in (("cost", cost, (batch, n, m)), ("kernel", kernel, (2, batch, n, m)),
                              ("a", a, (batch, n)), ("b", b, (batch, m)), ("f", f, (batch, n)),
                              ("fbar", fbar, (batch, n)), ("gbar", gbar, (batch, m))):
         if ten.dtype != cost.dtype or tuple(ten.shape) != shape:

@@ -71,7 +71,8 @@ class StabilisedSoftMin(SoftMin):
     """Dense soft-min on an absorbed kernel; states f (B, n), g - lo (B, m).
 
     Args:
-        cost: (B, n, m), massless entries already replaced (``sanitised_cost_range``).
+        cost: (B, n, m), massless entries already replaced by one value per problem
+            (``sanitised_cost_range``; the native loop relies on it).
         a, b: (B, n), (B, m) weights (zeros allowed).
         eps: regularisation; damping: tau / (tau + eps) (1: balanced).
         shift: (B,) lo, subtracted from the cost (zeros for unbalanced OT).

@@ -275,7 +275,7 @@ def test_native_loop_equals_torch_ops(gen, batch, n, m, dtype, eps, threads):
 @NATIVE
 def test_native_rejects_mismatched_buffers():
     c = torch.rand(2, 3, 4)
-    k = torch.empty_like(c)
+    k = c.new_empty((2, *c.shape))
     a, b = torch.full((2, 3), 1 / 3), torch.full((2, 4), 0.25)
     valid = torch.zeros(2, dtype=torch.int32)
     args = (a.clone(), k, a.clone(), b.clone(), valid, 3, 0.1, 1.0, 20.0, 30.0, -87.0, 50.0)

@@ -1,8 +1,8 @@
 // Stabilised scaling-domain Sinkhorn iterations on the CPU (optical_ops/softmin_stabilised.py).
 //
-// Problem p: cost C (n, m) row-major (shifted, massless entries finite), weights a (n), b (m),
-// potentials f (n) in, f and g (m) out. The absorption cache (kernel K~ (n, m), fbar, gbar,
-// valid) persists between calls:
+// Problem p: cost C (n, m) row-major (shifted: massful entries >= 0, massless ones exactly 0),
+// weights a (n), b (m), potentials f (n) in, f and g (m) out. The absorption cache (kernel K~
+// (n, m) and its transpose, fbar, gbar, valid) persists between calls:
 //
 //   K~_ij = exp(clamp((fbar_i + gbar_j - C_ij) / eps, lo, hi)),   u = e^((f - fbar)/eps),
 //   v = e^((g - gbar)/eps),
@@ -372,29 +372,40 @@ INLINE void run_iterations(Problem<T>& P, const Limits& L, T* f_io, T* g_out, T*
 }
 
 // Potentials of the rows and columns without mass, by log-sum-exp as the log-domain loop has
-// them: g from the f before the last row update, f from the final g.
+// them: g from the f before the last row update, f from the final g. Every cost entry of a
+// massless row or column holds the same value c0 (sanitised_cost_range: lo, then minus the
+// shift), so all massless rows share one potential, -lam eps LSE_j(log b_j + g_j/eps) + lam c0,
+// and so do all massless columns: one log-sum-exp per side.
+template <typename T>
+INLINE T massless_softmin(const T* w, const T* pot, int64_t len, const Limits& L) {
+  const T inv = T(1) / T(L.eps);
+  T top = -std::numeric_limits<T>::infinity();
+  for (int64_t k = 0; k < len; ++k)
+    if (w[k] > 0) top = std::max(top, std::log(w[k]) + pot[k] * inv);
+  T sum = 0;
+  for (int64_t k = 0; k < len; ++k)
+    if (w[k] > 0) sum += std::exp(std::log(w[k]) + pot[k] * inv - top);
+  return -T(L.lam) * T(L.eps) * (top + std::log(sum));
+}
+
 template <typename T>
 INLINE void exact_massless(Problem<T>& P, const Limits& L, const T* f_prev, T* f, T* g) {
-  bool rows = false;
-  for (int64_t i = 0; i < P.n; ++i) rows |= !(P.a[i] > 0);
-  int64_t c0 = P.m, c1 = 0;  // the columns without mass lie in [c0, c1) (padding: a suffix)
-  for (int64_t j = 0; j < P.m; ++j)
-    if (!(P.b[j] > 0)) {
-      c0 = std::min(c0, j);
-      c1 = j + 1;
-    }
-  const int64_t counted = P.log_updates;
-  if (c0 < c1) {
-    log_cols(P, L, f_prev, P.g, c0, c1);
-    for (int64_t j = c0; j < c1; ++j)
-      if (!(P.b[j] > 0)) g[j] = P.g[j];
+  int64_t row = -1, col = -1;  // a massless row and column, if any
+  for (int64_t i = 0; i < P.n && row < 0; ++i)
+    if (!(P.a[i] > 0)) row = i;
+  for (int64_t j = 0; j < P.m && col < 0; ++j)
+    if (!(P.b[j] > 0)) col = j;
+  const T lam = T(L.lam);
+  if (col >= 0) {
+    const T value = massless_softmin(P.a, f_prev, P.n, L) + lam * P.C[col];
+    for (int64_t j = 0; j < P.m; ++j)
+      if (!(P.b[j] > 0)) g[j] = value;
   }
-  if (rows) {
-    log_rows(P, L, g, P.f, true);
+  if (row >= 0) {
+    const T value = massless_softmin(P.b, g, P.m, L) + lam * P.C[row * P.m];
     for (int64_t i = 0; i < P.n; ++i)
-      if (!(P.a[i] > 0)) f[i] = P.f[i];
+      if (!(P.a[i] > 0)) f[i] = value;
   }
-  P.log_updates = counted;
 }
 
 template <typename T>
@@ -425,20 +436,16 @@ void iterate(const T* C, const T* a, const T* b, T* f, T* g, T* K, T* fbar, T* g
 #pragma omp parallel num_threads(use) reduction(+ : absorptions, log_updates)
   {
     const int64_t big = std::max(n, m);
-    std::vector<T> kt(n * m), u(n), v(m), coef(big), sum(big), fw(n), gw(m), top(big),
-        f_prev(n);
+    std::vector<T> u(n), v(m), coef(big), sum(big), fw(n), gw(m), top(big), f_prev(n);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t p = 0; p < batch; ++p) {
       Problem<T> P{C + p * n * m, a + p * n, b + p * m, K + p * n * m, fbar + p * n,
-                   gbar + p * m, valid + p, n, m, kt.data(), u.data(), v.data(),
+                   gbar + p * m, valid + p, n, m, K + (batch + p) * n * m, u.data(), v.data(),
                    coef.data(), sum.data(), fw.data(), gw.data(), top.data()};
       P.accurate_lo = std::exp(-L.accurate);
       P.accurate_hi = std::exp(L.accurate);
       P.absorb_lo = std::exp(-L.absorb);
       P.absorb_hi = std::exp(L.absorb);
-      if (valid[p] == 1)  // the transposed kernel is per thread: rebuild it
-        for (int64_t i = 0; i < n; ++i)
-          for (int64_t j = 0; j < m; ++j) kt[j * n + i] = P.K[i * m + j];
       solve_problem(P, L, f + p * n, g + p * m, f_prev.data(), iters);
       absorptions += P.absorptions;
       log_updates += P.log_updates;

@@ -735,3 +735,17 @@ def test_strips_sweep_only_the_rows_with_mass(gen, monkeypatch):
         torch.testing.assert_close(plan[lo:hi], alone.plan[0].cpu(), rtol=1e-5, atol=1e-9)
         assert (plan[:lo] == 0).all() and (plan[hi:] == 0).all()
         torch.testing.assert_close(res.loss[k], alone.loss[0], rtol=1e-5, atol=0)
+
+
+def test_half_values_are_exact_in_tf32(gen):
+    """fp16 x bf16 costs multiply in one TF32 product (HALF_AS_TF32): both half formats fit
+    TF32's 10 explicit mantissa bits and fp32's exponent range, so truncating them to TF32 (what
+    the tensor cores read) changes nothing, subnormal fp16 included."""
+    from optical_ops.kernels.cost_tile import HALF_AS_TF32
+
+    assert HALF_AS_TF32.value == "tf32"
+    x = torch.randn(4096, generator=gen, dtype=torch.float64) * 10.0 ** torch.randint(
+        -9, 4, (4096,), generator=gen)
+    for half in (torch.float16, torch.bfloat16):
+        v = x.to(half).float()
+        assert torch.equal((v.view(torch.int32) & ~0x1FFF).view(torch.float32), v), half

@@ -39,8 +39,16 @@ def stabilised_iterate(
     accurate: float,
     exp_lo: float,
     exp_hi: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    tol: float | None = None,
+    norm: int = 1,
+    check_every: int = 10,
+) -> tuple[torch.Tensor, ...]:
     """``n_iters`` Sinkhorn iterations (column then row update) from the potentials ``f``.
+
+    With ``tol``, each problem runs in blocks of ``check_every`` iterations and stops after the
+    first block whose plan has a column-marginal error (L1, or L2 with ``norm=2``) <= tol, as
+    :func:`optical_ops.sinkhorn_loop.run_sinkhorn` does; then the result also has (iterations
+    (B,) int64, converged (B,) bool).
 
     cost: (B, n, m) contiguous, shifted and sanitised (massless entries exactly 0); a, f: (B, n);
     b: (B, m); one float dtype, CPU. The absorption cache kernel (2, B, n, m) contiguous (K~,
@@ -67,11 +75,18 @@ def stabilised_iterate(
     f = f.to(cost.dtype).contiguous().clone()
     g = cost.new_empty(batch, m)
     counts = torch.zeros(2, dtype=torch.int64)
+    iterations = torch.full((batch,), n_iters, dtype=torch.int64)
+    converged = torch.zeros(batch, dtype=torch.bool)
+    if check_every < 1 or norm not in (1, 2):
+        raise ValueError(f"check_every must be >= 1 and norm 1 or 2, got {check_every}, {norm}")
     _stabilised_cpu.stabilised_iterate(
         cost.data_ptr(), a.data_ptr(), b.data_ptr(), f.data_ptr(), g.data_ptr(),
         kernel.data_ptr(), fbar.data_ptr(), gbar.data_ptr(), valid.data_ptr(), counts.data_ptr(),
-        batch, n, m, n_iters, float(eps), float(damping), float(absorb), float(accurate),
-        float(exp_lo), float(exp_hi),
+        iterations.data_ptr(), converged.data_ptr(), batch, n, m, n_iters, float(eps),
+        float(damping), float(absorb), float(accurate), float(exp_lo), float(exp_hi),
+        -1.0 if tol is None else float(tol), norm, check_every,
         cost.dtype == torch.float64, torch.get_num_threads(),
     )
-    return f, g, counts
+    if tol is None:
+        return f, g, counts
+    return f, g, counts, iterations, converged

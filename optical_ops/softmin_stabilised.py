@@ -55,7 +55,7 @@ import torch
 
 from .kernels.cpu_stabilised import native_stabilised_available, stabilised_iterate
 from .logsumexp import logsumexp_
-from .sinkhorn_loop import SoftMin
+from .sinkhorn_loop import CHECK_EVERY, LoopResult, SoftMin
 from .softmin_dense import damping, sanitised_cost_range
 
 # |log u|, |log v| above which the scalings are absorbed into K~ (see the module docstring).
@@ -232,19 +232,30 @@ class StabilisedSoftMin(SoftMin):
         f = torch.where(self.mass_rows, f, self.update_rows(g))
         return f, g
 
-    def _native_iterate(self, f: torch.Tensor, n_iters: int):
+    def _native_iterate(self, f: torch.Tensor, n_iters: int, **tol):
         if self.kernel is None:  # K~ and its transpose, for the two mat-vecs
             self.kernel = self.cost.new_empty((2, *self.cost.shape))
             self.fbar, self.gbar = torch.zeros_like(self.a), torch.zeros_like(self.b)
             self._valid = torch.zeros(self.a.shape[0], dtype=torch.int32)
-        f, g, counts = stabilised_iterate(
+        out = stabilised_iterate(
             self.cost, self.a, self.b, f, self.kernel, self.fbar, self.gbar, self._valid,
             n_iters, self.eps, self.damping, self.absorb_at, self.accurate,
-            self.exp_lo, self.exp_hi,
+            self.exp_lo, self.exp_hi, **tol,
         )
-        self.absorptions += int(counts[0])
-        self.log_updates += int(counts[1])
-        return f, g
+        self.absorptions += int(out[2][0])
+        self.log_updates += int(out[2][1])
+        return out[:2] if len(out) == 3 else (out[0], out[1], out[3], out[4])
+
+    def solve(self, n_iters: int, tol: float | None, warm: bool, norm: int):
+        """With ``tol`` on the CPU: the whole loop and its checks in the native call (each
+        problem stops on its own after a block of CHECK_EVERY iterations, as in run_sinkhorn;
+        a check is one mat-vec). Otherwise None: run_sinkhorn drives :meth:`iterate`."""
+        if (tol is None or warm or not native_stabilised_available(self.cost)
+                or bool(self.log_mode.any())):
+            return None
+        f, g, iterations, converged = self._native_iterate(
+            self.initial_f_state(), n_iters, tol=tol, norm=norm, check_every=CHECK_EVERY)
+        return LoopResult(f, g, iterations, converged=converged)
 
     # ----- what the loss and the gradient need -----
 

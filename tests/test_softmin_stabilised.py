@@ -49,6 +49,7 @@ def log_softmin(cost, a, b, eps, tau=None):
 def torch_ops(op: StabilisedSoftMin) -> StabilisedSoftMin:
     """The primitive with its PyTorch-op iterations instead of the native loop."""
     op.iterate = op._torch_iterate
+    op.solve = lambda *args: None  # run_sinkhorn's own tol loop
     return op
 
 
@@ -57,7 +58,7 @@ def solve(op, n_iters, tol=None):
     f, g = op.potentials(res.f_state, res.g_state)
     return dict(plan=op.plan(res.f_state, res.g_state), f=f, g=g,
                 loss=op.loss(res.f_state, res.g_state), iterations=res.iterations,
-                states=(res.f_state, res.g_state))
+                states=(res.f_state, res.g_state), converged=res.converged)
 
 
 def cosine_cost(gen, batch, n, m, d=16):
@@ -140,9 +141,9 @@ def test_masked_weighted_nan_padding_match_log_domain(gen, eps, dtype):
 
 @pytest.mark.parametrize("eps", [0.1, 1e-3])
 def test_tol_stops_like_the_log_domain(gen, eps):
-    """Early stopping through run_sinkhorn: same iteration counts and states as the log domain
-    (finished problems keep their state while the others continue, and the cached kernel is
-    reused or rebuilt across the blocks)."""
+    """Early stopping through run_sinkhorn (the native loop checks the error itself, the
+    PyTorch-op one is driven block by block): same iteration counts, convergence flags and
+    states as the log domain, finished problems keeping their state."""
     batch, n, m = 4, 20, 30
     cost = cosine_cost(gen, batch, n, m)
     cost[1] *= 0.05  # an easy problem that stops first
@@ -153,9 +154,33 @@ def test_tol_stops_like_the_log_domain(gen, eps):
                torch_ops(stabilised_softmin(cost, a, b, eps))):
         out = solve(op, 2000, tol=1e-8)
         assert torch.equal(out["iterations"], ref["iterations"])
+        assert torch.equal(out["converged"], ref["converged"])
         assert len(set(ref["iterations"].tolist())) > 1  # the problems did stop apart
         assert rel_err(out["plan"], ref["plan"]) <= 1e-9
         assert rel_err(out["f"], ref["f"]) <= 1e-9
+
+
+@NATIVE
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("norm", [1, 2])
+def test_native_tol_loop_equals_run_sinkhorn_blocks(gen, dtype, norm):
+    """The native loop's own checks (``solve``) against run_sinkhorn's block loop over the
+    PyTorch-op iterations: a last block shorter than CHECK_EVERY, problems that run out of
+    iterations unconverged, both norms."""
+    batch, n, m, eps = 6, 24, 17, 0.01
+    cost = cosine_cost(gen, batch, n, m).to(dtype)
+    cost[0] *= 0.02  # converges at once
+    a = masked_weights(gen, batch, n, [24, 5, 24, 13, 1, 20]).to(dtype)
+    b = masked_weights(gen, batch, m, [17, 17, 3, 9, 17, 1]).to(dtype)
+    ref = run_sinkhorn(torch_ops(stabilised_softmin(cost, a, b, eps)), 57, 1e-4, norm=norm)
+    out = run_sinkhorn(stabilised_softmin(cost, a, b, eps), 57, 1e-4, norm=norm)
+    assert torch.equal(out.iterations, ref.iterations)
+    assert torch.equal(out.converged, ref.converged)
+    assert out.converged.any() and not out.converged.all()
+    assert (out.iterations == 57).any() and (out.iterations < 57).any()
+    tol = 1e-9 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(out.f_state, ref.f_state, rtol=0, atol=tol)
+    torch.testing.assert_close(out.g_state, ref.g_state, rtol=0, atol=tol)
 
 
 @pytest.mark.parametrize("tau", [0.05, 1.0])

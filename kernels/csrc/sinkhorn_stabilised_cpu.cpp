@@ -408,14 +408,67 @@ INLINE void exact_massless(Problem<T>& P, const Limits& L, const T* f_prev, T* f
   }
 }
 
+// The column-marginal error of the plan (f, g), L1 or L2 over the massful columns, as
+// run_sinkhorn measures it: with g' the next column update, (P^T 1)_j / b_j = e^((g_j - g'_j)/eps).
+// g' by one mat-vec on the cached kernel when the scalings and sums are in range, else by
+// log-sum-exp (not counted as an iteration).
+template <typename T>
+INLINE double column_error(Problem<T>& P, const Limits& L, const T* f, const T* g, int norm) {
+  const T eps = T(L.eps), lam = T(L.lam);
+  T* next = P.g;  // scratch here
+  bool scaled = *P.valid == 1;
+  for (int64_t i = 0; scaled && i < P.n; ++i) {
+    const T lu = (f[i] - P.fbar[i]) / eps;
+    P.u[i] = std::exp(std::min(lu, T(L.exp_hi)));
+    if (P.a[i] > 0 && !(std::fabs(lu) <= T(L.absorb))) scaled = false;
+  }
+  if (scaled) {
+    for (int64_t i = 0; i < P.n; ++i) P.coef[i] = P.a[i] > 0 ? P.a[i] * P.u[i] : T(0);
+    sum_rows(P.sum, P.coef, P.K, P.n, P.m);
+    for (int64_t j = 0; j < P.m; ++j) {
+      const T t = P.sum[j];
+      if (P.b[j] > 0 && !(t >= T(P.accurate_lo) && t <= T(P.accurate_hi))) scaled = false;
+      next[j] = lam * (P.gbar[j] - eps * std::log(t));
+    }
+  }
+  if (!scaled) {
+    const int64_t counted = P.log_updates;
+    log_cols(P, L, f, next);
+    P.log_updates = counted;
+  }
+  double err = 0;
+  for (int64_t j = 0; j < P.m; ++j) {
+    if (!(P.b[j] > 0)) continue;
+    const double term = double(P.b[j]) * std::fabs(std::expm1(double(g[j] - next[j]) / L.eps));
+    err += norm == 1 ? term : term * term;
+  }
+  return norm == 1 ? err : std::sqrt(err);
+}
+
+// All iterations of one problem; with tol >= 0, in blocks of `every` iterations, stopping after
+// the first block whose plan has column error <= tol (ran, converged: what it did).
 template <typename T>
 PER_ISA void solve_problem(Problem<T>& P, const Limits& L, T* f_io, T* g_out, T* f_prev,
-                           int iters) {
+                           int iters, double tol, int norm, int every, int64_t* ran,
+                           uint8_t* converged) {
 #if defined(__SSE2__)
   const unsigned csr = _mm_getcsr();
   _mm_setcsr(csr | 0x8000);  // flush denormal results to zero
 #endif
-  run_iterations(P, L, f_io, g_out, f_prev, iters);
+  if (tol < 0) {
+    run_iterations(P, L, f_io, g_out, f_prev, iters);
+  } else {
+    int done = 0;
+    bool reached = false;
+    while (done < iters && !reached) {
+      const int block = std::min(every, iters - done);
+      run_iterations(P, L, f_io, g_out, f_prev, block);
+      done += block;
+      reached = column_error(P, L, f_io, g_out, norm) <= tol;
+    }
+    *ran = done;
+    *converged = reached;
+  }
   exact_massless(P, L, f_prev, f_io, g_out);
 #if defined(__SSE2__)
   _mm_setcsr(csr);
@@ -429,7 +482,8 @@ constexpr int64_t kParallelMinWork = int64_t(1) << 22;
 template <typename T>
 void iterate(const T* C, const T* a, const T* b, T* f, T* g, T* K, T* fbar, T* gbar,
              int32_t* valid, int64_t* counts, int64_t batch, int64_t n, int64_t m, int iters,
-             const Limits& L, int threads) {
+             const Limits& L, int threads, double tol, int norm, int every, int64_t* ran,
+             uint8_t* converged) {
   const int64_t work = batch * n * m * iters;
   const int use = (threads > 1 && batch >= 2 && work >= kParallelMinWork) ? threads : 1;
   int64_t absorptions = 0, log_updates = 0;
@@ -446,7 +500,8 @@ void iterate(const T* C, const T* a, const T* b, T* f, T* g, T* K, T* fbar, T* g
       P.accurate_hi = std::exp(L.accurate);
       P.absorb_lo = std::exp(-L.absorb);
       P.absorb_hi = std::exp(L.absorb);
-      solve_problem(P, L, f + p * n, g + p * m, f_prev.data(), iters);
+      solve_problem(P, L, f + p * n, g + p * m, f_prev.data(), iters, tol, norm, every,
+                    ran + p, converged + p);
       absorptions += P.absorptions;
       log_updates += P.log_updates;
     }
@@ -455,34 +510,41 @@ void iterate(const T* C, const T* a, const T* b, T* f, T* g, T* K, T* fbar, T* g
   counts[1] += log_updates;
 }
 
-// stabilised_iterate(C, a, b, f, g, K, fbar, gbar, valid, counts, batch, n, m, iters,
-// eps, damping, absorb, accurate, exp_lo, exp_hi, is_double, threads): addresses of contiguous
-// CPU buffers (see kernels/cpu_stabilised.py).
+// stabilised_iterate(C, a, b, f, g, K, fbar, gbar, valid, counts, ran, converged, batch, n, m,
+// iters, eps, damping, absorb, accurate, exp_lo, exp_hi, tol, norm, every, is_double, threads):
+// addresses of contiguous CPU buffers (see kernels/cpu_stabilised.py); tol < 0: no early stop
+// (ran and converged unused).
 PyObject* stabilised_iterate(PyObject*, PyObject* args) {
-  unsigned long long c, a, b, f, g, k, fb, gb, valid, counts;
+  unsigned long long c, a, b, f, g, k, fb, gb, valid, counts, ran, converged;
   long long batch, n, m;
-  int iters, is_double, threads;
+  int iters, norm, every, is_double, threads;
+  double tol;
   Limits L;
-  if (!PyArg_ParseTuple(args, "KKKKKKKKKKLLLiddddddpi", &c, &a, &b, &f, &g, &k, &fb, &gb,
-                        &valid, &counts, &batch, &n, &m, &iters, &L.eps, &L.lam, &L.absorb,
-                        &L.accurate, &L.exp_lo, &L.exp_hi, &is_double, &threads))
+  if (!PyArg_ParseTuple(args, "KKKKKKKKKKKKLLLidddddddiipi", &c, &a, &b, &f, &g, &k, &fb, &gb,
+                        &valid, &counts, &ran, &converged, &batch, &n, &m, &iters, &L.eps,
+                        &L.lam, &L.absorb, &L.accurate, &L.exp_lo, &L.exp_hi, &tol, &norm,
+                        &every, &is_double, &threads))
     return nullptr;
-  if (batch < 1 || n < 1 || m < 1 || iters < 1 || threads < 1 || !(L.eps > 0)) {
+  if (batch < 1 || n < 1 || m < 1 || iters < 1 || threads < 1 || every < 1 || !(L.eps > 0) ||
+      (norm != 1 && norm != 2)) {
     PyErr_SetString(PyExc_ValueError,
-                    "stabilised_iterate: sizes, iters, threads must be >= 1 and eps > 0");
+                    "stabilised_iterate: sizes, iters, threads, every must be >= 1, eps > 0, "
+                    "norm 1 or 2");
     return nullptr;
   }
   Py_BEGIN_ALLOW_THREADS
   if (is_double)
     iterate(as_ptr<const double>(c), as_ptr<const double>(a), as_ptr<const double>(b),
-            as_ptr<double>(f), as_ptr<double>(g), as_ptr<double>(k),
-            as_ptr<double>(fb), as_ptr<double>(gb), as_ptr<int32_t>(valid),
-            as_ptr<int64_t>(counts), batch, n, m, iters, L, threads);
+            as_ptr<double>(f), as_ptr<double>(g), as_ptr<double>(k), as_ptr<double>(fb),
+            as_ptr<double>(gb), as_ptr<int32_t>(valid), as_ptr<int64_t>(counts), batch, n, m,
+            iters, L, threads, tol, norm, every, as_ptr<int64_t>(ran),
+            as_ptr<uint8_t>(converged));
   else
     iterate(as_ptr<const float>(c), as_ptr<const float>(a), as_ptr<const float>(b),
-            as_ptr<float>(f), as_ptr<float>(g), as_ptr<float>(k),
-            as_ptr<float>(fb), as_ptr<float>(gb), as_ptr<int32_t>(valid),
-            as_ptr<int64_t>(counts), batch, n, m, iters, L, threads);
+            as_ptr<float>(f), as_ptr<float>(g), as_ptr<float>(k), as_ptr<float>(fb),
+            as_ptr<float>(gb), as_ptr<int32_t>(valid), as_ptr<int64_t>(counts), batch, n, m,
+            iters, L, threads, tol, norm, every, as_ptr<int64_t>(ran),
+            as_ptr<uint8_t>(converged));
   Py_END_ALLOW_THREADS
   Py_RETURN_NONE;
 }

@@ -46,7 +46,14 @@ exactly 0), their scalings may leave every range without effect, and their poten
 recomputed exactly by log-sum-exp after the last iteration. The cost of massless pairs may hold
 anything (NaN): it is replaced by lo (:func:`~optical_ops.softmin_dense.sanitised_cost_range`).
 
-Memory: the shifted cost and K~ (2 B n m) plus one B n m scratch for log-domain passes.
+Loops: on the CPU (float32/float64) :meth:`StabilisedSoftMin.iterate` is one native call
+(``kernels/csrc/sinkhorn_stabilised_cpu.cpp``, all iterations, absorptions and fallbacks per
+problem), and with ``tol`` :meth:`StabilisedSoftMin.solve` runs the whole loop there, each
+problem checking its column error every CHECK_EVERY iterations with one mat-vec. Elsewhere the
+same iterations run op by op (one host sync per half-iteration, for the range checks).
+
+Memory: the shifted cost, K~ and (native loop) K~^T: 3 B n m, plus a B n m scratch for the
+log-domain passes of the PyTorch-op loop.
 """
 
 from __future__ import annotations

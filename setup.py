@@ -133,14 +133,17 @@ class BuildNativeLoops(build_ext):
 
 
 # Import package -> source folder; their subpackages (e.g. training/corpora) come along.
+# (optical_ops/kernels and optical_ops/training are links to the top-level folders, so the
+# first folder also finds them: each package is listed once.)
 PACKAGE_DIRS = {
     "optical_ops": "optical_ops",
     "optical_ops.kernels": "kernels",
     "optical_ops.training": "training",
 }
-PACKAGES = [f"{name}.{sub}" if sub else name
-            for name, folder in PACKAGE_DIRS.items()
-            for sub in ["", *find_packages(os.path.join(HERE, folder))]]
+PACKAGES = list(dict.fromkeys(
+    f"{name}.{sub}" if sub else name
+    for name, folder in PACKAGE_DIRS.items()
+    for sub in ["", *find_packages(os.path.join(HERE, folder))]))
 
 TRAIN = [
     "transformers>=4.40",

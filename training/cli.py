@@ -141,11 +141,14 @@ def _collection(args: argparse.Namespace, parser: argparse.ArgumentParser, langu
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     from .bitext_data import load_udhr, tsv_training_pairs, udhr_training_pairs
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, resolve_checkpoint
     from .evaluate import DOCUMENT_PREFIX, DocumentIndex, TextEncoder, student_evaluator
     from .models import load_teacher
-    from .trainer import DistillationTrainer
+    from .trainer import DistillationTrainer, check_run_folder
 
+    # A folder that holds another run is refused before any model loads (RunFolderError).
+    check_run_folder(args.out, resolve_checkpoint(args.resume) if args.resume is not None
+                     else None)
     if args.resume is not None:
         base = TrainConfig.from_dict(load_checkpoint(args.resume).config)
     else:

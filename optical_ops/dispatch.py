@@ -68,9 +68,13 @@ class Capability:
 
 SOLVERS = {
     "dense": Capability("torch", ("embeddings", "cost"), True, True,
-                        "cost stored; scaling domain when R/eps allows it, else log domain"),
+                        "cost stored; scaling domain when R/eps allows it, else stabilised "
+                        "(native CPU loop) or log domain"),
     "dense-scaling": Capability("torch", ("embeddings", "cost"), False, True,
                                 "cost stored; kernel exp(-C/eps) mat-vecs (native CPU loop)"),
+    "dense-stabilised": Capability("torch", ("embeddings", "cost"), True, True,
+                                   "cost stored; mat-vecs on an absorbed kernel at any eps "
+                                   "(native CPU loop)"),
     "dense-log": Capability("torch", ("embeddings", "cost"), True, True,
                             "cost stored; log-sum-exp per half-iteration, any eps"),
     "streaming": Capability("torch", ("embeddings",), True, True,
@@ -228,23 +232,27 @@ def solver_plan(
     return SolverPlan(use, solver, buckets, why)
 
 
-def dense_domain(solver: str, cost_range, eps: float, dtype: torch.dtype,
-                 tau: float | None) -> str:
-    """"scaling" or "log" for a dense PyTorch solver.
+def dense_domain(solver: str, cost_range, eps: float, dtype: torch.dtype, tau: float | None,
+                 stabilised_native: bool = False) -> str:
+    """"scaling", "stabilised" or "log" for a dense PyTorch solver.
 
     ``cost_range``: the largest R = max C - min C over the batch's entries with mass, a
     zero-argument callable reading it (one host sync; called only when it decides anything), or
     None when values may not be read: then the cosine bound :data:`COSINE_RANGE` is passed by
-    the caller, or the log domain is taken. Unbalanced OT always runs in the log domain (it is
-    not invariant to the cost shift the scaling form relies on).
+    the caller, or the log domain is taken. ``"dense"`` takes the scaling domain when R/eps is
+    within :data:`SCALING_MAX_RANGE` and the problem is balanced (unbalanced OT is not invariant
+    to the cost shift the scaling form relies on); otherwise the stabilised domain when its
+    native loop runs (``stabilised_native``: CPU fp32/fp64, extension built, values readable:
+    it reads a few numbers on the host), else the log domain.
     """
-    if solver == "dense-log" or tau is not None:
-        if solver == "dense-scaling":
-            raise ValueError("unbalanced OT (tau) runs in the log domain only")
-        return "log"
     if solver == "dense-scaling":
+        if tau is not None:
+            raise ValueError("unbalanced OT (tau) runs in the log or stabilised domain only")
         return "scaling"
-    if cost_range is None:
-        return "log"
-    spread = cost_range() if callable(cost_range) else cost_range
-    return "scaling" if spread / eps <= SCALING_MAX_RANGE[dtype] else "log"
+    if solver in ("dense-log", "dense-stabilised"):
+        return solver.removeprefix("dense-")
+    if tau is None and cost_range is not None:
+        spread = cost_range() if callable(cost_range) else cost_range
+        if spread / eps <= SCALING_MAX_RANGE[dtype]:
+            return "scaling"
+    return "stabilised" if stabilised_native else "log"

@@ -23,6 +23,7 @@ import torch
 
 from .dispatch import dense_domain
 from .kernels.cpu_scaling import native_scaling_available, scaling_iterate
+from .kernels.cpu_stabilised import native_stabilised_available
 from .logsumexp import logsumexp_
 from .sinkhorn_loop import SoftMin
 
@@ -197,13 +198,20 @@ def dense_softmin(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: flo
                   range_bound: float | None = None) -> SoftMin:
     """The dense primitive for ``cost`` (B, n, m) with weights a (B, n), b (B, m).
 
-    ``solver``: ``"dense-scaling"``, ``"dense-log"``, or ``"dense"``: the domain that
-    :func:`~optical_ops.dispatch.dense_domain` picks from the cost range, read on the host
-    (``sync_ok``) or else bounded by ``range_bound`` (None: no bound known, log domain).
+    ``solver``: ``"dense-scaling"``, ``"dense-stabilised"``, ``"dense-log"``, or ``"dense"``:
+    the domain that :func:`~optical_ops.dispatch.dense_domain` picks from the cost range, read
+    on the host (``sync_ok``) or else bounded by ``range_bound`` (None: no bound known).
     """
+    from .softmin_stabilised import StabilisedSoftMin  # it builds on this module
+
     cost, lo, hi = sanitised_cost_range(cost, a, b, sync_ok)
     spread = (lambda: float((hi - lo).max())) if sync_ok else range_bound
-    if dense_domain(solver, spread, eps, cost.dtype, tau) == "log":
-        return DenseLogSoftMin(cost, a, b, eps, damping(eps, tau),
-                               shift=lo if tau is None else None)
+    native = sync_ok and native_stabilised_available(cost)
+    domain = dense_domain(solver, spread, eps, cost.dtype, tau, native)
+    shift = lo if tau is None else None
+    if domain == "log":
+        return DenseLogSoftMin(cost, a, b, eps, damping(eps, tau), shift=shift)
+    if domain == "stabilised":
+        return StabilisedSoftMin(cost, a, b, eps, damping(eps, tau),
+                                 torch.zeros_like(lo) if shift is None else shift)
     return DenseScalingSoftMin(cost, a, b, eps, shift=lo)

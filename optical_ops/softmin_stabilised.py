@@ -284,7 +284,8 @@ class StabilisedSoftMin(SoftMin):
         """<P, C - lo> + lo sum(a): after a row update P's mass is sum(a) exactly (balanced; lo = 0
         otherwise), and the rounded sum of the plan times a large offset would not be."""
         p = self.plan(f, g)
-        return (p * self.cost).sum((1, 2)) + self.shift * self.a.sum(1)
+        terms = torch.where(p > 0, p * self.cost, 0.0)  # +inf costs (forbidden pairs): P = 0
+        return terms.sum((1, 2)) + self.shift * self.a.sum(1)
 
     def plan_products(self, f, g, x, y, x_scale, y_scale):
         p = self.plan(f, g)

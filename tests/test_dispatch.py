@@ -27,6 +27,7 @@ CPU_TABLE = [
     ((1, 16384, 16384, 64, {}), ("torch", "streaming", False)),
     ((4, 20, 24, None, {}), ("torch", "dense", False)),  # a dense cost: never bucketed
     ((4, 20, 24, 768, dict(solver="dense-log")), ("torch", "dense-log", True)),
+    ((4, 20, 24, 768, dict(solver="dense-stabilised")), ("torch", "dense-stabilised", True)),
     ((4, 20, 24, 768, dict(solver="streaming", tau=0.5)), ("torch", "streaming", True)),
     ((4, 20, 24, 768, dict(debias=True)), ("torch", "dense", True)),
     ((4, 20, 24, 768, dict(backend="torch", tau=1.0)), ("torch", "dense", True)),
@@ -84,7 +85,8 @@ def test_module_checks_options_without_solving(monkeypatch):
 
 
 @pytest.mark.parametrize("options", [dict(solver="dense"), dict(solver="dense-log"),
-                                     dict(solver="streaming"), dict(tau=0.5), dict(debias=True)])
+                                     dict(solver="streaming"), dict(tau=0.5), dict(debias=True),
+                                     dict(eps=1e-3)])
 def test_no_host_sync_on_the_pytorch_backend(gen, options, monkeypatch):
     """check_inputs=False, tol=None: forward and backward never read a tensor on the host
     (no length buckets, the dense domain from the cosine bound), so the op is capturable."""
@@ -309,7 +311,7 @@ def test_infinite_costs_are_forbidden_pairs(gen):
     forbidden[:, 0] = False  # every row keeps a finite entry
     forbidden[0, :] = False  # and every column
     c = cost.masked_fill(forbidden, float("inf"))
-    for solver in ("dense", "dense-log", "dense-scaling"):
+    for solver in ("dense", "dense-log", "dense-scaling", "dense-stabilised"):
         res = sinkhorn(c, eps=0.1, n_iters=2000, tol=1e-12, solver=solver)
         assert (res.plan[forbidden] == 0).all() and torch.isfinite(res.loss)
         big = cost.masked_fill(forbidden, 1e3).numpy()  # exp(-1e3 / 0.1) = 0 in float64
@@ -364,7 +366,7 @@ def test_eps_scaling_reaches_small_eps_in_fewer_iterations(gen):
     plain = ot_distill_plan(x, y, eps=3e-3, n_iters=300)
     scaled = ot_distill_plan(x, y, eps=3e-3, n_iters=300, eps_scaling=0.5)
     assert (scaled.marginal_error < plain.marginal_error / 10).all()
-    for solver in ("dense", "dense-log", "streaming"):
+    for solver in ("dense", "dense-stabilised", "dense-log", "streaming"):
         loss = ot_distill_loss(x, y, eps=3e-3, n_iters=300, eps_scaling=0.5, reduction="none",
                                solver=solver)
         torch.testing.assert_close(loss, ref.loss, rtol=2e-4, atol=0)

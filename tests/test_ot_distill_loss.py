@@ -10,7 +10,7 @@ from reference import pot_sinkhorn, random_tokens, random_weights, rel_err
 from optical_ops import OTDistillLoss, cost_matrix, ot_distill_loss
 from optical_ops.autograd import EmbeddingOTFunction
 
-SOLVERS = ["dense-scaling", "dense-log", "streaming"]
+SOLVERS = ["dense-scaling", "dense-stabilised", "dense-log", "streaming"]
 CONVERGED = dict(n_iters=20000, tol=1e-13)
 
 

@@ -15,8 +15,10 @@ from reference import (
 
 from optical_ops import cost_matrix, sinkhorn
 from optical_ops.dispatch import SCALING_MAX_RANGE
+from optical_ops.kernels.cpu_stabilised import native_stabilised_available
 from optical_ops.sinkhorn_loop import run_sinkhorn
 from optical_ops.softmin_dense import DenseLogSoftMin, DenseScalingSoftMin, dense_softmin
+from optical_ops.softmin_stabilised import StabilisedSoftMin
 
 CONVERGED = dict(n_iters=20000, tol=1e-13)
 SIZES = [(1, 1), (1, 7), (7, 33), (33, 7), (129, 300), (300, 129)]
@@ -65,13 +67,17 @@ def test_auto_method_choice(gen):
     a = torch.full((2, 7), 1 / 7, dtype=torch.float64)
     b = torch.full((2, 9), 1 / 9, dtype=torch.float64)
     assert isinstance(dense_softmin(cost, a, b, 0.05), DenseScalingSoftMin)
-    assert isinstance(dense_softmin(cost, a, b, 1e-3), DenseLogSoftMin)  # R/eps > 300
+    # R/eps > 300: the stabilised domain where its native loop runs, else the log domain.
+    beyond = StabilisedSoftMin if native_stabilised_available(cost) else DenseLogSoftMin
+    assert isinstance(dense_softmin(cost, a, b, 1e-3), beyond)
+    assert isinstance(dense_softmin(cost, a, b, 1e-3, sync_ok=False), DenseLogSoftMin)
+    assert isinstance(dense_softmin(cost, a, b, 1e-3, "dense-log"), DenseLogSoftMin)
     c32 = cost.float()
     r = float(c32.amax() - c32.amin())
     limit = SCALING_MAX_RANGE[torch.float32]
     a32, b32 = a.float(), b.float()
     assert isinstance(dense_softmin(c32, a32, b32, r / limit * 1.01), DenseScalingSoftMin)
-    assert isinstance(dense_softmin(c32, a32, b32, r / limit * 0.99), DenseLogSoftMin)
+    assert isinstance(dense_softmin(c32, a32, b32, r / limit * 0.99), beyond)
     # Values not read (no host sync): the cosine bound R <= 2 decides, or the log domain.
     for eps, kind in ((2 / limit * 1.01, DenseScalingSoftMin), (2 / limit * 0.99, DenseLogSoftMin)):
         assert isinstance(dense_softmin(c32, a32, b32, eps, sync_ok=False, range_bound=2.0), kind)

@@ -13,7 +13,7 @@ from optical_ops import cost_matrix, ot_distill_loss, sinkhorn
 
 # Self-transport problems stall near 1e-12 marginal error in float64 (round-off).
 CONVERGED = dict(n_iters=20000, tol=1e-10)
-SOLVERS = ["dense", "dense-log", "streaming"]
+SOLVERS = ["dense", "dense-stabilised", "dense-log", "streaming"]
 
 
 def pot_unbalanced(cost, a, b, eps, tau):

@@ -1,8 +1,9 @@
-r"""The benchmark problems W1-W5 and the inputs every implementation receives.
+r"""The benchmark problems W1-W7 and the inputs every implementation receives.
 
 Each problem is entropic OT between the token sets of a batch: X (B, n, d) and Y (B, m, d),
 float32 standard normal from a fixed seed, cosine cost C_ij = 1 - <x_i/|x_i|, y_j/|y_j|>,
-uniform weights over the real tokens, eps = 0.05 and a fixed number of Sinkhorn iterations.
+uniform weights over the real tokens, eps = 0.05 (W6, W7: the small eps at which a plan is close
+to an alignment, 0.01 and 0.001) and a fixed number of Sinkhorn iterations.
 The loss is sum_b <P_b, C_b>. A ragged workload draws each problem's lengths n_b, m_b uniformly
 in [``min_len``, n]; its padded rows are random like the real ones and carry no mass.
 """
@@ -29,6 +30,7 @@ class Workload:
     stands_for: str
     min_len: int | None = None  # ragged: lengths uniform in [min_len, n] / [min_len, m]
     recompute_floor: bool = False  # floor for a solver that may not store the (B, n, m) cost
+    eps: float = EPS
 
     @property
     def ragged(self) -> bool:
@@ -36,8 +38,9 @@ class Workload:
 
     def shape(self) -> str:
         lengths = f"<={self.n}" if self.ragged else f"{self.n}"
+        small = "" if self.eps == EPS else f" eps={self.eps:g}"
         return (f"B={self.batch} n={lengths} m={'<=' if self.ragged else ''}{self.m} "
-                f"d={self.d} iters={self.iterations}")
+                f"d={self.d} iters={self.iterations}{small}")
 
 
 WORKLOADS = {
@@ -50,11 +53,16 @@ WORKLOADS = {
         Workload("W4", 1, 4096, 4096, 256, 100, "a large alignment"),
         Workload("W5", 1, 16384, 16384, 64, 10, "too big for a dense cost (fp32 C is 1 GiB)",
                  recompute_floor=True),
+        # Issue 12: short e5-small-sized sentence batches at small eps (R / eps up to 2000).
+        Workload("W6", 32, 32, 32, 384, 200, "short ragged sentences at eps = 0.01",
+                 min_len=8, eps=0.01),
+        Workload("W7", 32, 32, 32, 384, 200, "short ragged sentences at eps = 0.001",
+                 min_len=8, eps=0.001),
         # --quick only: W3 at a quarter of the size.
         Workload("W3-quick", 1, 512, 512, 768, 100, "W3 reduced for --quick"),
     )
 }
-FULL_RUN = ("W1", "W2", "W3", "W4", "W5")
+FULL_RUN = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
 QUICK_RUN = ("W1", "W3-quick")
 
 
@@ -70,7 +78,7 @@ class Problem:
 
     @property
     def eps(self) -> float:
-        return EPS
+        return self.workload.eps
 
     @property
     def iterations(self) -> int:

@@ -136,15 +136,19 @@ def test_workload_definitions_stay_those_of_the_history():
     assert shapes["W3"] == (1, 1024, 1024, 768, 100, None)
     assert shapes["W4"] == (1, 4096, 4096, 256, 100, None)
     assert shapes["W5"] == (1, 16384, 16384, 64, 10, None)
+    assert {WORKLOADS[n].eps for n in ("W1", "W2", "W3", "W4", "W5")} == {0.05}
+    # The small-eps workloads of issue 12.
+    assert shapes["W6"] == shapes["W7"] == (32, 32, 32, 384, 200, 8)
+    assert (WORKLOADS["W6"].eps, WORKLOADS["W7"].eps) == (0.01, 0.001)
 
 
-def test_the_default_run_is_w1_to_w3_with_every_peer_and_no_readme():
+def test_the_default_run_is_w1_to_w3_and_small_eps_with_every_peer_and_no_readme():
     from benchmarks import __main__ as cli
 
     args = cli.parse_args([])
     workloads, impls, not_run = cli.select(args)
     assert cli.mode_of(args) == "default" and not args.update_readme
-    assert [w.name for w in workloads] == ["W1", "W2", "W3"]
+    assert [w.name for w in workloads] == ["W1", "W2", "W3", "W6", "W7"]
     assert {i.name for i in impls} | set(not_run) == set(IMPLEMENTATIONS)  # no peer left out
     options = cli.options_from(args)
     assert not options.memory and options.max_repeats == 10
@@ -154,7 +158,7 @@ def test_full_runs_the_whole_protocol_and_only_it_may_update_the_readme():
     from benchmarks import __main__ as cli
 
     args = cli.parse_args(["--full", "--update-readme"])
-    assert [w.name for w in cli.select(args)[0]] == ["W1", "W2", "W3", "W4", "W5"]
+    assert [w.name for w in cli.select(args)[0]] == ["W1", "W2", "W3", "W4", "W5", "W6", "W7"]
     options = cli.options_from(args)
     assert (options.budget_s, options.min_repeats, options.max_repeats, options.memory) == (
         60.0, 5, 50, True)

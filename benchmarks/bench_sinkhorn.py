@@ -1,7 +1,7 @@
 """pytest-benchmark view of the workloads: ours and POT, forward and forward+backward.
 
-    pytest benchmarks/ --benchmark-only                  # W1-W5
-    pytest benchmarks/ --benchmark-only -m "not slow"    # W1-W3 (POT takes minutes on W4, W5)
+    pytest benchmarks/ --benchmark-only                  # W1-W7
+    pytest benchmarks/ --benchmark-only -m "not slow"    # all but W4, W5 (POT: minutes)
 
 Same inputs and calls as ``python -m benchmarks`` (which adds the other peers, the memory
 probes, the floor and the loss agreement); the repeats follow the same rule: at least 5, more

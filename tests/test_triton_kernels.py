@@ -12,6 +12,8 @@ streaming kernels (forced by zero strip bounds).
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import warnings
 
 import numpy as np
@@ -20,7 +22,6 @@ import torch
 from reference import assert_close_up_to_constant, random_tokens, random_weights
 
 from optical_ops import OTDistillLoss, cost_matrix, ot_distill_loss, sinkhorn
-from optical_ops import autograd as pytorch_backend
 
 pytest.importorskip("triton")
 try:  # the dispatch module, where the package has one
@@ -28,6 +29,19 @@ try:  # the dispatch module, where the package has one
 except ImportError:
     from optical_ops.triton_backend import triton_unavailable_reason
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _budget_module():
+    """The module holding DENSE_MAX_BYTES: the dispatch plan where the package has one."""
+    for name in ("optical_ops.dispatch", "optical_ops.autograd"):
+        if importlib.util.find_spec(name) is not None:
+            module = importlib.import_module(name)
+            if hasattr(module, "DENSE_MAX_BYTES"):
+                return module
+    raise ImportError("no module of optical_ops holds DENSE_MAX_BYTES")
+
+
+BUDGET = _budget_module()
 pytestmark = [
     pytest.mark.triton,
     pytest.mark.skipif(triton_unavailable_reason(DEVICE) is not None,
@@ -62,7 +76,7 @@ def use_path(name, monkeypatch):
     if name in ("dense", "streaming"):
         monkeypatch.setattr(sinkhorn_fused, "MAX_STRIP_COLS", 0)
     if name == "streaming":
-        monkeypatch.setattr(pytorch_backend, "DENSE_MAX_BYTES", 0)
+        monkeypatch.setattr(BUDGET, "DENSE_MAX_BYTES", 0)
     return name
 
 
@@ -396,10 +410,18 @@ def test_the_cost_built_for_the_strips_has_aligned_rows(gen):
     (200, 50, "strips"), (257, 64, "streaming"), (32, 257, "streaming"),
 ])
 def test_dispatch_by_problem_size(n, m, solver):
-    """The real thresholds, read off the recorded launches (meta tensors: nothing runs)."""
+    """The real thresholds, read off the dispatch plan where the package has one, else off the
+    recorded launches (meta tensors: nothing runs)."""
     from optical_ops.kernels._launch import recording
 
     batch = 3
+    if importlib.util.find_spec("optical_ops.dispatch") is not None:
+        from optical_ops.dispatch import solver_plan
+
+        planned = solver_plan(batch, n, m, 64, device=DEVICE, backend="triton").solver
+        assert planned == {"registers": "triton-fused", "strips": "triton-strips",
+                           "streaming": "triton-dense"}[solver]
+        return
     x = torch.empty(batch, n, 64, device="meta")
     y = torch.empty(batch, m, 64, device="meta")
     log_a, log_b = torch.empty(batch, n, device="meta"), torch.empty(batch, m, device="meta")
@@ -422,7 +444,13 @@ def test_strips_need_the_dense_cost_to_fit_the_budget(monkeypatch):
     """Past DENSE_MAX_BYTES the strip range streams over recomputed tiles instead."""
     from optical_ops.kernels._launch import recording
 
-    monkeypatch.setattr(pytorch_backend, "DENSE_MAX_BYTES", 3 * 128 * 128 * 4 - 1)
+    monkeypatch.setattr(BUDGET, "DENSE_MAX_BYTES", 3 * 128 * 128 * 4 - 1)
+    if importlib.util.find_spec("optical_ops.dispatch") is not None:
+        from optical_ops.dispatch import solver_plan
+
+        assert solver_plan(3, 128, 128, 64, device=DEVICE, backend="triton").solver == (
+            "triton-streaming")
+        return
     x = torch.empty(3, 128, 64, device="meta")
     log_w = torch.empty(3, 128, device="meta")
     ops = embedding_operands(x, x, "cosine", log_w > 0, log_w > 0, 1e-12)

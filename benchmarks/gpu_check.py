@@ -168,7 +168,9 @@ def import_package():
         spec.loader.exec_module(module)
         if root not in sys.path:
             sys.path.insert(0, root)
-        return importlib.import_module("optical_ops")
+        package = importlib.import_module("optical_ops")
+        package.kernels = module
+        return package
 
 
 @contextlib.contextmanager

@@ -127,7 +127,7 @@ def record_launches(batch, n, m, d, dtype, cost, y_dtype=None, strided=False) ->
         ops = embedding_operands(x, y, cost, valid_x, valid_y, 1e-12)
     dense = cost == "dense"
     with recording() as launches:
-        if sinkhorn_fused.fused_config(n, m, ops.d, dtype) is not None:  # resident
+        if sinkhorn_fused.fused_config(n, m, ops.features, dtype) is not None:  # resident
             for tol in (None, 1e-6):
                 sinkhorn_fused.sinkhorn_fused(ops, log_a, log_b, 0.05, 100, tol, 10,
                                               write_plan=dense)

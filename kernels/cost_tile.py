@@ -71,13 +71,15 @@ def cost_tile(x_ptr, stride_xn, stride_xd, y_ptr, stride_ym, stride_yd, xs_ptr, 
 
     ``row_in``/``col_in``: indices within the problem (rows < n, cols < m); ``row_ok``/
     ``col_ok``: tokens that exist and carry mass; the others are read as zeros.
-    COST_DENSE: x_ptr is C with row/column strides (stride_xn, stride_xd); y and stats unused.
+    COST_DENSE: x_ptr is C with row/column strides (stride_xn, stride_xd); y and stats unused;
+    ``d`` is the readable width of a row (>= m, see :func:`dense_operands`): columns up to it
+    are loaded (a width divisible by 16 lets the loads vectorise) and those past m zeroed.
     """
     rows64 = rows.to(tl.int64)
     cols64 = cols.to(tl.int64)
     if COST == COST_DENSE:
         c = tl.load(x_ptr + rows64[:, None] * stride_xn + cols64[None, :] * stride_xd,
-                    mask=row_in[:, None] & col_in[None, :], other=0.0).to(tl.float32)
+                    mask=row_in[:, None] & (cols < d)[None, :], other=0.0).to(tl.float32)
         c = tl.where(row_ok[:, None] & col_ok[None, :], c, 0.0)
     else:
         dots = tl.zeros((rows.shape[0], cols.shape[0]), dtype=tl.float32)
@@ -116,9 +118,10 @@ class CostOperands:
     caller's dtype (fp16/bf16/fp32) and strides, and the per-token statistics ``x_stat`` (B, n),
     ``y_stat`` (B, m), fp32 contiguous (1 / |t| for cosine, |t|^2 for sqeuclidean).
     Dense (kind DENSE): ``x`` is C itself (:attr:`cost`), read through ``dense_strides``
-    (batch, row, column), and ``y``, ``x_stat``, ``y_stat`` are None; ``d`` is 0. The
-    transposed cost swaps the row and column strides, so the column soft-min is the row
-    soft-min of :meth:`transposed`.
+    (batch, row, column), and ``y``, ``x_stat``, ``y_stat`` are None; ``d`` is the width up
+    to which each row may be read (m, or the padded row of :func:`dense_operands`). The
+    transposed cost swaps the row and column strides (and reads exactly its m), so the column
+    soft-min is the row soft-min of :meth:`transposed`.
 
     :meth:`args` is the kernels' view: ten arguments (x_ptr, its three strides, y_ptr, its
     three strides, xs_ptr, ys_ptr) whatever the kind; for a dense cost the unused pointers
@@ -145,7 +148,7 @@ class CostOperands:
     def transposed(self) -> CostOperands:
         if self.kind == DENSE:
             sb, sn, sm = self.dense_strides
-            return CostOperands(self.kind, self.x, None, None, None, self.m, self.n, 0,
+            return CostOperands(self.kind, self.x, None, None, None, self.m, self.n, self.n,
                                 (sb, sm, sn))
         return CostOperands(self.kind, self.y, self.x, self.y_stat, self.x_stat, self.m, self.n,
                             self.d)
@@ -167,7 +170,7 @@ class CostOperands:
             sb, sn, sm = self.dense_strides
             stored = (tuple(self.x.shape[1:]), tuple(self.x.stride()[1:]))
             views = (((self.n, self.m), (sn, sm)), ((self.m, self.n), (sm, sn)))  # C or C^T
-            if sb != self.x.stride(0) or stored not in views:
+            if sb != self.x.stride(0) or stored not in views or self.d < self.m:
                 raise ValueError(f"dense operands of {self.n} x {self.m} with strides "
                                  f"{self.dense_strides} do not describe a cost of shape "
                                  f"{tuple(self.x.shape)}, strides {self.x.stride()}")
@@ -186,6 +189,11 @@ class CostOperands:
     @property
     def dtype(self) -> torch.dtype:
         return self.x.dtype
+
+    @property
+    def features(self) -> int:
+        """The embedding dimension d (0 for a dense cost): what the block sizes depend on."""
+        return 0 if self.kind == DENSE else self.d
 
     @property
     def dot_dtype(self) -> torch.dtype:
@@ -222,10 +230,22 @@ def embedding_operands(x, y, cost: str, row_valid, col_valid, norm_floor: float)
                         x.shape[1], y.shape[1], x.shape[2])
 
 
+def readable_width(cost: torch.Tensor) -> int:
+    """How far each row of C (B, n, m) may be read: its padded width when the rows are
+    contiguous, padded by less than 16 entries (the cost ``cost_matrix`` builds), and the
+    storage holds the padding of the last row too; else m. Metadata only."""
+    batch, n, m = cost.shape
+    s_b, s_n, s_m = cost.stride()
+    if s_m != 1 or not m < s_n < m + 16 or batch * n == 0:
+        return m
+    end = cost.storage_offset() + (batch - 1) * s_b + n * s_n
+    return s_n if end * cost.element_size() <= cost.untyped_storage().nbytes() else m
+
+
 def dense_operands(cost: torch.Tensor) -> CostOperands:
-    """Operands that read C (B, n, m) in place."""
-    return CostOperands(DENSE, cost, None, None, None, cost.shape[1], cost.shape[2], 0,
-                        tuple(cost.stride()))
+    """Operands that read C (B, n, m) in place (rows up to :func:`readable_width`)."""
+    return CostOperands(DENSE, cost, None, None, None, cost.shape[1], cost.shape[2],
+                        readable_width(cost), tuple(cost.stride()))
 
 
 def dot_block_d(dtype: torch.dtype, d: int) -> int:

@@ -124,7 +124,7 @@ def plan_matmul(ops: CostOperands, log_a, log_b, f, g, eps: float, v: torch.Tens
     if v_scale is not None:
         check_vectors(dev, v_scale=(v_scale, batch, ops.m))
     dv = v.shape[2]
-    cfg = backward_config(ops.n, ops.m, ops.d, ops.dot_dtype)
+    cfg = backward_config(ops.n, ops.m, ops.features, ops.dot_dtype)
     block_dv = backward_block_dv(dv)
     out = torch.empty(batch, ops.n, dv, dtype=torch.float32, device=dev)
     rowsum = torch.empty(batch, ops.n, dtype=torch.float32, device=dev)

@@ -269,7 +269,7 @@ def sinkhorn_fused(ops: CostOperands, log_a: torch.Tensor, log_b: torch.Tensor, 
         f (B, n), g (B, m) fp32 potentials (P_ij = a_i b_j exp((f_i + g_j - C_ij) / eps)),
         loss (B,) fp32 = <P, C>, iterations (B,) int64, and the plan or None.
     """
-    cfg = fused_config(ops.n, ops.m, ops.d, ops.dot_dtype)
+    cfg = fused_config(ops.n, ops.m, ops.features, ops.dot_dtype)
     resident = cfg is not None
     if not resident:
         cfg = strip_config(ops.n, ops.m, ops.kind == DENSE and rows_aligned(ops))

@@ -199,7 +199,7 @@ def softmin(ops: CostOperands, own_log_w: torch.Tensor, log_w: torch.Tensor, pot
     batch = ops.batch
     check_vectors(dev, own_log_w=(own_log_w, batch, ops.n), log_w=(log_w, batch, ops.m),
                   pot=(pot, batch, ops.m))
-    cfg = streaming_config(ops.n, ops.m, ops.d, ops.dot_dtype, batch, sm_count(dev))
+    cfg = streaming_config(ops.n, ops.m, ops.features, ops.dot_dtype, batch, sm_count(dev))
     out = torch.empty(batch, ops.n, dtype=torch.float32, device=dev)
     args = (*ops.args(), own_log_w, log_w, pot, out, ops.n, ops.m, ops.d, float(eps), 1.0 / eps)
     launch(_softmin_kernel, _rows_grid(batch, ops.n, cfg), args,
@@ -217,7 +217,7 @@ def cost_matrix(ops: CostOperands, log_a: torch.Tensor, log_b: torch.Tensor) -> 
     dev = ops.check()
     batch = ops.batch
     check_vectors(dev, log_a=(log_a, batch, ops.n), log_b=(log_b, batch, ops.m))
-    cfg = streaming_config(ops.n, ops.m, ops.d, ops.dot_dtype)
+    cfg = streaming_config(ops.n, ops.m, ops.features, ops.dot_dtype)
     if ops.kind != DENSE and ops.dot_dtype == torch.float32:
         cfg = replace(cfg, block_m=min(cfg.block_m, COST_BLOCK_M_FP32))
     width = triton.cdiv(ops.m, ROW_ALIGN) * ROW_ALIGN
@@ -237,7 +237,7 @@ def transport_cost(ops: CostOperands, log_a, log_b, f, g, eps: float, write_plan
     batch = ops.batch
     check_vectors(dev, log_a=(log_a, batch, ops.n), log_b=(log_b, batch, ops.m),
                   f=(f, batch, ops.n), g=(g, batch, ops.m))
-    cfg = streaming_config(ops.n, ops.m, ops.d, ops.dot_dtype, batch, sm_count(dev))
+    cfg = streaming_config(ops.n, ops.m, ops.features, ops.dot_dtype, batch, sm_count(dev))
     partial = torch.empty(batch, ops.n, dtype=torch.float32, device=dev)
     plan = (torch.empty(batch, ops.n, ops.m, dtype=torch.float32, device=dev)
             if write_plan else partial)

@@ -102,11 +102,10 @@ def test_dense_cost_reads_are_vectorised_and_pipelined(report):
     for arch in (80, 90):
         strips = [r for r in rows if r["arch"] == arch and r["kernel"] == "_sinkhorn_fused_kernel"
                   and "RESIDENT=False" in r["config"]]
-        # Over the cost built from embeddings, when m is a multiple of 16 (the column bound of
-        # the mask must be, for Triton to prove 16-byte groups in bounds; 200 x 50 stays 4-byte).
+        # Over the cost built from embeddings, whatever m (its rows are read to their padded
+        # width, a multiple of 16: 200 x 50 too, which loaded 4 bytes per copy when masked by m).
         built = [r for r in strips if r["config"].endswith("fp32")
-                 and re.fullmatch(r"\d+x(\d+)x\d+ cosine float32", r["used_by"][0])
-                 and int(re.match(r"\d+x(\d+)", r["used_by"][0]).group(1)) % 16 == 0]
+                 and re.fullmatch(r"\d+x\d+x\d+ cosine float32", r["used_by"][0])]
         assert built and all(r["memory_ops"].get("cp.async 16", 0) > 0 for r in built), built
         # fp32 costs (the one the solvers build, and users'); a 2-byte user cost on unaligned
         # rows cannot use cp.async (4 bytes at least per copy).

@@ -658,10 +658,10 @@ def test_dense_operands_say_what_they_hold():
 
     cost = torch.empty(3, 4, 6, device="meta")
     ops = dense_operands(cost)
-    assert ops.kind == DENSE and ops.cost is cost and (ops.n, ops.m, ops.d) == (4, 6, 0)
-    assert ops.y is None and ops.x_stat is None and ops.y_stat is None
+    assert ops.kind == DENSE and ops.cost is cost and (ops.n, ops.m, ops.d) == (4, 6, 6)
+    assert ops.y is None and ops.x_stat is None and ops.y_stat is None and ops.features == 0
     t = ops.transposed()
-    assert (t.n, t.m, t.dense_strides) == (6, 4, (24, 1, 6)) and t.cost is cost
+    assert (t.n, t.m, t.d, t.dense_strides) == (6, 4, 4, (24, 1, 6)) and t.cost is cost
     assert len(ops.args()) == 10 and t.check() == cost.device
     valid = cost[..., 0] > 0
     with pytest.raises(AttributeError, match="no dense cost"):
@@ -777,3 +777,18 @@ def test_half_values_are_exact_in_tf32(gen):
     for half in (torch.float16, torch.bfloat16):
         v = x.to(half).float()
         assert torch.equal((v.view(torch.int32) & ~0x1FFF).view(torch.float32), v), half
+
+
+def test_dense_rows_are_read_to_their_padded_width():
+    """A cost whose rows are padded by < 16 entries (what cost_matrix builds), with the padding
+    of its last row inside the storage, is read to the padded width (a multiple of 16: 16-byte
+    loads); a wide view or a storage that ends at the last entry is read to m only."""
+    from optical_ops.kernels.cost_tile import dense_operands, readable_width
+
+    padded = torch.empty(2, 5, 32, device="meta")[:, :, :19]
+    assert readable_width(padded) == 32 and dense_operands(padded).d == 32
+    assert readable_width(torch.empty(2, 5, 40, device="meta")[:, :, :10]) == 10
+    tight = torch.empty(2 * 5 * 32 - 13).as_strided((2, 5, 19), (160, 32, 1))
+    assert readable_width(tight) == 19
+    assert readable_width(torch.empty(2, 5, 19)) == 19
+    assert readable_width(torch.empty(2, 19, 5).transpose(1, 2)) == 19

@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import torch
 
-try:
-    from . import _sinkhorn_cpu
-except ImportError:  # not built: callers fall back to PyTorch ops
-    _sinkhorn_cpu = None
+from ._native import load, runs_on
+
+_sinkhorn_cpu = load("_sinkhorn_cpu")  # None when not built: callers fall back to PyTorch ops
 
 
 def native_scaling_available(kernel: torch.Tensor) -> bool:
-    return (
-        _sinkhorn_cpu is not None
-        and kernel.device.type == "cpu"
-        and kernel.dtype in (torch.float32, torch.float64)
-    )
+    return runs_on(_sinkhorn_cpu, kernel)
 
 
 def scaling_iterate(

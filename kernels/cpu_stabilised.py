@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import torch
 
-try:
-    from . import _stabilised_cpu
-except ImportError:  # not built: callers fall back to PyTorch ops
-    _stabilised_cpu = None
+from ._native import load, runs_on
+
+_stabilised_cpu = load("_stabilised_cpu")  # None when not built: callers fall back to PyTorch ops
 
 
 def native_stabilised_available(cost: torch.Tensor) -> bool:
-    return (
-        _stabilised_cpu is not None
-        and cost.device.type == "cpu"
-        and cost.dtype in (torch.float32, torch.float64)
-    )
+    return runs_on(_stabilised_cpu, cost)
 
 
 def stabilised_iterate(

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import torch
 
-try:
-    from . import _streaming_cpu
-except ImportError:  # not built: callers fall back to PyTorch ops
-    _streaming_cpu = None
+from ._native import load, runs_on
+
+_streaming_cpu = load("_streaming_cpu")  # None when not built: callers fall back to PyTorch ops
 
 # Limits of one strip (the native side keeps per-row and per-column scratch on the stack).
 MAX_STRIP_ROWS = 256
@@ -20,11 +19,7 @@ MAX_TILE_WIDTH = 1024
 
 
 def native_streaming_available(x: torch.Tensor) -> bool:
-    return (
-        _streaming_cpu is not None
-        and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
-    )
+    return runs_on(_streaming_cpu, x)
 
 
 def _check_buffers(name: str, z: torch.Tensor, same: list[torch.Tensor],

@@ -28,7 +28,28 @@ from .logsumexp import logsumexp_
 from .sinkhorn_loop import SoftMin
 
 
-class DenseLogSoftMin(SoftMin):
+class ShiftedLogPlan(SoftMin):
+    """A dense primitive whose states are the potentials f and g - shift (``shift`` (B,): the
+    cost's minimum, subtracted once) and whose :meth:`plan` is dense: the shift and the plan's
+    products for the gradient, shared by the log and stabilised domains."""
+
+    shift: torch.Tensor
+
+    def potentials(self, f, g):
+        return f, g + self.shift[:, None]
+
+    def states(self, f, g):
+        return f, g - self.shift[:, None]
+
+    def plan_products(self, f, g, x, y, x_scale, y_scale):
+        p = self.plan(f, g)
+        rows, cols = p.sum(2), p.sum(1)
+        p_y = torch.bmm(p * y_scale[:, None, :], y)
+        p_x = torch.bmm(p.transpose(1, 2) * x_scale[:, None, :], x)
+        return p_y, p_x, rows, cols
+
+
+class DenseLogSoftMin(ShiftedLogPlan):
     """Log-domain updates on a dense cost. States are f (B, n) and g - shift (B, m).
 
     ``damping`` = tau / (tau + eps) < 1 gives unbalanced OT (see :func:`dense_softmin`).
@@ -66,12 +87,6 @@ class DenseLogSoftMin(SoftMin):
     def update_rows(self, g: torch.Tensor) -> torch.Tensor:
         return self._softmin((self.log_b + g / self.eps)[:, None, :], dim=2)
 
-    def potentials(self, f, g):
-        return f, g + self.shift[:, None]
-
-    def states(self, f, g):
-        return f, g - self.shift[:, None]
-
     def plan(self, f, g):
         row = self.log_a + f / self.eps
         col = self.log_b + g / self.eps
@@ -82,13 +97,6 @@ class DenseLogSoftMin(SoftMin):
         # P_ij C_ij is 0 where P_ij = 0, +inf costs (forbidden pairs) included.
         terms = torch.where(plan > 0, plan * self.neg_cost_eps, 0.0)
         return terms.sum((1, 2)) * -self.eps + self.shift * plan.sum((1, 2))
-
-    def plan_products(self, f, g, x, y, x_scale, y_scale):
-        p = self.plan(f, g)
-        rows, cols = p.sum(2), p.sum(1)
-        p_y = torch.bmm(p * y_scale[:, None, :], y)
-        p_x = torch.bmm(p.transpose(1, 2) * x_scale[:, None, :], x)
-        return p_y, p_x, rows, cols
 
 
 class DenseScalingSoftMin(SoftMin):

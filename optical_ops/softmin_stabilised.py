@@ -63,7 +63,7 @@ import torch
 from .kernels.cpu_stabilised import native_stabilised_available, stabilised_iterate
 from .logsumexp import logsumexp_
 from .sinkhorn_loop import CHECK_EVERY, LoopResult, SoftMin
-from .softmin_dense import damping, sanitised_cost_range
+from .softmin_dense import ShiftedLogPlan, damping, sanitised_cost_range
 
 # |log u|, |log v| above which the scalings are absorbed into K~ (see the module docstring).
 ABSORB = {torch.float32: 20.0, torch.float64: 300.0}
@@ -74,7 +74,7 @@ ACCURATE = {torch.float32: 30.0, torch.float64: 330.0}
 EXP_RANGE = {torch.float32: (-87.0, 50.0), torch.float64: (-700.0, 350.0)}
 
 
-class StabilisedSoftMin(SoftMin):
+class StabilisedSoftMin(ShiftedLogPlan):
     """Dense soft-min on an absorbed kernel; states f (B, n), g - lo (B, m).
 
     Args:
@@ -266,12 +266,6 @@ class StabilisedSoftMin(SoftMin):
 
     # ----- what the loss and the gradient need -----
 
-    def potentials(self, f, g):
-        return f, g + self.shift[:, None]
-
-    def states(self, f, g):
-        return f, g - self.shift[:, None]
-
     def _log_plan(self, f, g):
         row = self.log_a + f / self.eps
         col = self.log_b + g / self.eps
@@ -286,13 +280,6 @@ class StabilisedSoftMin(SoftMin):
         p = self.plan(f, g)
         terms = torch.where(p > 0, p * self.cost, 0.0)  # +inf costs (forbidden pairs): P = 0
         return terms.sum((1, 2)) + self.shift * self.a.sum(1)
-
-    def plan_products(self, f, g, x, y, x_scale, y_scale):
-        p = self.plan(f, g)
-        rows, cols = p.sum(2), p.sum(1)
-        p_y = torch.bmm(p * y_scale[:, None, :], y)
-        p_x = torch.bmm(p.transpose(1, 2) * x_scale[:, None, :], x)
-        return p_y, p_x, rows, cols
 
 
 def stabilised_softmin(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float,

@@ -40,9 +40,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
-from . import sinkhorn_backward, sinkhorn_fused, sinkhorn_streaming
 from ._launch import Launch, recording
-from .cost_tile import dense_operands, embedding_operands
 
 # Shared memory per block (opt-in maximum): A100 163 KiB, H100 227 KiB.
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
@@ -109,49 +107,38 @@ def _embeddings(batch, n, d, dtype, strided: bool):
 
 
 def record_launches(batch, n, m, d, dtype, cost, y_dtype=None, strided=False) -> list[Launch]:
-    """The launches of one forward (fixed iterations and with tol) and one backward, on every
-    path the caller may take for this shape. ``y_dtype``: the teacher's dtype when it differs;
-    ``strided``: embeddings with feature stride != 1.
+    """The launches of one forward (fixed iterations, and with tol where the solver checks it
+    on the device) and one backward, for the solver the dispatch plan
+    (:func:`optical_ops.dispatch.solver_plan`) picks for this shape on a CUDA device: the
+    primitive it builds runs on meta tensors, so nothing executes. ``y_dtype``: the teacher's
+    dtype when it differs; ``strided``: embeddings with feature stride != 1."""
+    from optical_ops.costs import factorise
+    from optical_ops.dispatch import solver_plan
+    from optical_ops.sinkhorn_loop import run_sinkhorn
+    from optical_ops.softmin_triton import TritonFusedSoftMin, triton_softmin
 
-    (Mirrors the dispatch of optical_ops.triton_backend by hand; a query of the dispatch's
-    plan may replace the body, keeping this signature and the list of launches it returns.)"""
-    log_a, log_b = _meta(batch, n), _meta(batch, m)
-    f, g = _meta(batch, n), _meta(batch, m)
-    if cost == "dense":
-        ops = dense_operands(_meta(batch, n, m, dtype=dtype))
-    else:
-        x = _embeddings(batch, n, d, dtype, strided)
-        y = _embeddings(batch, m, d, y_dtype or dtype, strided)
-        valid_x = torch.ones(batch, n, dtype=torch.bool, device="meta")
-        valid_y = torch.ones(batch, m, dtype=torch.bool, device="meta")
-        ops = embedding_operands(x, y, cost, valid_x, valid_y, 1e-12)
     dense = cost == "dense"
+    a, b = _meta(batch, n), _meta(batch, m)
+    solver = solver_plan(batch, n, m, None if dense else d, device="cuda", dtype=dtype,
+                         backend="triton", check_inputs=False).solver
     with recording() as launches:
-        if sinkhorn_fused.fused_config(n, m, ops.features, dtype) is not None:  # resident
-            for tol in (None, 1e-6):
-                sinkhorn_fused.sinkhorn_fused(ops, log_a, log_b, 0.05, 100, tol, 10,
-                                              write_plan=dense)
+        if dense:
+            source = dict(cost=_meta(batch, n, m, dtype=dtype), write_plan=True)
         else:
-            built = ops if dense else dense_operands(
-                sinkhorn_streaming.cost_matrix(ops, log_a, log_b))
-            if sinkhorn_fused.strip_config(n, m) is not None:  # strips over a dense cost
-                for tol in (None, 1e-6):
-                    sinkhorn_fused.sinkhorn_fused(built, log_a, log_b, 0.05, 100, tol, 10,
-                                                  write_plan=dense)
-            # Streaming, beyond the strip bounds or the dense budget: over recomputed tiles,
-            # and (embeddings) over a dense cost built once.
-            for iterate in [ops] if dense else [ops, built]:
-                sinkhorn_streaming.softmin(iterate.transposed(), log_b, log_a, f, 0.05)
-                sinkhorn_streaming.softmin(iterate, log_a, log_b, g, 0.05)
-                sinkhorn_streaming.transport_cost(iterate, log_a, log_b, f, g, 0.05,
-                                                  write_plan=dense)
-        if not dense:  # the backward, from the embeddings or from a dense cost built once
-            x_scale, y_scale = (ops.x_stat, ops.y_stat) if cost == "cosine" else (None, None)
-            built = dense_operands(sinkhorn_streaming.cost_matrix(ops, log_a, log_b))
-            for rebuild in (ops, built):
-                sinkhorn_backward.plan_matmul(rebuild, log_a, log_b, f, g, 0.05, ops.y, y_scale)
-                sinkhorn_backward.plan_matmul(rebuild.transposed(), log_b, log_a, g, f, 0.05,
-                                              ops.x, x_scale)
+            x = _embeddings(batch, n, d, dtype, strided)
+            y = _embeddings(batch, m, d, y_dtype or dtype, strided)
+            fc = factorise(x, y, cost, a > 0, b > 0, sync_ok=False)
+            source = dict(fc=fc)
+        op = triton_softmin(solver, a, b, 0.05, **source)
+        fused = isinstance(op, TritonFusedSoftMin)
+        for tol in (None, 1e-6) if fused else (None,):  # the loop's tol check reads the host
+            res = run_sinkhorn(op, 100, tol)
+        if not fused:
+            op.loss(res.f_state, res.g_state)
+            if dense:
+                op.plan(res.f_state, res.g_state)
+        if not dense:
+            op.plan_products(res.f_state, res.g_state, fc.x, fc.y, fc.row_scale, fc.col_scale)
     return launches
 
 

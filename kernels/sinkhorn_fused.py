@@ -254,12 +254,16 @@ def row_span(log_a: torch.Tensor) -> torch.Tensor:
 
 
 def sinkhorn_fused(ops: CostOperands, log_a: torch.Tensor, log_b: torch.Tensor, eps: float,
-                   n_iters: int, tol: float | None, check_every: int, write_plan: bool = False):
+                   n_iters: int, tol: float | None, check_every: int, write_plan: bool = False,
+                   resident: bool | None = None):
     """All Sinkhorn iterations of every problem in one launch.
 
     Args:
         ops: the cost (:mod:`.cost_tile`), B problems of n x m: any cost when the tile fits
             :func:`fused_config` (resident), else a dense cost within :func:`strip_config`.
+        resident: the mode, as the dispatch plan chose it (``triton-fused``: the tile in
+            registers; ``triton-strips``: strips over a dense cost); None: resident whenever
+            the tile fits.
         log_a, log_b: (B, n), (B, m) fp32 contiguous log-weights (-inf for massless tokens).
         eps, n_iters, tol, check_every: as in :func:`optical_ops.sinkhorn_loop.run_sinkhorn`
             (n_iters >= 1).
@@ -270,7 +274,10 @@ def sinkhorn_fused(ops: CostOperands, log_a: torch.Tensor, log_b: torch.Tensor, 
         loss (B,) fp32 = <P, C>, iterations (B,) int64, and the plan or None.
     """
     cfg = fused_config(ops.n, ops.m, ops.features, ops.dot_dtype)
-    resident = cfg is not None
+    if resident and cfg is None:
+        raise ValueError(f"a {ops.n} x {ops.m} tile does not fit the registers "
+                         "(fused_config): use the strips over a dense cost")
+    resident = cfg is not None if resident is None else resident
     if not resident:
         cfg = strip_config(ops.n, ops.m, ops.kind == DENSE and rows_aligned(ops))
         if cfg is None or ops.kind != DENSE:

@@ -29,8 +29,10 @@ dense domain are replaced by their value-free choices.
 
 from __future__ import annotations
 
-import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -90,6 +92,24 @@ SOLVERS = {
 }
 
 
+# The solver that ``solver="auto"`` resolves to inside :func:`forced_solver`, or None.
+_FORCED: ContextVar[str | None] = ContextVar("optical_ops_forced_solver", default=None)
+
+
+@contextmanager
+def forced_solver(name: str) -> Iterator[None]:
+    """Inside the block, calls with ``solver="auto"`` run solver ``name`` wherever its backend
+    is the one chosen and it takes the input (embeddings or a dense cost); elsewhere "auto"
+    decides as usual. For tests and tools that drive code they cannot pass ``solver=`` to
+    (a trainer, a benchmark harness)."""
+    check_choice("solver", name, tuple(SOLVERS))
+    token = _FORCED.set(name)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
 @dataclass(frozen=True)
 class SolverPlan:
     """The decision for one call: run ``solver`` on ``backend``; ``buckets``: a ragged batch is
@@ -102,9 +122,13 @@ class SolverPlan:
 
 
 def triton_unavailable_reason(device: torch.device, dtype: torch.dtype | None = None):
-    """Why the Triton backend cannot run on ``device`` with ``dtype`` inputs, or None."""
-    if importlib.util.find_spec("triton") is None:
-        return "the triton package is not installed (pip install 'optical-ot[triton]')"
+    """Why the Triton backend cannot run on ``device`` with ``dtype`` inputs, or None: no
+    triton, or one older than the kernels need, or tensors it cannot take."""
+    from .kernels import triton_unavailable_reason as kernels_unavailable
+
+    missing = kernels_unavailable()
+    if missing is not None:
+        return missing
     interpret = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
     if device.type != "cuda" and not (device.type == "cpu" and interpret):
         return (f"it needs CUDA tensors, got {device.type} tensors (on a CPU, set "
@@ -225,6 +249,10 @@ def solver_plan(
         reason = triton_unavailable_reason(device, dtype)
         if reason is not None:
             raise RuntimeError(f"solver={solver!r} cannot run: {reason}")
+    forced = _FORCED.get()
+    if solver == "auto" and forced is not None and SOLVERS[forced].backend == use and (
+            kind in SOLVERS[forced].inputs):
+        solver, why = forced, f"{why}; forced_solver({forced!r})"
     if solver == "auto":
         solver, size_reason = _auto_solver(use, batch, n, m, d, dtype)
         why = f"{why}; {size_reason}"

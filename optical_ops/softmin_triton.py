@@ -103,18 +103,20 @@ class TritonStreamingSoftMin(SoftMin):
 
 
 class TritonFusedSoftMin(TritonStreamingSoftMin):
-    """The whole loop in one launch; ``write_plan``: the solve also writes the dense plan."""
+    """The whole loop in one launch; ``resident``: the cost tile in registers (else strips over
+    a dense cost); ``write_plan``: the solve also writes the dense plan."""
 
-    def __init__(self, a, b, eps, *, fc=None, cost=None, write_plan: bool = False):
+    def __init__(self, a, b, eps, *, fc=None, cost=None, resident: bool = True,
+                 write_plan: bool = False):
         super().__init__(a, b, eps, fc=fc, cost=cost)
-        self.write_plan = write_plan
+        self.resident, self.write_plan = resident, write_plan
 
     def solve(self, n_iters, tol, warm, norm):
         if warm or norm != 1:  # the kernel starts from f = 0 and checks the L1 error
             return None
         f, g, loss, iterations, plan = sinkhorn_fused(self.ops, self.log_a, self.log_b,
                                                       self.eps, n_iters, tol, CHECK_EVERY,
-                                                      self.write_plan)
+                                                      self.write_plan, self.resident)
         return LoopResult(f, g, iterations, loss=loss, plan=plan)
 
 
@@ -127,5 +129,6 @@ def triton_softmin(solver: str, a, b, eps, *, fc=None, cost=None,
         log_a, log_b = _log_weights(a), _log_weights(b)
         cost, fc = cost_matrix(kernel_operands(fc), log_a, log_b), None
     if solver in ("triton-fused", "triton-strips"):
-        return TritonFusedSoftMin(a, b, eps, fc=fc, cost=cost, write_plan=write_plan)
+        return TritonFusedSoftMin(a, b, eps, fc=fc, cost=cost, write_plan=write_plan,
+                                  resident=solver == "triton-fused")
     return TritonStreamingSoftMin(a, b, eps, fc=fc, cost=cost)

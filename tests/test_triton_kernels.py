@@ -12,9 +12,8 @@ streaming kernels (forced by zero strip bounds).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import warnings
+from contextvars import ContextVar
 
 import numpy as np
 import pytest
@@ -22,26 +21,11 @@ import torch
 from reference import assert_close_up_to_constant, random_tokens, random_weights
 
 from optical_ops import OTDistillLoss, cost_matrix, ot_distill_loss, sinkhorn
+from optical_ops import dispatch as BUDGET  # the plan: DENSE_MAX_BYTES and the solver choice
+from optical_ops.dispatch import triton_unavailable_reason
 
 pytest.importorskip("triton")
-try:  # the dispatch module, where the package has one
-    from optical_ops.dispatch import triton_unavailable_reason
-except ImportError:
-    from optical_ops.triton_backend import triton_unavailable_reason
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _budget_module():
-    """The module holding DENSE_MAX_BYTES: the dispatch plan where the package has one."""
-    for name in ("optical_ops.dispatch", "optical_ops.autograd"):
-        if importlib.util.find_spec(name) is not None:
-            module = importlib.import_module(name)
-            if hasattr(module, "DENSE_MAX_BYTES"):
-                return module
-    raise ImportError("no module of optical_ops holds DENSE_MAX_BYTES")
-
-
-BUDGET = _budget_module()
 pytestmark = [
     pytest.mark.triton,
     pytest.mark.skipif(triton_unavailable_reason(DEVICE) is not None,
@@ -66,17 +50,16 @@ STRIP_TILE = 512
 
 
 def use_path(name, monkeypatch):
-    """Route the next calls to a solver: "fused" (tile in registers); "strips" (no register
-    tile, STRIP_TILE entries per strip); or, with no fused mode allowed, streaming over a dense
-    cost built by a kernel ("dense") or over recomputed cost tiles ("streaming")."""
-    if name != "fused":
-        monkeypatch.setattr(sinkhorn_fused, "MAX_TILE", 0)
+    """Route the next calls to a solver through the plan (what :func:`forced_solver` does,
+    undone with the test): "fused" (tile in registers); "strips" (STRIP_TILE entries per strip,
+    so problems span several strips); "dense" (one launch per half-iteration over a dense cost
+    built by a kernel); "streaming" (over recomputed cost tiles, the backward too: no dense
+    budget)."""
     if name == "strips":
         monkeypatch.setattr(sinkhorn_fused, "STRIP_TILE", STRIP_TILE)
-    if name in ("dense", "streaming"):
-        monkeypatch.setattr(sinkhorn_fused, "MAX_STRIP_COLS", 0)
     if name == "streaming":
         monkeypatch.setattr(BUDGET, "DENSE_MAX_BYTES", 0)
+    monkeypatch.setattr(BUDGET, "_FORCED", ContextVar("forced", default=f"triton-{name}"))
     return name
 
 
@@ -347,7 +330,7 @@ def test_strips_across_several_strips_match_pot(gen, monkeypatch, n, m, d, strip
 def test_streaming_primitive_matches_the_pytorch_one(gen):
     """TritonStreamingSoftMin against StreamingSoftMin in the generic loop: potentials, plan,
     loss and the plan products the SoftMin interface promises."""
-    from optical_ops.costs import NORM_FLOOR, factorise
+    from optical_ops.costs import factorise
     from optical_ops.sinkhorn_loop import run_sinkhorn
     from optical_ops.softmin_streaming import StreamingSoftMin
     from optical_ops.softmin_triton import TritonStreamingSoftMin
@@ -356,8 +339,7 @@ def test_streaming_primitive_matches_the_pytorch_one(gen):
     x, y, a, b = x.to(DEVICE), y.to(DEVICE), a.float().to(DEVICE), b.float().to(DEVICE)
     fc = factorise(x, y, "cosine", a > 0, b > 0)
     ref = StreamingSoftMin(fc, a, b, 0.1)
-    op = TritonStreamingSoftMin(embedding_operands(x, y, "cosine", a > 0, b > 0, NORM_FLOOR),
-                                b, a.log(), b.log(), 0.1)
+    op = TritonStreamingSoftMin(a, b, 0.1, fc=fc)  # the kernels read the same factors
     got, want = run_sinkhorn(op, 15, None), run_sinkhorn(ref, 15, None)
     f, g = op.potentials(got.f_state, got.g_state)
     torch.testing.assert_close(f, want.f_state, rtol=0, atol=1e-5)
@@ -410,55 +392,43 @@ def test_the_cost_built_for_the_strips_has_aligned_rows(gen):
     (200, 50, "strips"), (257, 64, "streaming"), (32, 257, "streaming"),
 ])
 def test_dispatch_by_problem_size(n, m, solver):
-    """The real thresholds, read off the dispatch plan where the package has one, else off the
-    recorded launches (meta tensors: nothing runs)."""
+    """The real thresholds, read off the dispatch plan, and the launches the planned primitive
+    makes (recorded on meta tensors: nothing runs)."""
+    from optical_ops.costs import factorise
+    from optical_ops.dispatch import solver_plan
     from optical_ops.kernels._launch import recording
+    from optical_ops.sinkhorn_loop import run_sinkhorn
+    from optical_ops.softmin_triton import triton_softmin
 
     batch = 3
-    if importlib.util.find_spec("optical_ops.dispatch") is not None:
-        from optical_ops.dispatch import solver_plan
-
-        planned = solver_plan(batch, n, m, 64, device=DEVICE, backend="triton").solver
-        assert planned == {"registers": "triton-fused", "strips": "triton-strips",
-                           "streaming": "triton-dense"}[solver]
-        return
+    planned = solver_plan(batch, n, m, 64, device=DEVICE, backend="triton").solver
+    assert planned == {"registers": "triton-fused", "strips": "triton-strips",
+                       "streaming": "triton-dense"}[solver]
     x = torch.empty(batch, n, 64, device="meta")
     y = torch.empty(batch, m, 64, device="meta")
-    log_a, log_b = torch.empty(batch, n, device="meta"), torch.empty(batch, m, device="meta")
-    ops = embedding_operands(x, y, "cosine", log_a > 0, log_b > 0, 1e-12)
+    a, b = torch.empty(batch, n, device="meta"), torch.empty(batch, m, device="meta")
     with recording() as launches:
-        pytest.importorskip("optical_ops.triton_backend")._solve(ops, log_b, log_a, log_b,
-                                                                  0.05, 5, None, False)
+        fc = factorise(x, y, "cosine", a > 0, b > 0, sync_ok=False)
+        run_sinkhorn(triton_softmin(planned, a, b, 0.05, fc=fc), 5, None)
     kernels = [(r.kernel.fn.__name__, r.meta.get("RESIDENT")) for r in launches]
     if solver == "registers":
         assert kernels == [("_sinkhorn_fused_kernel", True)]
     elif solver == "strips":
         assert kernels == [("_cost_matrix_kernel", None), ("_sinkhorn_fused_kernel", False)]
     else:  # dense cost built once, then one launch per half-iteration
-        assert kernels[0] == ("_cost_matrix_kernel", None)
-        assert kernels[1:-1] == [("_softmin_kernel", None)] * 10
-        assert kernels[-1] == ("_plan_cost_kernel", None)
+        assert kernels == [("_cost_matrix_kernel", None)] + [("_softmin_kernel", None)] * 10
 
 
 def test_strips_need_the_dense_cost_to_fit_the_budget(monkeypatch):
     """Past DENSE_MAX_BYTES the strip range streams over recomputed tiles instead."""
-    from optical_ops.kernels._launch import recording
+    from optical_ops.dispatch import solver_plan
 
     monkeypatch.setattr(BUDGET, "DENSE_MAX_BYTES", 3 * 128 * 128 * 4 - 1)
-    if importlib.util.find_spec("optical_ops.dispatch") is not None:
-        from optical_ops.dispatch import solver_plan
-
-        assert solver_plan(3, 128, 128, 64, device=DEVICE, backend="triton").solver == (
-            "triton-streaming")
-        return
-    x = torch.empty(3, 128, 64, device="meta")
-    log_w = torch.empty(3, 128, device="meta")
-    ops = embedding_operands(x, x, "cosine", log_w > 0, log_w > 0, 1e-12)
-    with recording() as launches:
-        pytest.importorskip("optical_ops.triton_backend")._solve(ops, log_w, log_w, log_w,
-                                                                  0.05, 5, None, False)
-    assert {(r.kernel.fn.__name__, r.meta["COST"]) for r in launches} == {
-        ("_softmin_kernel", COSINE), ("_plan_cost_kernel", COSINE)}
+    assert solver_plan(3, 128, 128, 64, device=DEVICE, backend="triton").solver == (
+        "triton-streaming")
+    monkeypatch.undo()
+    assert solver_plan(3, 128, 128, 64, device=DEVICE, backend="triton").solver == (
+        "triton-strips")
 
 
 def test_backend_resolution(monkeypatch):
@@ -466,8 +436,8 @@ def test_backend_resolution(monkeypatch):
     with pytest.raises(RuntimeError, match=r"backend='triton' cannot run: its kernels take "
                                            r"float16, bfloat16 or float32 inputs"):
         ot_distill_loss(x.double(), x.double(), backend="triton")
-    with pytest.raises(ValueError, match=r"strategy='streaming' applies to the PyTorch"):
-        ot_distill_loss(x, x, backend="triton", strategy="streaming")
+    with pytest.raises(ValueError, match=r"solver='streaming' runs on the 'torch' backend"):
+        ot_distill_loss(x, x, backend="triton", solver="streaming")
     if DEVICE.type == "cpu":
         auto = ot_distill_loss(x, x, n_iters=5, reduction="none")  # auto on CPU: PyTorch
         torch.testing.assert_close(auto, ot_distill_loss(x, x, n_iters=5, reduction="none",
@@ -517,18 +487,24 @@ def test_fp32_dot_precision_choice(gen):
 
 
 def test_kernel_operands_match_the_pytorch_factors(gen):
-    """The per-token statistics the kernels read equal the PyTorch backend's scales."""
+    """The op hands the kernels the factorised cost's own scales (one model of the cost,
+    optical_ops.softmin_triton.kernel_operands); the kernel-level helper embedding_operands
+    (used by the kernel tests and the compile report) computes the same statistics."""
     from optical_ops.costs import NORM_FLOOR, factorise
+    from optical_ops.softmin_triton import kernel_operands
 
     x, y = random_tokens(gen, 2, 7, 16, dtype=torch.float32), random_tokens(gen, 2, 9, 16)
     y = y.float()
     x[0, 3] = 0.0
     valid_x, valid_y = torch.ones(2, 7, dtype=torch.bool), torch.ones(2, 9, dtype=torch.bool)
-    ops = embedding_operands(x, y, "cosine", valid_x, valid_y, NORM_FLOOR)
-    fc = factorise(x, y, "cosine")
-    assert ops.kind == COSINE
-    torch.testing.assert_close(ops.x_stat, fc.row_scale)
-    torch.testing.assert_close(ops.transposed().x_stat, fc.col_scale)
+    for cost in ("cosine", "sqeuclidean"):
+        fc = factorise(x, y, cost)
+        ops = kernel_operands(fc)
+        assert ops.x is fc.x and ops.y is fc.y
+        helper = embedding_operands(x, y, cost, valid_x, valid_y, NORM_FLOOR)
+        assert ops.kind == helper.kind == (COSINE if cost == "cosine" else ops.kind)
+        torch.testing.assert_close(ops.x_stat, helper.x_stat)
+        torch.testing.assert_close(ops.transposed().x_stat, helper.y_stat)
 
 
 # ---- Launch plumbing: device guard, grid limits, argument checks (no GPU needed) ----

@@ -377,3 +377,25 @@ def test_eps_scaling_reaches_small_eps_in_fewer_iterations(gen):
                                                  n_iters=300).marginal_error).all()
     with pytest.raises(ValueError, match=r"eps_scaling must be None or a factor in \(0, 1\)"):
         ot_distill_loss(x, y, eps_scaling=1.5)
+
+
+def test_forced_solver_routes_auto_through_the_plan(gen):
+    from optical_ops.dispatch import forced_solver
+
+    with forced_solver("dense-log"):
+        assert solver_plan(4, 20, 24, 768).solver == "dense-log"
+        assert "forced_solver" in solver_plan(4, 20, 24, 768).reason
+        assert solver_plan(4, 20, 24, 768, solver="streaming").solver == "streaming"
+    with forced_solver("streaming"):  # needs embeddings: a dense cost keeps its own choice
+        assert solver_plan(4, 20, 24, None).solver == "dense"
+    with forced_solver("triton-fused"):  # another backend: the CPU keeps the PyTorch choice
+        assert solver_plan(4, 20, 24, 768).solver == "dense"
+    assert solver_plan(4, 20, 24, 768).solver == "dense"
+    x, y = random_tokens(gen, 2, 7, 16), random_tokens(gen, 2, 9, 16)
+    with forced_solver("streaming"):
+        forced = ot_distill_loss(x, y, reduction="none")
+    torch.testing.assert_close(forced, ot_distill_loss(x, y, solver="streaming",
+                                                       reduction="none"))
+    with pytest.raises(ValueError, match=r"solver must be one of"):
+        with forced_solver("fast"):
+            pass

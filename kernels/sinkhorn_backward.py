@@ -28,7 +28,6 @@ import triton.language as tl
 
 from ._launch import Config, check_tensor, launch, pow2_at_least
 from .cost_tile import (
-    COST_DENSE,
     DOT_PRECISION,
     HALF_OR_FLOAT,
     CostOperands,
@@ -37,7 +36,7 @@ from .cost_tile import (
     dot_block_d,
 )
 from .lse import LOG2E, log2_potential, plan_tile
-from .sinkhorn_streaming import _problem_and_rows
+from .sinkhorn_streaming import _problem_and_rows, _problem_operands
 
 # Rows x columns x accumulator width per program, at 8 warps: the 32 x 128 fp32 accumulator is
 # 16 registers per thread beside the 32 x 32 cost and plan tiles; 100-230 registers, no spills
@@ -65,11 +64,8 @@ def _plan_matmul_kernel(
     log_a = tl.load(loga_ptr + pid_b * n + rows, mask=rows < n, other=float("-inf"))
     row_h = log2_potential(log_a, tl.load(f_ptr + pid_b * n + rows, mask=rows < n, other=0.0),
                            inv_eps)
-    x_ptr += pid_b * stride_xb
-    y_ptr += pid_b * stride_yb
-    if COST != COST_DENSE:
-        xs_ptr += pid_b * n
-        ys_ptr += pid_b * m
+    x_ptr, y_ptr, xs_ptr, ys_ptr = _problem_operands(x_ptr, stride_xb, y_ptr, stride_yb, xs_ptr,
+                                                     ys_ptr, pid_b, n, m, COST)
     v_ptr += pid_b * stride_vb
     scale = inv_eps * LOG2E
     acc = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)

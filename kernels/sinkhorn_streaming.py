@@ -71,6 +71,19 @@ def _problem_and_rows(n, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _problem_operands(x_ptr, stride_xb, y_ptr, stride_yb, xs_ptr, ys_ptr, pid_b, n, m,
+                      COST: tl.constexpr):
+    """The cost operands of problem ``pid_b``: its embeddings (or its dense cost) and, for an
+    embedding cost, its per-token statistics."""
+    x_ptr += pid_b * stride_xb
+    y_ptr += pid_b * stride_yb
+    if COST != COST_DENSE:
+        xs_ptr += pid_b * n
+        ys_ptr += pid_b * m
+    return x_ptr, y_ptr, xs_ptr, ys_ptr
+
+
+@triton.jit
 def _softmin_kernel(
     x_ptr, stride_xb, stride_xn, stride_xd, y_ptr, stride_yb, stride_ym, stride_yd,
     xs_ptr, ys_ptr, own_logw_ptr, logw_ptr, pot_ptr, out_ptr, n, m, d, eps, inv_eps,
@@ -80,11 +93,8 @@ def _softmin_kernel(
     pid_b, rows = _problem_and_rows(n, BLOCK_N)
     row_ok = tl.load(own_logw_ptr + pid_b * n + rows, mask=rows < n,
                      other=float("-inf")) > float("-inf")
-    x_ptr += pid_b * stride_xb
-    y_ptr += pid_b * stride_yb
-    if COST != COST_DENSE:
-        xs_ptr += pid_b * n
-        ys_ptr += pid_b * m
+    x_ptr, y_ptr, xs_ptr, ys_ptr = _problem_operands(x_ptr, stride_xb, y_ptr, stride_yb, xs_ptr,
+                                                     ys_ptr, pid_b, n, m, COST)
     scale = inv_eps * LOG2E
     run_max = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
     run_sum = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -134,11 +144,8 @@ def _plan_cost_kernel(
     log_a = tl.load(loga_ptr + pid_b * n + rows, mask=rows < n, other=float("-inf"))
     row_h = log2_potential(log_a, tl.load(f_ptr + pid_b * n + rows, mask=rows < n, other=0.0),
                            inv_eps)
-    x_ptr += pid_b * stride_xb
-    y_ptr += pid_b * stride_yb
-    if COST != COST_DENSE:
-        xs_ptr += pid_b * n
-        ys_ptr += pid_b * m
+    x_ptr, y_ptr, xs_ptr, ys_ptr = _problem_operands(x_ptr, stride_xb, y_ptr, stride_yb, xs_ptr,
+                                                     ys_ptr, pid_b, n, m, COST)
     scale = inv_eps * LOG2E
     partial = tl.zeros([BLOCK_N], dtype=tl.float32)
     for start in tl.range(0, m, BLOCK_M, num_stages=LOOP_STAGES):

@@ -32,7 +32,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -92,8 +91,9 @@ SOLVERS = {
 }
 
 
-# The solver that ``solver="auto"`` resolves to inside :func:`forced_solver`, or None.
-_FORCED: ContextVar[str | None] = ContextVar("optical_ops_forced_solver", default=None)
+# The solvers that ``solver="auto"`` resolves to inside :func:`forced_solver` (innermost
+# last). A plain list, not a ContextVar: torch.compile traces reading it.
+_FORCED: list[str] = []
 
 
 @contextmanager
@@ -101,13 +101,13 @@ def forced_solver(name: str) -> Iterator[None]:
     """Inside the block, calls with ``solver="auto"`` run solver ``name`` wherever its backend
     is the one chosen and it takes the input (embeddings or a dense cost); elsewhere "auto"
     decides as usual. For tests and tools that drive code they cannot pass ``solver=`` to
-    (a trainer, a benchmark harness)."""
+    (a trainer, a benchmark harness). Process-wide, not per thread."""
     check_choice("solver", name, tuple(SOLVERS))
-    token = _FORCED.set(name)
+    _FORCED.append(name)
     try:
         yield
     finally:
-        _FORCED.reset(token)
+        _FORCED.pop()
 
 
 @dataclass(frozen=True)
@@ -249,7 +249,7 @@ def solver_plan(
         reason = triton_unavailable_reason(device, dtype)
         if reason is not None:
             raise RuntimeError(f"solver={solver!r} cannot run: {reason}")
-    forced = _FORCED.get()
+    forced = _FORCED[-1] if _FORCED else None
     if solver == "auto" and forced is not None and SOLVERS[forced].backend == use and (
             kind in SOLVERS[forced].inputs):
         solver, why = forced, f"{why}; forced_solver({forced!r})"

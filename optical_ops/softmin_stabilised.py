@@ -88,7 +88,7 @@ class StabilisedSoftMin(ShiftedLogPlan):
     def __init__(self, cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float,
                  damping: float = 1.0, shift: torch.Tensor | None = None):
         self.eps, self.damping = eps, damping
-        self.a, self.b = a, b
+        self.a, self.b = a.contiguous(), b.contiguous()  # the native loop reads them raw
         self.log_a, self.log_b = a.log(), b.log()
         self.mass_rows, self.mass_cols = a > 0, b > 0
         self.shift = cost.new_zeros(cost.shape[0]) if shift is None else shift

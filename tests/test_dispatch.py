@@ -399,3 +399,19 @@ def test_forced_solver_routes_auto_through_the_plan(gen):
     with pytest.raises(ValueError, match=r"solver must be one of"):
         with forced_solver("fast"):
             pass
+
+
+def test_small_eps_ragged_batch_takes_the_stabilised_solver_per_bucket(gen):
+    """A ragged batch at eps = 1e-3 is split into trimmed buckets (non-contiguous weight views)
+    and solved by the stabilised domain: the same losses and gradients as the log domain."""
+    lengths = torch.tensor([30, 3, 17, 1, 25, 8, 29, 12])
+    x = random_tokens(gen, 8, 30, 16).requires_grad_()
+    y = random_tokens(gen, 8, 30, 16)
+    mask = torch.arange(30)[None] < lengths[:, None]
+    stabilised = ot_distill_loss(x, y, mask, eps=1e-3, n_iters=200, reduction="none")
+    (gx,) = torch.autograd.grad(stabilised.sum(), x)
+    log = ot_distill_loss(x, y, mask, eps=1e-3, n_iters=200, reduction="none",
+                          solver="dense-log")
+    (lx,) = torch.autograd.grad(log.sum(), x)
+    torch.testing.assert_close(stabilised, log, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(gx, lx, rtol=1e-7, atol=1e-10)

@@ -196,30 +196,37 @@ class StabilisedSoftMin(ShiftedLogPlan):
                 coef = torch.where(self.mass_rows, self.a * log_u.exp(), zero_a)
                 log_v, ok, within = self._half(self.kernel.transpose(1, 2), coef, self.gbar,
                                                self.mass_cols)
-                if not ok:
-                    f = self.fbar + eps * log_u
-                    g = self._log_update_cols(f)
-                    self._absorb(f, g)
-                    log_u, log_v = torch.zeros_like(f), torch.zeros_like(g)
-                elif not within:
-                    self._absorb(self.fbar + eps * log_u, self.gbar + eps * log_v)
-                    log_u, log_v = torch.zeros_like(log_u), torch.zeros_like(log_v)
+                log_u, log_v = self._settle(ok, within, log_u, log_v,
+                                            lambda lu=log_u: self._redo_cols(self.fbar + eps * lu))
             f_prev_log_u, f_prev_bar = log_u, self.fbar
             # Row update from g = gbar + eps log v.
             coef = torch.where(self.mass_cols, self.b * log_v.exp(), zero_b)
             log_u, ok, within = self._half(self.kernel, coef, self.fbar, self.mass_rows)
-            if not ok:
-                g = self.gbar + eps * log_v
-                f = self._log_update_rows(g)
-                self._absorb(f, g)
-                log_u, log_v = torch.zeros_like(f), torch.zeros_like(g)
-            elif not within:
-                self._absorb(self.fbar + eps * log_u, self.gbar + eps * log_v)
-                log_u, log_v = torch.zeros_like(log_u), torch.zeros_like(log_v)
+            log_u, log_v = self._settle(ok, within, log_u, log_v,
+                                        lambda lv=log_v: self._redo_rows(self.gbar + eps * lv))
         f_prev = f_prev_bar + eps * f_prev_log_u
         f = self.fbar + eps * log_u
         g = self.gbar + eps * log_v
         return self._exact_massless(f_prev, f, g)
+
+    def _settle(self, ok, within, log_u, log_v, redo):
+        """(log u, log v) after a half-iteration: when a sum left the accurate range, the
+        half-iteration redone in the log domain (``redo() -> (f, g)``) and absorbed; when a
+        scaling left the safe range, the scalings absorbed; else as they are."""
+        if not ok:
+            f, g = redo()
+            self._absorb(f, g)
+            return torch.zeros_like(f), torch.zeros_like(g)
+        if not within:
+            self._absorb(self.fbar + self.eps * log_u, self.gbar + self.eps * log_v)
+            return torch.zeros_like(log_u), torch.zeros_like(log_v)
+        return log_u, log_v
+
+    def _redo_cols(self, f):
+        return f, self._log_update_cols(f)
+
+    def _redo_rows(self, g):
+        return self._log_update_rows(g), g
 
     def _log_update_cols(self, f):
         self.log_updates += 1

@@ -52,39 +52,6 @@ INLINE void axpy(T* acc, T alpha, const T* x, int64_t len) {
   for (int64_t j = 0; j < len; ++j) acc[j] += alpha * x[j];
 }
 
-// acc[0:len] += sum_{i < rows} coef_i M[i, 0:len] (M row-major, row stride len). Register
-// blocked: per block of kLanes columns, four independent partial sums over rows i = 4k..4k+3,
-// so the accumulator is loaded and stored once per block instead of once per row (a chain of
-// store-to-load latencies that otherwise bounds short rows).
-template <typename T>
-INLINE void accumulate_rows(T* acc, const T* coef, const T* M, int64_t rows, int64_t len) {
-  constexpr int64_t kLanes = 64 / sizeof(T);  // one AVX-512 register
-  int64_t j0 = 0;
-  for (; j0 + kLanes <= len; j0 += kLanes) {
-    T p0[kLanes] = {}, p1[kLanes] = {}, p2[kLanes] = {}, p3[kLanes] = {};
-    int64_t i = 0;
-    for (; i + 4 <= rows; i += 4) {
-      const T* r = M + i * len + j0;
-      const T c0 = coef[i], c1 = coef[i + 1], c2 = coef[i + 2], c3 = coef[i + 3];
-#pragma omp simd
-      for (int64_t l = 0; l < kLanes; ++l) {
-        p0[l] += c0 * r[l];
-        p1[l] += c1 * r[len + l];
-        p2[l] += c2 * r[2 * len + l];
-        p3[l] += c3 * r[3 * len + l];
-      }
-    }
-    for (; i < rows; ++i) {
-      const T* r = M + i * len + j0;
-#pragma omp simd
-      for (int64_t l = 0; l < kLanes; ++l) p0[l] += coef[i] * r[l];
-    }
-#pragma omp simd
-    for (int64_t l = 0; l < kLanes; ++l) acc[j0 + l] += (p0[l] + p1[l]) + (p2[l] + p3[l]);
-  }
-  for (int64_t i = 0; i < rows && j0 < len; ++i) axpy(acc + j0, coef[i], M + i * len + j0, len - j0);
-}
-
 // Rows [r0, r1) of one fused pass: s_i = <K_i, v>; with next_t, also next_t += (a_i / s_i) K_i.
 template <typename T>
 INLINE void row_pass(const T* K, int64_t m, const T* a, const T* v, T* s, T* next_t, int64_t r0,
@@ -108,10 +75,10 @@ PER_ISA void solve_small(const T* K, const T* a, const T* b, T* s, T* t, int64_t
   for (int it = 0; it < iters; ++it) {
     for (int64_t i = 0; i < n; ++i) u[i] = a[i] / s[i];
     std::fill(t, t + m, T(0));
-    accumulate_rows(t, u, K, n, m);
+    weighted_row_sum<true>(t, u, K, n, m);
     for (int64_t j = 0; j < m; ++j) v[j] = b[j] / t[j];
     std::fill(s, s + n, T(0));
-    accumulate_rows(s, v, kt, m, n);
+    weighted_row_sum<true>(s, v, kt, m, n);
   }
 }
 

@@ -101,44 +101,6 @@ INLINE T clamp(T x, T lo, T hi) {
   return x < lo ? lo : (x > hi ? hi : x);  // NaN stays NaN: never produced here
 }
 
-// acc[0:len] = sum_{i < rows} coef[i] M[i, 0:len] (row stride len); rows with coef 0 add 0.
-// Four rows per pass over a block of accumulators, so each block is loaded and stored once per
-// four rows (a long store-to-load chain otherwise bounds short rows).
-template <typename T>
-INLINE void sum_rows(T* __restrict acc, const T* __restrict coef, const T* __restrict M,
-                     int64_t rows, int64_t len) {
-  constexpr int64_t kBlock = 64 / sizeof(T);
-  int64_t j0 = 0;
-  for (; j0 + kBlock <= len; j0 += kBlock) {
-    T s0[kBlock] = {}, s1[kBlock] = {}, s2[kBlock] = {}, s3[kBlock] = {};
-    int64_t i = 0;
-    for (; i + 4 <= rows; i += 4) {
-      const T* r0 = M + i * len + j0;
-      const T c0 = coef[i], c1 = coef[i + 1], c2 = coef[i + 2], c3 = coef[i + 3];
-#pragma omp simd
-      for (int64_t l = 0; l < kBlock; ++l) {
-        s0[l] += c0 * r0[l];
-        s1[l] += c1 * r0[len + l];
-        s2[l] += c2 * r0[2 * len + l];
-        s3[l] += c3 * r0[3 * len + l];
-      }
-    }
-    for (; i < rows; ++i) {
-      const T* r0 = M + i * len + j0;
-#pragma omp simd
-      for (int64_t l = 0; l < kBlock; ++l) s0[l] += coef[i] * r0[l];
-    }
-#pragma omp simd
-    for (int64_t l = 0; l < kBlock; ++l) acc[j0 + l] = (s0[l] + s1[l]) + (s2[l] + s3[l]);
-  }
-  if (j0 == len) return;
-  for (int64_t l = j0; l < len; ++l) acc[l] = 0;
-  for (int64_t i = 0; i < rows; ++i) {
-    const T* r0 = M + i * len;
-    for (int64_t l = j0; l < len; ++l) acc[l] += coef[i] * r0[l];
-  }
-}
-
 struct Limits {
   double eps, lam, absorb, accurate, exp_lo, exp_hi;
 };
@@ -270,7 +232,7 @@ INLINE int scaling_half(Problem<T>& P, const Limits& L, const T* M, const T* ow,
     const T c = ow[i] * o[i];
     coef[i] = ow[i] > 0 ? c : T(0);
   }
-  sum_rows(P.sum, coef, M, olen, len);
+  weighted_row_sum<false>(P.sum, coef, M, olen, len);
   const T* t = P.sum;
   T lo = 1, hi = 1;  // range of the massful sums
 #pragma omp simd reduction(min : lo) reduction(max : hi)
@@ -424,7 +386,7 @@ INLINE double column_error(Problem<T>& P, const Limits& L, const T* f, const T* 
   }
   if (scaled) {
     for (int64_t i = 0; i < P.n; ++i) P.coef[i] = P.a[i] > 0 ? P.a[i] * P.u[i] : T(0);
-    sum_rows(P.sum, P.coef, P.K, P.n, P.m);
+    weighted_row_sum<false>(P.sum, P.coef, P.K, P.n, P.m);
     for (int64_t j = 0; j < P.m; ++j) {
       const T t = P.sum[j];
       if (P.b[j] > 0 && !(t >= T(P.accurate_lo) && t <= T(P.accurate_hi))) scaled = false;

@@ -19,14 +19,13 @@ potentials. Double backward (``create_graph=True``) is not supported and says so
 from __future__ import annotations
 
 import functools
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-from .costs import FactorisedCost, full_fp32_products
+from .costs import FactorisedCost, exact_numerics
 from .dispatch import COSINE_RANGE, SolverPlan, solver_plan
-from .primitives import cost_primitive, embedding_factors, embedding_primitive
+from .primitives import cost_primitive, embedding_factors, embedding_primitives
 from .ragged import Bucket, length_buckets
 from .saved import release, restore
 from .sinkhorn_loop import (
@@ -77,9 +76,7 @@ def solve_embeddings(solver: str, x, y, a, b, spec: SolveSpec, f_init=None,
     if spec.eps_scaling is not None:
         schedule = eps_schedule(spec.eps, _range_bound(fc, a, b, sync_ok), spec.eps_scaling)
 
-    def build(eps):
-        return embedding_primitive(solver, fc, a, b, eps, spec.tau, sync_ok)
-
+    build = embedding_primitives(solver, fc, a, b, spec.tau, sync_ok)
     op, res = run_annealed(build, spec.eps, schedule, spec.n_iters, spec.tol, f_init=f_init,
                            norm=spec.norm)
     return op, fc, res
@@ -128,13 +125,6 @@ def _check_weight_gradients(a, b, spec: SolveSpec) -> None:
     if spec.tau is not None and (a.requires_grad or b.requires_grad):
         raise ValueError("gradients with respect to the weights are implemented for balanced "
                          "OT (tau=None) only; detach the weights or drop tau")
-
-
-@contextmanager
-def exact_numerics(device: torch.device):
-    """No autocast (the solver picks its own compute dtype) and full-precision fp32 products."""
-    with torch.autocast(device_type=device.type, enabled=False), full_fp32_products():
-        yield
 
 
 class EmbeddingOTFunction(torch.autograd.Function):

@@ -20,8 +20,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .autograd import SolveSpec, exact_numerics, solve_embeddings
-from .primitives import embedding_factors, embedding_primitive
+from .autograd import SolveSpec, solve_embeddings
+from .costs import exact_numerics
+from .primitives import embedding_factors, embedding_primitives
 from .sinkhorn_loop import entropic_value
 
 
@@ -57,7 +58,7 @@ def ot_value_backward(grad: Tensor, x: Tensor, y: Tensor, a: Tensor, b: Tensor, 
     """(dL/dx, dL/dy) from the potentials; an empty tensor for a side not asked for."""
     with exact_numerics(x.device):
         fc = embedding_factors(solver, x, y, a, b, cost, sync_ok=False)
-        op = embedding_primitive(solver, fc, a, b, eps, tau, sync_ok=False)
+        op = embedding_primitives(solver, fc, a, b, tau, sync_ok=False)(eps)
         f_state, g_state = op.states(f, g)
         products = op.plan_products(f_state, g_state, fc.x, fc.y, fc.row_scale, fc.col_scale)
         dx, dy = fc.input_grads(*products, grad.to(products[0].dtype), need_x, need_y)

@@ -49,6 +49,13 @@ def full_fp32_products():
         torch.set_float32_matmul_precision(previous)
 
 
+@contextmanager
+def exact_numerics(device: torch.device):
+    """No autocast (the op picks its own compute dtype) and full-precision fp32 products."""
+    with torch.autocast(device_type=device.type, enabled=False), full_fp32_products():
+        yield
+
+
 @dataclass
 class FactorisedCost:
     """C_ij = row_offset_i + col_offset_j - scale * row_scale_i * col_scale_j * <x_i, y_j>.
@@ -238,6 +245,6 @@ def cost_matrix(x: torch.Tensor, y: torch.Tensor, cost: str = "cosine") -> torch
     dtype = compute_dtype(out_dtype)
     single = x.dim() == 2
     xb, yb = (x[None], y[None]) if single else (x, y)
-    with torch.autocast(x.device.type, enabled=False), full_fp32_products():
+    with exact_numerics(x.device):
         c = factorise(xb.to(dtype), yb.to(dtype), cost).dense().to(out_dtype)
     return c[0] if single else c

@@ -120,14 +120,21 @@ class TritonFusedSoftMin(TritonStreamingSoftMin):
         return LoopResult(f, g, iterations, loss=loss, plan=plan)
 
 
+def triton_source(solver: str, fc: FactorisedCost, a, b) -> dict:
+    """What the primitive of ``solver`` reads for embeddings: ``{"fc": fc}``, or for
+    ``triton-strips`` and ``triton-dense`` ``{"cost": C}``, the dense cost built by a kernel."""
+    if solver in ("triton-strips", "triton-dense"):
+        return {"cost": cost_matrix(kernel_operands(fc), _log_weights(a), _log_weights(b))}
+    return {"fc": fc}
+
+
 def triton_softmin(solver: str, a, b, eps, *, fc=None, cost=None,
                    write_plan: bool = False) -> TritonStreamingSoftMin:
-    """The primitive of a Triton solver (:data:`optical_ops.dispatch.SOLVERS`). For
-    ``triton-strips`` and ``triton-dense`` on embeddings, the dense cost is built first by a
-    kernel."""
+    """The primitive of a Triton solver (:data:`optical_ops.dispatch.SOLVERS`) over
+    embeddings (``fc``; for strips and dense solvers the dense cost is built first,
+    :func:`triton_source`) or a dense cost."""
     if cost is None and solver in ("triton-strips", "triton-dense"):
-        log_a, log_b = _log_weights(a), _log_weights(b)
-        cost, fc = cost_matrix(kernel_operands(fc), log_a, log_b), None
+        fc, cost = None, triton_source(solver, fc, a, b)["cost"]
     if solver in ("triton-fused", "triton-strips"):
         return TritonFusedSoftMin(a, b, eps, fc=fc, cost=cost, write_plan=write_plan,
                                   resident=solver == "triton-fused")

@@ -7,6 +7,8 @@
     demo      before / OPTICAL / mean-pooled MSE on UDHR, end to end (:mod:`.demo`)
     experiments  a grid of strategies × languages × seeds × encoders from a TOML config,
               resumable, with tables and plots (:mod:`.experiments`)
+    grid      a grid on the large corpora with the student's lower layers frozen and their
+              states cached: thousands of queries, bootstrap intervals (:mod:`.grid`)
 
 Every :class:`~.config.TrainConfig` field is a flag of ``train`` and ``demo`` (``--batch-size``,
 ``--no-freeze-word-embeddings``, ``--student-layers none``...). Usage errors exit with status 2,
@@ -120,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     experiments.add_argument("--config", type=Path, required=True, help="the experiment's TOML")
     experiments.add_argument("--out", type=Path, help="[runs/experiments/<name of the config>]")
     experiments.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    grid = commands.add_parser(
+        "grid", help="a grid on cached frozen-layer states, with bootstrap intervals"
+    )
+    grid.add_argument("--config", type=Path, required=True, help="the grid's TOML")
+    grid.add_argument("--out", type=Path, help="[experiments/results/<name of the config>]")
+    grid.add_argument("--prepare", action="store_true",
+                      help="only compute and cache the states the runs need")  # fmt: skip
     return parser
 
 
@@ -232,6 +242,12 @@ def _experiments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return run_experiment(args.config, args.out, progress=not args.no_progress)
 
 
+def _grid(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .grid.runner import run_grid_command
+
+    return run_grid_command(args.config, args.out, prepare_only=args.prepare)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .formats import DataFormatError
     from .models import ModelDirectoryError
@@ -239,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"train": _train, "evaluate": _evaluate, "demo": _demo, "experiments": _experiments}
+    commands = {"train": _train, "evaluate": _evaluate, "demo": _demo, "experiments": _experiments,
+                "grid": _grid}
     try:
         status = commands[args.command](args, parser)
     except (DataFormatError, ModelDirectoryError, FileNotFoundError, ValueError) as error:

@@ -56,7 +56,8 @@ def test_top_layers_train_their_own_copies(tiny_model):
     assert not any(p.requires_grad for p in model.parameters())
     with torch.no_grad():
         next(top.parameters()).add_(1.0)
-    assert not torch.equal(next(top.parameters()), model.encoder.layer[-1].attention.self.query.weight)
+    original = model.encoder.layer[-1].attention.self.query.weight
+    assert not torch.equal(next(top.parameters()), original)
     with pytest.raises(ValueError, match="count must be in"):
         TopLayers(model, 3)
 
@@ -180,8 +181,9 @@ def test_a_grid_trains_evaluates_resumes_and_reports(tiny_model, tmp_path):
     rows = list(csv.DictReader(open(out / "significance.csv", encoding="utf-8")))
     assert list(rows[0])[:8] == ["strategy", "baseline", "language", "measure", "delta",
                                  "ci_low", "ci_high", "queries"]  # fmt: skip
-    mse_vs_none = [r for r in rows if (r["strategy"], r["baseline"], r["language"], r["measure"],
-                                       r["condition"]) == ("mse", "none", "quran/sw", "nDCG@10", "clean")]  # fmt: skip
+    key = ("mse", "none", "quran/sw", "nDCG@10", "clean")
+    columns = ("strategy", "baseline", "language", "measure", "condition")
+    mse_vs_none = [r for r in rows if tuple(r[c] for c in columns) == key]
     expected = sum(clean["quran/sw/mse/seed-0"]) / 12 + sum(clean["quran/sw/mse/seed-1"]) / 12
     expected = (expected - 2 * sum(clean["quran/sw/none/seed-0"]) / 12) / 2
     assert float(mse_vs_none[0]["delta"]) == pytest.approx(expected, abs=1e-6)

@@ -167,12 +167,14 @@ def test_a_grid_trains_evaluates_resumes_and_reports(tiny_model, tmp_path):
     outcome = run_grid(grid, out, model=tiny_model, tasks=tasks, cache=cache, log=lambda s: None)
     assert set(outcome.values()) == {"done"} and len(outcome) == 2 * 4 * 2
     records = {r["run"]["id"]: r for r in finished_records(grid, out)}
-    clean = {key: r["metrics"]["clean"]["nDCG@10"] for key, r in records.items()}
+    clean = {key: r["metrics"]["cosine"]["clean"]["nDCG@10"] for key, r in records.items()}
     assert all(len(values) == 12 for values in clean.values())
     assert clean["quran/sw/none/seed-0"] == clean["quran/sw/none/seed-1"]  # nothing trained
     assert clean["quran/sw/mse/seed-0"] != clean["quran/sw/none/seed-0"]
     assert len(records["quran/fi/ot-cosine/seed-1"]["losses"]) == 3
-    assert set(records["quran/fi/mse/seed-0"]["metrics"]) == {"clean", "typo@0.3"}
+    metrics = records["quran/fi/mse/seed-0"]["metrics"]
+    assert set(metrics) == {"cosine", "centred"}
+    assert set(metrics["centred"]) == {"clean", "typo@0.3"}
     assert run_grid(grid, out, model=tiny_model, tasks=tasks, cache=cache,
                     log=lambda s: None) == dict.fromkeys(outcome, "skipped")  # fmt: skip
 
@@ -181,8 +183,8 @@ def test_a_grid_trains_evaluates_resumes_and_reports(tiny_model, tmp_path):
     rows = list(csv.DictReader(open(out / "significance.csv", encoding="utf-8")))
     assert list(rows[0])[:8] == ["strategy", "baseline", "language", "measure", "delta",
                                  "ci_low", "ci_high", "queries"]  # fmt: skip
-    key = ("mse", "none", "quran/sw", "nDCG@10", "clean")
-    columns = ("strategy", "baseline", "language", "measure", "condition")
+    key = ("mse", "none", "quran/sw", "nDCG@10", "clean", "cosine")
+    columns = ("strategy", "baseline", "language", "measure", "condition", "scorer")
     mse_vs_none = [r for r in rows if tuple(r[c] for c in columns) == key]
     expected = sum(clean["quran/sw/mse/seed-0"]) / 12 + sum(clean["quran/sw/mse/seed-1"]) / 12
     expected = (expected - 2 * sum(clean["quran/sw/none/seed-0"]) / 12) / 2

@@ -1,5 +1,19 @@
-"""Per-query retrieval measures of a whole (Q, D) score matrix at once.
+r"""Scoring mean-pooled embeddings, and per-query retrieval measures of a whole (Q, D) score
+matrix at once.
 
+Two scorers (:data:`SCORERS`), on L2-normalised query embeddings q_1..q_Q and document
+embeddings d_1..d_D:
+
+* ``"cosine"``: s(q, d) = q · d, as multilingual-e5 is used;
+* ``"centred"``: s(q, d) = q̃ · d̃ with q̃ = (q - q̄) / |q - q̄|, q̄ the mean of the Q queries
+  (and likewise d̃ with the documents' mean). The e5 states are anisotropic (every embedding
+  shares a large common component, |q̄| ≈ 0.93 on the Chichewa queries): a change that moves
+  every query along one direction c adds the query-independent c · d to each document's score
+  and reorders documents for all queries alike. Centring removes that component (Mu &
+  Viswanath, ICLR 2018, "all-but-the-top", with its first step only); it uses no relevance
+  label, only the query set and the collection themselves.
+
+Measures:
 The definitions and the tie order are those of :mod:`..metrics` (trec_eval's: score descending,
 then document id descending; binary relevance here), computed with one sort of the matrix
 instead of a Python loop per query: thousands of queries against thousands of documents score
@@ -13,6 +27,17 @@ from collections.abc import Sequence
 import torch
 
 MEASURES = ("nDCG@10", "MRR", "P@1", "MAP")
+
+
+def _centred(embeddings: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(embeddings - embeddings.mean(dim=0), dim=-1)
+
+
+SCORERS = {
+    "cosine": lambda queries, documents: queries @ documents.T,
+    "centred": lambda queries, documents: _centred(queries) @ _centred(documents).T,
+}
+"""Name -> ``scores(queries (Q, d), documents (D, d)) -> (Q, D)`` on normalised embeddings."""
 _NDCG_DEPTH = 10
 
 

@@ -1,19 +1,19 @@
-r"""The grid's report: ``results.csv``, ``significance.csv``, ``results.md`` and a plot.
+r"""The grid's report: ``results.csv``, ``significance.csv``, ``results.md`` and plots.
 
-From the per-query measures of every finished run (:mod:`.runner`), with M_{s,q} a measure of
-seed s on query q of a task:
+From the per-query measures of every finished run (:mod:`.runner`), for each scorer
+(:data:`~.ranking.SCORERS`):
 
-* ``results.csv`` (strategy, condition, quantity, language, measure, mean, std, seeds,
+* ``results.csv`` (strategy, scorer, condition, quantity, language, measure, mean, std, seeds,
   queries): a task's score is the mean over seeds of the seed's mean over queries, with the
   sample standard deviation over seeds; ``drop`` = clean - perturbed; the groups ``high``,
   ``low`` (means over the ``[gap]`` tasks) and ``gap`` = high - low, per seed, likewise;
 * ``significance.csv`` (strategy, baseline, language, measure, delta, ci_low, ci_high, queries,
-  condition): the difference to each baseline with its 95% paired bootstrap interval
+  condition, scorer): the difference to each baseline with its 95% paired bootstrap interval
   (:mod:`.bootstrap`) per task, and for the groups and the gap; ``condition`` is ``clean``, a
   perturbation (the scores under it) or ``drop:<perturbation>`` (the difference of the drops:
   negative means the strategy loses less to the perturbation than the baseline);
-* ``results.md``: these as Markdown tables; ``delta-vs-<baseline>.png``: the clean nDCG@10
-  differences with their intervals.
+* ``results.md``: these as Markdown tables; ``delta-vs-<baseline>-<scorer>.png``: the clean
+  nDCG@10 differences with their intervals.
 """
 
 from __future__ import annotations
@@ -36,18 +36,23 @@ DROP = "drop:"
 Values = dict[tuple[str, str, str, str], torch.Tensor]  # (task, strategy, condition, measure)
 
 
-def per_query_values(records: Iterable[Mapping]) -> Values:
-    """(task, strategy, condition, measure) -> (seeds, Q) float64, seeds in increasing order."""
-    by_cell: dict[tuple, dict[int, list[float]]] = {}
+def per_query_values(records: Iterable[Mapping]) -> dict[str, Values]:
+    """scorer -> (task, strategy, condition, measure) -> (seeds, Q) float64, seeds in
+    increasing order."""
+    by_cell: dict[str, dict[tuple, dict[int, list[float]]]] = {}
     for record in records:
         run = record["run"]
-        for condition, measures in record["metrics"].items():
-            for measure, values in measures.items():
-                key = (run["task"], run["strategy"], condition, measure)
-                by_cell.setdefault(key, {})[run["seed"]] = values
+        for scorer, conditions in record["metrics"].items():
+            for condition, measures in conditions.items():
+                for measure, values in measures.items():
+                    key = (run["task"], run["strategy"], condition, measure)
+                    by_cell.setdefault(scorer, {}).setdefault(key, {})[run["seed"]] = values
     return {
-        key: torch.tensor([seeds[s] for s in sorted(seeds)], dtype=torch.float64)
-        for key, seeds in by_cell.items()
+        scorer: {
+            key: torch.tensor([seeds[s] for s in sorted(seeds)], dtype=torch.float64)
+            for key, seeds in cells.items()
+        }
+        for scorer, cells in by_cell.items()
     }
 
 
@@ -69,7 +74,7 @@ def _mean_std(per_seed: torch.Tensor) -> tuple[float, float | None]:
     return statistics.fmean(sample), statistics.stdev(sample) if len(sample) > 1 else None
 
 
-def result_rows(grid: GridConfig, values: Values) -> list[dict]:
+def result_rows(grid: GridConfig, values: Values, scorer: str) -> list[dict]:
     rows = []
     quantities = [(c, "score") for c in _conditions(grid)]
     quantities += [(DROP + p.name, "drop") for p in grid.perturbations]
@@ -101,6 +106,7 @@ def result_rows(grid: GridConfig, values: Values) -> list[dict]:
                     rows.append(
                         dict(
                             strategy=strategy,
+                            scorer=scorer,
                             condition=condition.removeprefix(DROP),
                             quantity=quantity,
                             language=language,
@@ -114,9 +120,9 @@ def result_rows(grid: GridConfig, values: Values) -> list[dict]:
     return rows
 
 
-def significance_rows(grid: GridConfig, values: Values) -> list[dict]:
+def significance_rows(grid: GridConfig, values: Values, scorer: str) -> list[dict]:
     """The differences to the baselines, per task and group (see the module docstring)."""
-    rows = []
+    rows: list[dict] = []
     conditions = [*_conditions(grid), *(DROP + p.name for p in grid.perturbations)]
     indices = {}
     for number, task in enumerate(grid.tasks):
@@ -228,22 +234,33 @@ def _section(title: str, columns: Sequence[str], rows: dict[str, list[str]]) -> 
 def markdown(grid: GridConfig, results: Sequence[dict], significance: Sequence[dict]) -> str:
     """The tables of ``results.md``: scores per measure, differences to each baseline, and
     the robustness drops with their difference to the first baseline."""
-    score = {(r["strategy"], r["condition"], r["quantity"], r["language"], r["measure"]): r
-             for r in results}  # fmt: skip
-    delta = {(r["strategy"], r["baseline"], r["condition"], r["language"], r["measure"]): r
-             for r in significance}  # fmt: skip
+    score = {
+        (r["strategy"], r["condition"], r["quantity"], r["language"], r["measure"]): r
+        for r in results
+    }
+    delta = {
+        (r["strategy"], r["baseline"], r["condition"], r["language"], r["measure"]): r
+        for r in significance
+    }
     columns = [*grid.tasks, *(GROUPS if grid.high else ())]
     parts = []
     for measure in MEASURES:
-        rows = {s: [_score_cell(score.get((s, CLEAN, "score", c, measure))) for c in columns]
-                for s in grid.strategies}  # fmt: skip
+        rows = {
+            s: [_score_cell(score.get((s, CLEAN, "score", c, measure))) for c in columns]
+            for s in grid.strategies
+        }
         title = f"{measure}, clean queries (mean ± sd over seeds {list(grid.seeds)})"
         parts += _section(title, columns, rows)
     for baseline in grid.baselines:
-        rows = {s: [_delta_cell(delta.get((s, baseline, CLEAN, c, TABLE_MEASURE))) for c in columns]
-                for s in grid.strategies if s != baseline}  # fmt: skip
-        title = (f"{TABLE_MEASURE}: difference to {baseline} [95% paired bootstrap CI over "
-                 "queries]; bold: the interval excludes 0")  # fmt: skip
+        rows = {
+            s: [_delta_cell(delta.get((s, baseline, CLEAN, c, TABLE_MEASURE))) for c in columns]
+            for s in grid.strategies
+            if s != baseline
+        }
+        title = (
+            f"{TABLE_MEASURE}: difference to {baseline} [95% paired bootstrap CI over "
+            "queries]; bold: the interval excludes 0"
+        )
         parts += _section(title, columns, rows)
     baseline = grid.baselines[0]
     for perturbation in grid.perturbations:
@@ -255,8 +272,10 @@ def markdown(grid: GridConfig, results: Sequence[dict], significance: Sequence[d
                 keys = [(s, baseline, DROP + name, c, TABLE_MEASURE) for c in columns]
                 drops = [f"{cell} / {_delta_cell(delta.get(k))}" for cell, k in zip(drops, keys)]
             rows[s] = drops
-        title = (f"{TABLE_MEASURE} lost to {name} queries (clean - perturbed) / its difference "
-                 f"to {baseline} (negative: more robust)")  # fmt: skip
+        title = (
+            f"{TABLE_MEASURE} lost to {name} queries (clean - perturbed) / its difference "
+            f"to {baseline} (negative: more robust)"
+        )
         parts += _section(title, columns, rows)
     return "\n".join(parts)
 
@@ -303,8 +322,13 @@ def _plot(grid: GridConfig, significance: Sequence[dict], baseline: str, path: P
 def write_report(grid: GridConfig, records: Sequence[Mapping], out_dir: Path) -> list[Path]:
     """Write the report of the finished ``records`` into ``out_dir``; the paths written."""
     out_dir = Path(out_dir)
-    values = per_query_values(records)
-    results, significance = result_rows(grid, values), significance_rows(grid, values)
+    results, significance, sections = [], [], []
+    for scorer, values in per_query_values(records).items():
+        scored = result_rows(grid, values, scorer)
+        compared = [{**row, "scorer": scorer} for row in significance_rows(grid, values, scorer)]
+        results += scored
+        significance += compared
+        sections.append((scorer, scored, compared))
     written = []
     if results:
         _write_csv(out_dir / "results.csv", results)
@@ -317,10 +341,15 @@ def write_report(grid: GridConfig, records: Sequence[Mapping], out_dir: Path) ->
         f"# Grid {grid.name}\n\n{len(records)} of {len(grid.runs)} runs finished "
         f"({seconds:.0f} s of training and evaluation; the cached states not counted).\n"
     )
-    (out_dir / "results.md").write_text(header + "\n" + markdown(grid, results, significance))
+    body = [
+        f"## Scorer: {scorer}\n\n{markdown(grid, scored, compared)}"
+        for scorer, scored, compared in sections
+    ]
+    (out_dir / "results.md").write_text(header + "\n" + "\n".join(body))
     written.append(out_dir / "results.md")
-    for baseline in grid.baselines:
-        path = out_dir / f"delta-vs-{baseline}.png"
-        if _plot(grid, significance, baseline, path):
-            written.append(path)
+    for scorer, _, compared in sections:
+        for baseline in grid.baselines:
+            path = out_dir / f"delta-vs-{baseline}-{scorer}.png"
+            if _plot(grid, compared, baseline, path):
+                written.append(path)
     return written

@@ -29,15 +29,22 @@ from pathlib import Path
 
 import torch
 
+from ..config import NO_PERTURBATION, TrainConfig
 from ..models import Encoder, load_teacher, resolve_model_dir
 from ..perturb import perturb
 from ..robustness import CLEAN
 from .config import GridConfig, GridRun, load_grid, run_settings
-from .features import FeatureCache, compute_embeddings, compute_states, model_fingerprint
-from .ranking import query_measures
+from .features import (
+    FeatureCache,
+    RaggedStates,
+    compute_embeddings,
+    compute_states,
+    model_fingerprint,
+)
+from .ranking import SCORERS, query_measures
 from .tasks import POOL_SEED, Task, load_tasks
 from .top_layers import TopLayers
-from .train_head import encode_queries, train_head, uses_perturbed_texts
+from .train_head import encode_queries, train_head
 
 DONE, FAILED = "done", "failed"
 DOCUMENT_PREFIX = "passage: "  # e5: the teacher encodes English documents as passages
@@ -45,12 +52,18 @@ DOCUMENT_PREFIX = "passage: "  # e5: the teacher encodes English documents as pa
 
 @dataclass
 class TaskStates:
-    """The cached inputs of one task's runs (see the module docstring)."""
+    """The cached inputs of one task's runs (see the module docstring), by the prefixes and
+    perturbations the runs use."""
 
-    student: dict[str, object] = field(default_factory=dict)  # "clean" / kind -> RaggedStates
-    teacher: object = None
+    student: dict[tuple[str, str], RaggedStates] = field(default_factory=dict)  # (prefix, kind)
+    teacher: dict[str, RaggedStates] = field(default_factory=dict)  # prefix
     documents: torch.Tensor | None = None
-    queries: dict[str, object] = field(default_factory=dict)  # condition -> RaggedStates
+    queries: dict[tuple[str, str], RaggedStates] = field(default_factory=dict)  # (prefix, cond.)
+
+
+def training_texts(config: TrainConfig) -> tuple[str, str]:
+    """The key of the student states a run trains on: its prefix and text perturbation."""
+    return config.student_prefix, config.adversarial_input
 
 
 class StateBuilder:
@@ -67,7 +80,7 @@ class StateBuilder:
         self.frozen = self.layers - grid.trainable_layers
         self.settings = {"model": model_key, "max_length": grid.runs[0].config.max_length}
 
-    def _states(self, texts, prefix: str, num_layers: int):
+    def _states(self, texts, prefix: str, num_layers: int) -> RaggedStates:
         settings = {**self.settings, "prefix": prefix, "layers": num_layers}
         model, tokenizer = self.teacher
         return self.cache.get(
@@ -85,20 +98,21 @@ class StateBuilder:
         )
 
     def build(self, task: Task) -> TaskStates:
-        runs = [run for run in self.grid.runs if run.task == task.name]
-        config = runs[0].config
+        configs = [run.config for run in self.grid.runs if run.task == task.name]
         other = [pair.other for pair in task.train]
-        states = TaskStates()
-        states.student[CLEAN] = self._states(other, config.student_prefix, self.frozen)
-        for kind, rate in {
-            (r.config.adversarial_input, r.config.adversarial_rate)
-            for r in runs
-            if uses_perturbed_texts(r.config)
-        }:
-            perturbed = perturb(other, kind, rate, seed=POOL_SEED)
-            states.student[kind] = self._states(perturbed, config.student_prefix, self.frozen)
         english = [pair.english for pair in task.train]
-        states.teacher = self._states(english, config.teacher_prefix, self.layers)
+        states = TaskStates()
+        for config in configs:
+            key = training_texts(config)
+            if key not in states.student:
+                texts = other
+                if config.adversarial_input != NO_PERTURBATION:
+                    kind, rate = config.adversarial_input, config.adversarial_rate
+                    texts = perturb(other, kind, rate, seed=POOL_SEED)
+                states.student[key] = self._states(texts, config.student_prefix, self.frozen)
+            if config.teacher_prefix not in states.teacher:
+                prefix = config.teacher_prefix
+                states.teacher[prefix] = self._states(english, prefix, self.layers)
         documents = task.evaluation.documents
         model, tokenizer = self.teacher
         settings = {**self.settings, "prefix": DOCUMENT_PREFIX}
@@ -115,30 +129,44 @@ class StateBuilder:
             ),
         )
         queries = task.evaluation.queries
-        for condition in (None, *self.grid.perturbations):
-            texts = queries if condition is None else perturb(queries, *condition, seed=POOL_SEED)
-            name = CLEAN if condition is None else condition.name
-            states.queries[name] = self._states(texts, config.student_prefix, self.frozen)
+        for prefix in dict.fromkeys(config.student_prefix for config in configs):
+            for condition in (None, *self.grid.perturbations):
+                texts = (
+                    queries if condition is None else perturb(queries, *condition, seed=POOL_SEED)
+                )
+                name = CLEAN if condition is None else condition.name
+                states.queries[prefix, name] = self._states(texts, prefix, self.frozen)
         return states
 
 
 def execute(run: GridRun, task: Task, states: TaskStates, teacher: Encoder) -> dict:
-    """Train and evaluate one run: its record's ``metrics``, ``losses`` and ``seconds``."""
+    """Train and evaluate one run: its record's ``metrics`` (scorer -> condition -> measure ->
+    per-query values), ``losses`` and ``seconds``."""
     started = time.perf_counter()
-    head = TopLayers(teacher.model, run.config.trainable_layers)
-    training_texts = states.student[
-        run.config.adversarial_input if uses_perturbed_texts(run.config) else CLEAN
-    ]
-    losses = train_head(head, run.config, training_texts, states.teacher, len(teacher.tokenizer))
+    config = run.config
+    head = TopLayers(teacher.model, config.trainable_layers)
+    losses = train_head(
+        head,
+        config,
+        states.student[training_texts(config)],
+        states.teacher[config.teacher_prefix],
+        len(teacher.tokenizer),
+    )
     trained = time.perf_counter()
     collection = task.evaluation
-    metrics = {}
-    for condition, query_states in states.queries.items():
-        scores = encode_queries(head, query_states) @ states.documents.T
-        measures = query_measures(scores, collection.relevant, collection.document_ids)
-        metrics[condition] = {
-            m: [round(v, 6) for v in values.tolist()] for m, values in measures.items()
-        }
+    metrics = {scorer: {} for scorer in SCORERS}
+    for (prefix, condition), query_states in states.queries.items():
+        if prefix != config.student_prefix:
+            continue
+        queries = encode_queries(head, query_states)
+        for scorer, scores in SCORERS.items():
+            measures = query_measures(
+                scores(queries, states.documents), collection.relevant, collection.document_ids
+            )
+            metrics[scorer][condition] = {
+                measure: [round(v, 6) for v in values.tolist()]
+                for measure, values in measures.items()
+            }
     return {
         "metrics": metrics,
         "losses": [round(loss, 6) for loss in losses],
@@ -213,7 +241,7 @@ def run_grid(
         }
         try:
             record.update(status=DONE, **execute(run, tasks[run.task], states[run.task], teacher))
-            clean = record["metrics"][CLEAN]["nDCG@10"]
+            clean = record["metrics"]["cosine"][CLEAN]["nDCG@10"]
             log(
                 f"[{number}/{len(pending)}] {run.id}: nDCG@10 {sum(clean) / len(clean):.4f} "
                 f"({sum(record['seconds'].values()):.0f} s)"

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..batching import global_batch
-from ..config import NO_PERTURBATION, TrainConfig
+from ..config import TrainConfig
 from ..e5_model import mean_pool
 from ..idf import idf_table
 from ..losses import PairStates, distils, pair_losses
@@ -93,7 +93,3 @@ def encode_queries(head: nn.Module, queries: RaggedStates, batch_size: int = 128
         x, mask, _ = queries.batch(rows)
         embeddings[rows] = nn.functional.normalize(mean_pool(head(x, mask), mask), dim=-1)
     return embeddings
-
-
-def uses_perturbed_texts(config: TrainConfig) -> bool:
-    return config.adversarial_input != NO_PERTURBATION

@@ -4,15 +4,15 @@
               under ``torchrun --nproc-per-node N`` it runs DistributedDataParallel
     evaluate  CLIR metrics and TREC run/qrels files for a checkpoint or any encoder folder,
               on UDHR languages (test articles) or a local collection (JSONL + TREC qrels)
-    demo      before / OPTICAL / mean-pooled MSE on UDHR, end to end (:mod:`.demo`)
+    demo      before / OPTICAL / mean-pooled MSE on UDHR, end to end (:mod:`.experiments.demo`)
     experiments  a grid of strategies × languages × seeds × encoders from a TOML config,
-              resumable, with tables and plots (:mod:`.experiments`)
+              resumable, with tables and plots (:mod:`.experiments.runner`)
     grid      a grid on the large corpora with the student's lower layers frozen and their
-              states cached: thousands of queries, bootstrap intervals (:mod:`.grid`)
+              states cached: thousands of queries, bootstrap intervals (:mod:`.experiments.grid`)
 
-Every :class:`~.config.TrainConfig` field is a flag of ``train`` and ``demo`` (``--batch-size``,
-``--no-freeze-word-embeddings``, ``--student-layers none``...). Usage errors exit with status 2,
-bad data or models with status 1 and a message naming the file (and line).
+Every :class:`~.distillation.config.TrainConfig` field is a flag of ``train`` and ``demo``
+(``--batch-size``, ``--no-freeze-word-embeddings``, ``--student-layers none``...). Usage errors exit
+with status 2, bad data or models with status 1 and a message naming the file (and line).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import TrainConfig
+from .distillation.config import TrainConfig
 
 _NONE = "none"
 TRAIN_DEFAULTS = TrainConfig(languages=("swh", "som", "fin"))
@@ -85,7 +85,7 @@ def _add_collection_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .demo import DEMO_CONFIG
+    from .experiments.demo import DEMO_CONFIG
 
     parser = argparse.ArgumentParser(
         prog="python -m optical_ops.training",
@@ -135,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _collection(args: argparse.Namespace, parser: argparse.ArgumentParser, languages):
     """``(documents, {name: QuerySet})`` from UDHR ``languages`` or the three collection files."""
-    from .bitext_data import load_udhr
-    from .evaluate import load_collection, udhr_collection
+    from .bitext.pairs import load_udhr
+    from .evaluation.evaluate import load_collection, udhr_collection
 
     files = (args.queries, args.corpus, args.qrels)
     if any(files):
@@ -150,11 +150,11 @@ def _collection(args: argparse.Namespace, parser: argparse.ArgumentParser, langu
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    from .bitext_data import load_udhr, tsv_training_pairs, udhr_training_pairs
-    from .checkpoint import load_checkpoint, resolve_checkpoint
-    from .evaluate import DOCUMENT_PREFIX, DocumentIndex, TextEncoder, student_evaluator
-    from .models import load_teacher
-    from .trainer import DistillationTrainer, check_run_folder
+    from .bitext.pairs import load_udhr, tsv_training_pairs, udhr_training_pairs
+    from .distillation.checkpoint import load_checkpoint, resolve_checkpoint
+    from .distillation.trainer import DistillationTrainer, check_run_folder
+    from .evaluation.evaluate import DOCUMENT_PREFIX, DocumentIndex, TextEncoder, student_evaluator
+    from .models.encoders import load_teacher
 
     # A folder that holds another run is refused before any model loads (RunFolderError).
     check_run_folder(args.out, resolve_checkpoint(args.resume) if args.resume is not None
@@ -190,7 +190,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    from .evaluate import (
+    from .distillation.trainer import student_from_checkpoint
+    from .evaluation.evaluate import (
         DOCUMENT_PREFIX,
         QUERY_PREFIX,
         DocumentIndex,
@@ -198,9 +199,8 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         evaluate_queries,
         write_trec_files,
     )
-    from .models import load_teacher
-    from .report import TABLE_MEASURES, markdown_table, summarise
-    from .trainer import student_from_checkpoint
+    from .evaluation.report import TABLE_MEASURES, markdown_table, summarise
+    from .models.encoders import load_teacher
 
     if args.checkpoint is not None:
         student, config = student_from_checkpoint(args.checkpoint)
@@ -225,7 +225,7 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
 
 
 def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    from .demo import DEMO_CONFIG, run_demo
+    from .experiments.demo import DEMO_CONFIG, run_demo
 
     try:
         config = config_from_args(args, DEMO_CONFIG)
@@ -237,20 +237,20 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
 
 
 def _experiments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .experiments import run_experiment
+    from .experiments.runner import run_experiment
 
     return run_experiment(args.config, args.out, progress=not args.no_progress)
 
 
 def _grid(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .grid.runner import run_grid_command
+    from .experiments.grid.runner import run_grid_command
 
     return run_grid_command(args.config, args.out, prepare_only=args.prepare)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .formats import DataFormatError
-    from .models import ModelDirectoryError
+    from .bitext.formats import DataFormatError
+    from .models.encoders import ModelDirectoryError
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()

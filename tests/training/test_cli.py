@@ -5,8 +5,13 @@ import json
 import pytest
 from tiny_model import tiny_bitext
 
+from optical_ops.training.bitext.formats import (
+    write_bitext,
+    write_corpus,
+    write_qrels,
+    write_queries,
+)
 from optical_ops.training.cli import main
-from optical_ops.training.formats import write_bitext, write_corpus, write_qrels, write_queries
 
 
 def usage_error(capsys, argv) -> str:

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from tiny_model import tiny_bitext, tiny_config
 
+from optical_ops.training.bitext.formats import write_bitext
 from optical_ops.training.cli import main
-from optical_ops.training.formats import write_bitext
-from optical_ops.training.trainer import DistillationTrainer
+from optical_ops.training.distillation.trainer import DistillationTrainer
 
 UMASK = 0o027  # files 0640: neither mkstemp's 0600 nor the test runner's usual 0644
 START_TIMEOUT_S = 180  # a cold interpreter importing torch and transformers on a busy machine

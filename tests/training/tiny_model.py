@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from optical_ops.training.config import TrainConfig
+from optical_ops.training.distillation.config import TrainConfig
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 WORDS = (

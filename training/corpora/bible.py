@@ -33,7 +33,7 @@ import ast
 import json
 from pathlib import Path
 
-from ..udhr import normalise_whitespace
+from ..bitext.udhr import normalise_whitespace
 from .aligned import AlignedPair, ParallelCorpus
 from .cache import chichewa_bible_dir, english_bible_module
 

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..e5_model import default_cache_dir
+from ..models.e5_model import default_cache_dir
 
 CORPORA_ENV = "OPTICAL_CORPORA"
 CORPORA = ("bible", "quran", "libreoffice")

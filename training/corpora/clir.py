@@ -10,9 +10,9 @@ For one corpus and language, from the test split of :func:`~.splits.split_corpus
 * relevant (1): every document whose English text equals the query's aligned English text, the
   aligned one included, so an identical passage elsewhere counts as a hit.
 
-It is a :class:`~..retrieval_benchmarks.RetrievalCollection`, written in the formats the evaluator
-reads (:func:`~..evaluate.load_collection`, ``--queries/--corpus/--qrels`` on the command line),
-one folder per corpus and language::
+It is a :class:`~..bitext.retrieval_benchmarks.RetrievalCollection`, written in the formats the
+evaluator reads (:func:`~..evaluation.evaluate.load_collection`, ``--queries/--corpus/--qrels`` on
+the command line), one folder per corpus and language::
 
     <out>/<corpus>/<lang>/queries.jsonl   {"_id": "ny-40001001", "text": ...}
     <out>/<corpus>/<lang>/corpus.jsonl    {"_id": "40001001", "title": "", "text": ...}
@@ -31,8 +31,8 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..formats import write_bitext, write_corpus, write_qrels, write_queries
-from ..retrieval_benchmarks import RetrievalCollection
+from ..bitext.formats import write_bitext, write_corpus, write_qrels, write_queries
+from ..bitext.retrieval_benchmarks import RetrievalCollection
 from .aligned import AlignedPair, ParallelCorpus
 from .splits import Split, split_corpus
 

@@ -25,7 +25,7 @@ from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
-from ..udhr import normalise_whitespace
+from ..bitext.udhr import normalise_whitespace
 from .aligned import AlignedPair, ParallelCorpus
 from .cache import libreoffice_help_dir
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..udhr import normalise_whitespace
+from ..bitext.udhr import normalise_whitespace
 from .aligned import AlignedPair, ParallelCorpus
 from .cache import quran_dist_dir
 

@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--out", type=Path, help="[experiments/results/<name of the config>]")
     grid.add_argument("--prepare", action="store_true",
                       help="only compute and cache the states the runs need")  # fmt: skip
+    grid.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+                      help="only the runs at positions I mod N of the grid")  # fmt: skip
     return parser
 
 
@@ -242,10 +244,17 @@ def _experiments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return run_experiment(args.config, args.out, progress=not args.no_progress)
 
 
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
+    return int(index), int(count)
+
+
 def _grid(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .experiments.grid.runner import run_grid_command
 
-    return run_grid_command(args.config, args.out, prepare_only=args.prepare)
+    return run_grid_command(args.config, args.out, prepare_only=args.prepare, shard=args.shard)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,6 +54,7 @@ from ..config import (
     _tables,
     _train_fields,
 )
+from .ranking import SCORERS
 from .tasks import SPLITS, parse_task
 from .train_head import check_grid_config
 
@@ -251,4 +252,5 @@ def run_settings(run: GridRun, grid: GridConfig) -> dict:
         "split": grid.split,
         "pool": dict(grid.pool),
         "perturbations": [p.name for p in grid.perturbations],
+        "scorers": list(SCORERS),
     }

@@ -1,6 +1,11 @@
 """The grid runner: cached states per task, then every run, resumable, then the report.
 
     python -m optical_ops.training grid --config experiments/clir.toml [--out DIR] [--prepare]
+        [--shard I/N]
+
+``--shard I/N`` runs only the runs whose position in the grid is I modulo N, so that N
+processes (e.g. one per core with ``OMP_NUM_THREADS=1``) share a grid; each writes its own runs'
+records, and the report covers every finished run.
 
 1. Per task, when its first pending run needs them, the states of :mod:`.features` (computed
    once, then read from the cache): the student's layer-k states of the training texts (and of
@@ -202,20 +207,26 @@ def run_grid(
     *,
     prepare_only: bool = False,
     model: Path | None = None,
+    shard: tuple[int, int] = (0, 1),
     tasks: Mapping[str, Task] | None = None,
     cache: FeatureCache | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, str]:
     """Run every pending run of ``grid`` (``prepare_only``: only cache the states); returns
     ``{run id: "done" | "failed" | "skipped"}``. ``model`` is the teacher's folder (default:
-    the offline multilingual-e5-small), ``tasks`` default to :func:`.tasks.load_tasks`'s."""
+    the offline multilingual-e5-small), ``shard`` = (I, N) runs the runs at positions I mod N,
+    ``tasks`` default to :func:`.tasks.load_tasks`'s."""
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
     pending = [
         run
-        for run in grid.runs
-        if read_record(record_path(out_dir, run), run_settings(run, grid)) is None
+        for position, run in enumerate(grid.runs)
+        if position % count == index
+        and read_record(record_path(out_dir, run), run_settings(run, grid)) is None
     ]
-    outcome = {run.id: "skipped" for run in grid.runs if run not in pending}
-    log(f"{len(grid.runs) - len(pending)} of {len(grid.runs)} runs done; {len(pending)} to run")
+    outcome = {run.id: "skipped" for run in grid.runs[index::count] if run not in pending}
+    log(f"{len(outcome)} runs of this shard done; {len(pending)} to run")
     if not pending:
         return outcome
     if tasks is None:
@@ -270,7 +281,11 @@ def finished_records(grid: GridConfig, out_dir: Path) -> list[dict]:
 
 
 def run_grid_command(
-    config_path: Path, out_dir: Path | None = None, *, prepare_only: bool = False
+    config_path: Path,
+    out_dir: Path | None = None,
+    *,
+    prepare_only: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> int:
     """The ``grid`` command; returns the exit status (1 if a run failed)."""
     from .report import write_report
@@ -278,7 +293,7 @@ def run_grid_command(
     grid = load_grid(config_path)
     out_dir = Path(out_dir or Path("experiments") / "results" / grid.name)
     started = time.perf_counter()
-    outcome = run_grid(grid, out_dir, prepare_only=prepare_only)
+    outcome = run_grid(grid, out_dir, prepare_only=prepare_only, shard=shard)
     seconds = time.perf_counter() - started
     print(
         f"grid {grid.name}: {seconds:.0f} s on {platform.node()} ({os.cpu_count()} CPUs, "

@@ -230,3 +230,20 @@ def test_a_changed_setting_makes_a_finished_run_stale(tiny_model, tmp_path):
 def test_bad_grid_configs_are_named(change, message):
     with pytest.raises(ExperimentConfigError, match=message):
         parse_grid({**GRID, **change})
+
+
+def test_shards_split_the_runs_between_processes(tiny_model, tmp_path):
+    tasks = {"quran/sw": _task("sw", 1)}
+    values = {**GRID, "tasks": ["quran/sw"], "strategies": ["none"], "seeds": [0, 1, 2],
+              "baselines": ["none"]}  # fmt: skip
+    values.pop("gap")
+    grid = parse_grid(values)
+    kwargs = dict(model=tiny_model, tasks=tasks, cache=FeatureCache(tmp_path / "c", log=print),
+                  log=lambda s: None)  # fmt: skip
+    first = run_grid(grid, tmp_path, shard=(1, 2), **kwargs)
+    assert first == {"quran/sw/none/seed-1": "done"}
+    second = run_grid(grid, tmp_path, shard=(0, 2), **kwargs)
+    assert second == {"quran/sw/none/seed-0": "done", "quran/sw/none/seed-2": "done"}
+    assert len(finished_records(grid, tmp_path)) == 3
+    with pytest.raises(ValueError, match="shard"):
+        run_grid(grid, tmp_path, shard=(2, 2), **kwargs)

@@ -15,6 +15,7 @@ corpus or model is computed anew, never read stale.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -155,6 +156,17 @@ def compute_embeddings(
     return embeddings
 
 
+def _stored(value: RaggedStates | torch.Tensor) -> dict | torch.Tensor:
+    """Plain tensors on disk (loaded with ``weights_only``; no class path to go stale)."""
+    if isinstance(value, RaggedStates):
+        return {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+    return value
+
+
+def _loaded(value: dict | torch.Tensor) -> RaggedStates | torch.Tensor:
+    return RaggedStates(**value) if isinstance(value, dict) else value
+
+
 def model_fingerprint(folder: Path) -> str:
     """Names, sizes and modification times of a model folder's files."""
     files = sorted(p for p in Path(folder).iterdir() if p.is_file())
@@ -180,15 +192,18 @@ class FeatureCache:
             digest.update(text.encode() + b"\0")
         return self.folder / f"{kind}-{digest.hexdigest()[:24]}.pt"
 
-    def get(self, kind: str, settings: dict, texts: Sequence[str], compute: Callable[[], object]):
+    def get(
+        self, kind: str, settings: dict, texts: Sequence[str],
+        compute: Callable[[], RaggedStates | torch.Tensor],
+    ) -> RaggedStates | torch.Tensor:  # fmt: skip
         path = self.path(kind, settings, texts)
         if path.is_file():
-            return torch.load(path, weights_only=False)
+            return _loaded(torch.load(path, weights_only=True))
         started = time.perf_counter()
         value = compute()
         self.folder.mkdir(parents=True, exist_ok=True)
         staging = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save(value, staging)
+        torch.save(_stored(value), staging)
         os.replace(staging, path)
         self.log(
             f"  cached {kind} of {len(texts)} texts in "

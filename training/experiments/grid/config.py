@@ -36,6 +36,7 @@ checked when the file is read.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,25 +196,20 @@ def parse_grid(values: Mapping, where: str = "grid config") -> GridConfig:
             "dictionary, which the grid's languages lack"
         )
     runs = []
-    for task in tasks:
+    # Seed by seed: a grid stopped part-way has every task and strategy of the first seeds.
+    for seed, task, strategy in itertools.product(seeds, tasks, strategies):
+        tables = [(f"{where} [train]", train),
+                  (f"{where} strategy {strategy!r}", presets[strategy])]  # fmt: skip
         language = parse_task(task)[1]
-        for strategy in strategies:
-            for seed in seeds:
-                tables = [
-                    (f"{where} [train]", train),
-                    (f"{where} strategy {strategy!r}", presets[strategy]),
-                ]
-                config = _run_config(GRID_DEFAULTS, tables, languages=(language,), seed=seed)
-                try:
-                    check_grid_config(config)
-                    if config.adversarial_input in LEXICON_KINDS:
-                        raise ValueError(
-                            f"adversarial_input {config.adversarial_input!r} needs "
-                            "a bilingual dictionary"
-                        )
-                except ValueError as error:
-                    raise ExperimentConfigError(f"{where} strategy {strategy!r}: {error}") from None
-                runs.append(GridRun(task, strategy, seed, config))
+        config = _run_config(GRID_DEFAULTS, tables, languages=(language,), seed=seed)
+        try:
+            check_grid_config(config)
+            if config.adversarial_input in LEXICON_KINDS:
+                raise ValueError(f"adversarial_input {config.adversarial_input!r} needs a "
+                                 "bilingual dictionary")  # fmt: skip
+        except ValueError as error:
+            raise ExperimentConfigError(f"{where} strategy {strategy!r}: {error}") from None
+        runs.append(GridRun(task, strategy, seed, config))
     layers = {run.config.trainable_layers for run in runs}
     if len(layers) > 1:
         raise ExperimentConfigError(

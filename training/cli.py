@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--out", type=Path, help="[experiments/results/<name of the config>]")
     grid.add_argument("--prepare", action="store_true",
                       help="only compute and cache the states the runs need")  # fmt: skip
+    grid.add_argument("--report", action="store_true",
+                      help="only write the report of the runs finished so far")  # fmt: skip
     grid.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
                       help="only the runs at positions I mod N of the grid")  # fmt: skip
     return parser
@@ -254,7 +256,8 @@ def _shard(text: str) -> tuple[int, int]:
 def _grid(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .experiments.grid.runner import run_grid_command
 
-    return run_grid_command(args.config, args.out, prepare_only=args.prepare, shard=args.shard)
+    return run_grid_command(args.config, args.out, prepare_only=args.prepare,
+                            report_only=args.report, shard=args.shard)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """The grid runner: cached states per task, then every run, resumable, then the report.
 
     python -m optical_ops.training grid --config experiments/clir.toml [--out DIR] [--prepare]
-        [--shard I/N]
+        [--shard I/N] [--report]
 
 ``--shard I/N`` runs only the runs whose position in the grid is I modulo N, so that N
 processes (e.g. one per core with ``OMP_NUM_THREADS=1``) share a grid; each writes its own runs'
@@ -18,7 +18,8 @@ records, and the report covers every finished run.
    no step for ``none``) and evaluated: per query and condition, the measures of
    :mod:`.ranking`, kept in the record for the bootstrap. A failing run records its error and
    the grid goes on (retried on the next invocation).
-3. The report of :mod:`.report` on every ``done`` record.
+3. The report of :mod:`.report` on every ``done`` record (``--report``: only this step, on the
+   runs finished so far).
 """
 
 from __future__ import annotations
@@ -285,13 +286,21 @@ def run_grid_command(
     out_dir: Path | None = None,
     *,
     prepare_only: bool = False,
+    report_only: bool = False,
     shard: tuple[int, int] = (0, 1),
 ) -> int:
-    """The ``grid`` command; returns the exit status (1 if a run failed)."""
+    """The ``grid`` command; returns the exit status (1 if a run failed). ``report_only``
+    writes the report of the runs finished so far and runs nothing."""
     from .report import write_report
 
     grid = load_grid(config_path)
     out_dir = Path(out_dir or Path("experiments") / "results" / grid.name)
+    if report_only:
+        records = finished_records(grid, out_dir)
+        print(f"{len(records)} of {len(grid.runs)} runs finished")
+        for path in write_report(grid, records, out_dir):
+            print(f"written: {path}")
+        return 0
     started = time.perf_counter()
     outcome = run_grid(grid, out_dir, prepare_only=prepare_only, shard=shard)
     seconds = time.perf_counter() - started

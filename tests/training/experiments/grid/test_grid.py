@@ -15,7 +15,7 @@ from optical_ops.training.corpora.aligned import AlignedPair, ParallelCorpus
 from optical_ops.training.evaluation.metrics import query_metrics, rank_documents
 from optical_ops.training.experiments.config import ExperimentConfigError
 from optical_ops.training.experiments.grid.bootstrap import interval, resample, resampled_means
-from optical_ops.training.experiments.grid.config import parse_grid
+from optical_ops.training.experiments.grid.config import load_grid, parse_grid
 from optical_ops.training.experiments.grid.features import (
     FeatureCache,
     compute_embeddings,
@@ -24,7 +24,12 @@ from optical_ops.training.experiments.grid.features import (
 )
 from optical_ops.training.experiments.grid.ranking import query_measures
 from optical_ops.training.experiments.grid.report import write_report
-from optical_ops.training.experiments.grid.runner import finished_records, run_grid
+from optical_ops.training.experiments.grid.runner import (
+    finished_records,
+    record_path,
+    run_grid,
+    run_grid_command,
+)
 from optical_ops.training.experiments.grid.tasks import make_task
 from optical_ops.training.experiments.grid.top_layers import TopLayers
 from optical_ops.training.models.encoders import load_teacher
@@ -259,3 +264,20 @@ def test_shards_split_the_runs_between_processes(tiny_model, tmp_path):
     assert len(finished_records(grid, tmp_path)) == 3
     with pytest.raises(ValueError, match="shard"):
         run_grid(grid, tmp_path, shard=(2, 2), **kwargs)
+
+
+def test_report_only_reports_the_finished_runs_and_runs_nothing(tiny_model, tmp_path, capsys):
+    config = tmp_path / "grid.toml"
+    config.write_text('name = "one"\ntasks = ["quran/sw"]\nstrategies = ["none", "mse"]\n'
+                      'seeds = [0]\n[pool]\ntrain_pairs = 40\nmax_queries = 12\n'
+                      '[train]\nmax_length = 32\n')  # fmt: skip
+    grid, out = load_grid(config), tmp_path / "out"
+    only_none = parse_grid({"name": "one", "tasks": ["quran/sw"], "strategies": ["none"],
+                            "pool": {"train_pairs": 40, "max_queries": 12},
+                            "train": {"max_length": 32}})  # fmt: skip
+    run_grid(only_none, out, model=tiny_model, tasks={"quran/sw": _task("sw", 1)},
+             cache=FeatureCache(tmp_path / "c", log=print), log=lambda s: None)  # fmt: skip
+    assert run_grid_command(config, out, report_only=True) == 0
+    assert "1 of 2 runs finished" in capsys.readouterr().out
+    assert "1 of 2 runs finished" in (out / "results.md").read_text()
+    assert not record_path(out, grid.runs[1]).exists()

@@ -206,8 +206,11 @@ def test_a_grid_trains_evaluates_resumes_and_reports(tiny_model, tmp_path):
     expected = sum(clean["quran/sw/mse/seed-0"]) / 12 + sum(clean["quran/sw/mse/seed-1"]) / 12
     expected = (expected - 2 * sum(clean["quran/sw/none/seed-0"]) / 12) / 2
     assert float(mse_vs_none[0]["delta"]) == pytest.approx(expected, abs=1e-6)
-    assert float(mse_vs_none[0]["ci_low"]) <= float(mse_vs_none[0]["delta"]) <= float(
-        mse_vs_none[0]["ci_high"])
+    assert (
+        float(mse_vs_none[0]["ci_low"])
+        <= float(mse_vs_none[0]["delta"])
+        <= float(mse_vs_none[0]["ci_high"])
+    )
     assert {r["language"] for r in rows} == {"quran/sw", "quran/fi", "high", "low", "gap"}
     assert "drop:typo@0.3" in {r["condition"] for r in rows}
     assert "| ot-typo |" in (out / "results.md").read_text()
@@ -215,8 +218,13 @@ def test_a_grid_trains_evaluates_resumes_and_reports(tiny_model, tmp_path):
 
 def test_a_changed_setting_makes_a_finished_run_stale(tiny_model, tmp_path):
     tasks = {"quran/sw": _task("sw", 1)}
-    values = {**GRID, "tasks": ["quran/sw"], "strategies": ["none"], "seeds": [0],
-              "baselines": ["none"]}
+    values = {
+        **GRID,
+        "tasks": ["quran/sw"],
+        "strategies": ["none"],
+        "seeds": [0],
+        "baselines": ["none"],
+    }
     values.pop("gap")
     kwargs = dict(model=tiny_model, tasks=tasks, cache=FeatureCache(tmp_path / "c", log=print),
                   log=lambda s: None)  # fmt: skip
@@ -238,8 +246,10 @@ def test_a_changed_setting_makes_a_finished_run_stale(tiny_model, tmp_path):
         ({"gap": {"high": ["quran/fi"], "low": ["quran/fi"]}}, "both high and low"),
         ({"gap": {"high": ["quran/xx"], "low": ["quran/sw"]}}, "unknown \\[gap\\] tasks"),
         ({"pool": {"train_pairs": 0}}, "train_pairs must be an integer >= 1"),
-        ({"train": {"eps": 0.5}, "strategies": ["ot-cosine"], "baselines": ["ot-cosine"]},
-         "would be overridden"),
+        (
+            {"train": {"eps": 0.5}, "strategies": ["ot-cosine"], "baselines": ["ot-cosine"]},
+            "would be overridden",
+        ),
         ({"train": {"trainable_layers": "none"}}, "trainable_layers must be set"),
         ({"split": "validation"}, "unknown split"),
     ],

@@ -143,7 +143,7 @@ def test_bootstrap_interval_is_exact_for_a_constant_and_sized_by_the_noise():
 GRID = {
     "name": "tiny",
     "tasks": ["quran/sw", "quran/fi"],
-    "strategies": ["none", "mse", "ot-cosine", "ot-typo"],
+    "strategies": ["none", "mse", "ot-idf", "ot-typo"],
     "seeds": [0, 1],
     "baselines": ["none", "mse"],
     "bootstrap_samples": 200,
@@ -188,7 +188,7 @@ def test_a_grid_trains_evaluates_resumes_and_reports(tiny_model, tmp_path):
     assert all(len(values) == 12 for values in clean.values())
     assert clean["quran/sw/none/seed-0"] == clean["quran/sw/none/seed-1"]  # nothing trained
     assert clean["quran/sw/mse/seed-0"] != clean["quran/sw/none/seed-0"]
-    assert len(records["quran/fi/ot-cosine/seed-1"]["losses"]) == 3
+    assert len(records["quran/fi/ot-idf/seed-1"]["losses"]) == 3
     metrics = records["quran/fi/mse/seed-0"]["metrics"]
     assert set(metrics) == {"cosine", "centred"}
     assert set(metrics["centred"]) == {"clean", "typo@0.3"}

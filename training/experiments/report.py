@@ -36,7 +36,7 @@ def cell(row: Row | None) -> str:
     return f"{row.mean:.3f}" if row.std is None else f"{row.mean:.3f} ± {row.std:.3f}"
 
 
-def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+def pipe_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines)
@@ -63,7 +63,7 @@ def _tables(
         for strategy in strategies
     ]
     title = f"### {measure}, clean queries ({encoder}, {scorer} scorer)"
-    tables = [f"{title}\n\n{_table(header, body)}"]
+    tables = [f"{title}\n\n{pipe_table(header, body)}"]
     if perturbed:
         header = ["strategy", "queries", *languages, "mean"]
         body = [
@@ -74,7 +74,7 @@ def _tables(
         ]  # fmt: skip
         tables.append(
             f"### Drop in {measure}, clean − perturbed queries ({encoder}, {scorer} scorer)\n\n"
-            + _table(header, body)
+            + pipe_table(header, body)
         )
     return tables
 

@@ -119,10 +119,10 @@ def record_path(out_dir: Path, run: Run) -> Path:
     return Path(out_dir) / "runs" / f"{run.id}.json"
 
 
-def write_json_atomically(path: Path, value: object) -> None:
+def write_json_atomically(path: Path, value: object, indent: int | None = 1) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(path.name + ".tmp")
-    staging.write_text(json.dumps(value, indent=1) + "\n", encoding="utf-8")
+    staging.write_text(json.dumps(value, indent=indent) + "\n", encoding="utf-8")
     os.replace(staging, path)
 
 

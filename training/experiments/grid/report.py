@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 
 from ...evaluation.robustness import CLEAN
+from ..aggregate import mean_std
+from ..report import pipe_table
 from .bootstrap import interval, resample, resampled_means
 from .config import GridConfig
 from .ranking import MEASURES
@@ -69,11 +71,6 @@ def _quantity(values: Values, task: str, strategy: str, condition: str, measure:
     return values.get((task, strategy, condition, measure))
 
 
-def _mean_std(per_seed: torch.Tensor) -> tuple[float, float | None]:
-    sample = per_seed.tolist()
-    return statistics.fmean(sample), statistics.stdev(sample) if len(sample) > 1 else None
-
-
 def result_rows(grid: GridConfig, values: Values, scorer: str) -> list[dict]:
     rows = []
     quantities = [(c, "score") for c in _conditions(grid)]
@@ -97,7 +94,7 @@ def result_rows(grid: GridConfig, values: Values, scorer: str) -> list[dict]:
                     low = torch.stack([per_task[t] for t in grid.low]).mean(dim=0)
                     cells.update(high=high, low=low, gap=high - low)
                 for language, per_seed in cells.items():
-                    mean, std = _mean_std(per_seed)
+                    mean, std = mean_std(per_seed.tolist())
                     queries = (
                         values[(language, strategy, CLEAN, measure)].shape[1]
                         if language in per_task
@@ -207,11 +204,6 @@ def _write_csv(path: Path, rows: Sequence[dict]) -> None:
             )
 
 
-def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
-
-
 def _score_cell(row: Mapping | None) -> str:
     if row is None:
         return "–"
@@ -228,7 +220,7 @@ def _delta_cell(row: Mapping | None) -> str:
 
 def _section(title: str, columns: Sequence[str], rows: dict[str, list[str]]) -> list[str]:
     body = [[label, *cells] for label, cells in rows.items()]
-    return [f"### {title}", "", _table(["strategy", *columns], body), ""]
+    return [f"### {title}", "", pipe_table(["strategy", *columns], body), ""]
 
 
 def markdown(grid: GridConfig, results: Sequence[dict], significance: Sequence[dict]) -> str:

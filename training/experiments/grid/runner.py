@@ -37,8 +37,10 @@ import torch
 
 from ...distillation.config import NO_PERTURBATION, TrainConfig
 from ...distillation.perturb import perturb
+from ...evaluation.evaluate import DOCUMENT_PREFIX
 from ...evaluation.robustness import CLEAN
 from ...models.encoders import Encoder, load_teacher, resolve_model_dir
+from ..runner import write_json_atomically
 from .config import GridConfig, GridRun, load_grid, run_settings
 from .features import (
     FeatureCache,
@@ -53,7 +55,6 @@ from .top_layers import TopLayers
 from .train_head import encode_queries, train_head
 
 DONE, FAILED = "done", "failed"
-DOCUMENT_PREFIX = "passage: "  # e5: the teacher encodes English documents as passages
 
 
 @dataclass
@@ -195,13 +196,6 @@ def read_record(path: Path, settings: dict) -> dict | None:
     return record if record.get("status") == DONE and record.get("settings") == settings else None
 
 
-def _write_atomically(path: Path, value: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    staging.write_text(json.dumps(value) + "\n", encoding="utf-8")
-    os.replace(staging, path)
-
-
 def run_grid(
     grid: GridConfig,
     out_dir: Path,
@@ -271,7 +265,8 @@ def run_grid(
             machine=platform.node(),
             finished=time.strftime("%Y-%m-%d %H:%M:%S"),
         )
-        _write_atomically(record_path(out_dir, run), record)
+        # per-query lists: no indent
+        write_json_atomically(record_path(out_dir, run), record, indent=None)
         outcome[run.id] = record["status"]
     return outcome
 

@@ -33,7 +33,7 @@ README = HERE.parent / "README.md"
 QUICK_PEERS = ("pot-numpy", "pot-torch-batch", "geomloss", "ott-jax", "torch-reference")
 # The default run: the distillation-sized workloads, where every peer finishes in seconds;
 # W4 and W5 (minutes per slow peer) are --full only. Their definitions never change.
-DEFAULT_RUN = ("W1", "W2", "W3", "W6", "W7")
+DEFAULT_RUN = ("W1", "W2", "W3", "W6", "W7", "W8", "W9")
 # Per mode: budget_s, min_repeats, max_repeats, target_seconds, memory probes.
 MODE_OPTIONS = {
     "quick": (10.0, 3, 10, 0.3, False),

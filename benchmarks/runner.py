@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import gc
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import agreement
@@ -111,17 +111,21 @@ def run_workload(workload: Workload, impls: list[Implementation], options: Optio
     log(f"  {workload.name}: floor (matmul rate and read bandwidth)")
     entries, padded = problem.entries(), workload.batch * workload.n * workload.m
     flops = matmul_rate()
-    floors = floor(workload, padded, flops, read_bandwidth(padded))
+    solved = workload  # the floor does the iterations the reference needed to reach a tol
+    if workload.tol is not None:
+        solved = replace(workload, iterations=reference.iterations)
+    floors = floor(solved, padded, flops, read_bandwidth(padded))
     real = None
     if workload.ragged:
-        real = floor(workload, entries, flops, read_bandwidth(entries),
+        real = floor(solved, entries, flops, read_bandwidth(entries),
                      "E = real token counts, sum of n_b m_b")
     _ratios(results, floors, real)
     return WorkloadResult(
         workload.name, workload.shape(), workload.stands_for, workload.batch, workload.n,
         workload.m, workload.d, workload.iterations, entries, padded, floors, real,
         None if reference is None else {"source": reference.source, "loss": reference.loss,
-                                        "implementation": reference.implementation},
+                                        "implementation": reference.implementation,
+                                        "iterations": reference.iterations},
         load, list(results.values()))
 
 

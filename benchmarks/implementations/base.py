@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..workloads import Problem
+from ..workloads import Problem, solve_dtype
 
 
 @dataclass
@@ -29,7 +29,9 @@ class Output:
     grads: tuple[Any, Any] | None = None
 
     def numpy_grads(self) -> tuple[np.ndarray, np.ndarray]:
-        return tuple(np.asarray(g.detach().cpu() if hasattr(g, "detach") else g)
+        """The gradients as numpy arrays (bfloat16 ones widened to float32, numpy has none)."""
+        return tuple(np.asarray(g.detach().cpu().to(solve_dtype(g.dtype))
+                                if hasattr(g, "detach") else g)
                      for g in self.grads)
 
 

@@ -31,6 +31,9 @@ class GeomLossTensorized(Implementation):
         from geomloss._legacy.sinkhorn_divergence import log_weights, sinkhorn_loop
         from geomloss._legacy.sinkhorn_samples import softmin_tensorized
 
+        if problem.tol is not None:
+            raise ValueError("GeomLoss's Sinkhorn loop has no stopping threshold: it runs its "
+                             "eps list to the end")
         eps = problem.eps
         eps_list = [eps] * max(problem.iterations - 2, 1)
 

@@ -1,4 +1,5 @@
-"""Ours: ``optical_ops.ot_distill_loss`` on the padded batch with masks, ``reduction="sum"``."""
+"""Ours: ``optical_ops.ot_distill_loss`` on the padded batch with masks, ``reduction="sum"``
+(with a workload's ``tol``: POT's stopping rule, ``tol_norm="l2"``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ def _calls(problem: Problem, backend: str, device: torch.device) -> Calls:
 
     def solve(x, y, a, b):
         loss = ot_distill_loss(x, y, mask_x, mask_y, eps=problem.eps,
-                               n_iters=problem.iterations, backend=backend, reduction="sum")
+                               n_iters=problem.iterations, tol=problem.tol, tol_norm="l2",
+                               backend=backend, reduction="sum")
         return loss, loss
 
     return torch_calls(problem, solve, batched=True, device=device)

@@ -1,8 +1,9 @@
 """POT (Python Optimal Transport) peers: numpy per problem, torch per problem, torch batched.
 
 All three run POT's log-domain Sinkhorn for exactly the workload's iterations (stop threshold 0,
-which the marginal error can never go below). POT checks that error every 10 iterations, which
-costs an extra pass over the plan each time: that is part of POT's cost.
+which the marginal error can never go below), or with the workload's ``tol`` as POT's own stop
+threshold. POT checks that error every 10 iterations, which costs an extra pass over the plan
+each time: that is part of POT's cost.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import torch
 from ..workloads import Problem
 from .base import Calls, Implementation
 from .torch_calls import cosine_cost, envelope, torch_calls
+
+
+def stop_threshold(problem: Problem) -> float:
+    return 0.0 if problem.tol is None else problem.tol
 
 
 @contextmanager
@@ -40,7 +45,7 @@ class PotNumpy(Implementation):
             with quiet():
                 p = ot.sinkhorn(a.numpy(), b.numpy(), cost.numpy(), problem.eps,
                                 method="sinkhorn_log", numItermax=problem.iterations,
-                                stopThr=0.0)
+                                stopThr=stop_threshold(problem))
             return torch.from_numpy(np.asarray(p))
 
         return torch_calls(problem, envelope(plan), batched=False)
@@ -59,7 +64,8 @@ class PotTorchSolve(Implementation):
         def solve(x, y, a, b):
             with quiet():
                 res = ot.solve(cosine_cost(x, y), a, b, reg=problem.eps,
-                               max_iter=problem.iterations, tol=0.0, grad="envelope")
+                               max_iter=problem.iterations, tol=stop_threshold(problem),
+                               grad="envelope")
             # value = <P, M> + eps KL(P | a b^T) carries dvalue/dM = P; value_linear = <P, M>.
             return res.value_linear, res.value
 
@@ -81,7 +87,8 @@ class PotTorchBatch(Implementation):
         from ot.batch import solve_batch
 
         def plan(cost, a, b):
-            return solve_batch(cost, problem.eps, a, b, max_iter=problem.iterations, tol=0.0,
-                               method="log_sinkhorn", grad="detach").plan
+            return solve_batch(cost, problem.eps, a, b, max_iter=problem.iterations,
+                               tol=stop_threshold(problem), method="log_sinkhorn",
+                               grad="detach").plan
 
         return torch_calls(problem, envelope(plan), batched=True)

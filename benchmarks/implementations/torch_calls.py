@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..workloads import Problem
+from ..workloads import Problem, solve_dtype
 from .base import Calls, Output
 
 Solve = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
@@ -28,9 +28,11 @@ CPU = torch.device("cpu")
 
 def cosine_cost(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """C = 1 - cos(x_i, y_j) for x (..., n, d), y (..., m, d): plain PyTorch, independent of
-    the op under test. Reads (n + m) d, writes n m."""
-    xn = torch.nn.functional.normalize(x, dim=-1)
-    yn = torch.nn.functional.normalize(y, dim=-1)
+    the op under test, in float32 at least (bfloat16 inputs are cast, differentiably, as user
+    code does). Reads (n + m) d, writes n m."""
+    dtype = solve_dtype(x.dtype)
+    xn = torch.nn.functional.normalize(x.to(dtype), dim=-1)
+    yn = torch.nn.functional.normalize(y.to(dtype), dim=-1)
     return 1.0 - xn @ yn.transpose(-1, -2)
 
 
@@ -48,7 +50,7 @@ def envelope(plan: Plan) -> Solve:
 def uniform(tokens: torch.Tensor) -> torch.Tensor:
     """Uniform weights over the rows of ``tokens`` (n, d)."""
     n = tokens.shape[0]
-    return torch.full((n,), 1.0 / n, dtype=tokens.dtype, device=tokens.device)
+    return torch.full((n,), 1.0 / n, dtype=solve_dtype(tokens.dtype), device=tokens.device)
 
 
 def torch_calls(problem: Problem, solve: Solve, *, batched: bool,
@@ -60,7 +62,7 @@ def torch_calls(problem: Problem, solve: Solve, *, batched: bool,
     x = problem.x.to(device, copy=True).requires_grad_(True)
     y = problem.y.to(device, copy=True).requires_grad_(True)
     if batched:
-        pieces = [(x, y, *(w.to(device) for w in problem.weights(x.dtype)))]
+        pieces = [(x, y, *(w.to(device) for w in problem.weights(problem.solve_dtype)))]
     else:
         pieces = [(xb, yb, uniform(xb), uniform(yb)) for xb, yb in problem.unpadded(x, y)]
 

@@ -4,6 +4,7 @@ definition, then a whole grid on a tiny model."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -18,7 +19,7 @@ from optical_ops.training.corpora.aligned import AlignedPair, ParallelCorpus
 from optical_ops.training.evaluation.metrics import query_metrics, rank_documents
 from optical_ops.training.experiments.config import ExperimentConfigError
 from optical_ops.training.experiments.grid.bootstrap import interval, resample, resampled_means
-from optical_ops.training.experiments.grid.config import load_grid, parse_grid
+from optical_ops.training.experiments.grid.config import load_grid, parse_grid, run_settings
 from optical_ops.training.experiments.grid.features import (
     FeatureCache,
     compute_embeddings,
@@ -37,6 +38,7 @@ from optical_ops.training.experiments.grid.tasks import make_task
 from optical_ops.training.experiments.grid.top_layers import TopLayers
 from optical_ops.training.models.encoders import load_teacher
 
+CLIR = Path(__file__).resolve().parents[4] / "experiments" / "clir.toml"
 TEXTS = [" ".join(WORDS[k % 20 : k % 20 + 1 + k % 7]) for k in range(9)]
 
 
@@ -299,6 +301,23 @@ def test_codeswitched_queries_only_where_a_dictionary_exists(tiny_model, tmp_pat
     for switch_table, typo_table in zip(switch_tables, typo_tables):
         assert "| quran/sw |" in switch_table and "quran/ur" not in switch_table
         assert "| gap |" not in switch_table and "| quran/ur | high | low | gap |" in typo_table
+
+
+def test_codeswitch_changes_the_settings_of_the_clir_runs_with_a_dictionary_only():
+    """experiments/clir.toml with and without codeswitch: the runs of the other tasks keep
+    their settings, so their finished records are not rerun."""
+    grid = load_grid(CLIR)
+    assert "codeswitch@0.2" in {p.name for p in grid.perturbations}
+    general = tuple(p for p in grid.perturbations if p.kind != "codeswitch")
+    without = dataclasses.replace(grid, perturbations=general)
+    changed = [
+        run.task for run in grid.runs if run_settings(run, grid) != run_settings(run, without)
+    ]
+    assert set(changed) == {"quran/es", "quran/ru", "quran/tr"}
+    assert len(changed) == 3 * len(grid.strategies) * len(grid.seeds)
+    assert {task: grid.task_perturbations(task) == general for task in grid.tasks} == {
+        task: task not in changed for task in grid.tasks
+    }
 
 
 @pytest.mark.parametrize(

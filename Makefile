@@ -6,7 +6,8 @@
 #   make lint    ruff
 #   make demo    OPTICAL distillation on the offline multilingual model and UDHR bitext
 #   make experiments   the default research grid (experiments/default.toml): tables and plots
-#   make experiments-clir   the corpus-scale grid of issue 14 (after make data; about 2 hours)
+#   make experiments-clir   the corpus-scale grid of issue 14 (after make data and, as root,
+#                apt-get install dict-freedict-spa-eng dict-freedict-tur-eng dict-freedict-eng-rus)
 #   make data    the larger parallel corpora (Bible, Quran, LibreOffice help) into a cache
 #   make test-kernels / compile-report   the Triton checks alone / the full register table
 

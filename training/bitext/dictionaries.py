@@ -18,6 +18,10 @@ source language, "See also", "Synonym", usage notes). A ``Plural of {x}: ...`` l
 translations after the colon. Translations are split at ``,``, ``;`` and inline sense numbers,
 with bracketed notes (``(...)``, ``[...]``, ``{...}``, ``<...>``) removed.
 
+:data:`ENGLISH_DICTIONARIES` names, per language, the one database that gives its words' English
+translations (:func:`english_lexicon`), so that what is read does not depend on which other
+dictionaries a machine happens to have.
+
 FreeDict dictionaries are GPL or CC BY-SA licensed: read them from the system, never copy them into
 this repository.
 """
@@ -31,6 +35,20 @@ from pathlib import Path
 DICTD_DIR = Path("/usr/share/dictd")
 DICTD_BASE64_DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 METADATA_PREFIX = "00database"
+
+# Debian 12's dict-freedict-* packages between English and another language (ISO 639-3).
+_INTO_ENGLISH = (
+    "afr ara ces cym dan deu ell epo fin fra gle hrv hun isl ita jpn kha kur lat lit nld pol por "
+    "slk slv spa srp swe swh tur"
+).split()
+_FROM_ENGLISH_ONLY = "bul hin ind nor rom rus".split()
+ENGLISH_DICTIONARIES = {
+    **{code: f"freedict-{code}-eng" for code in _INTO_ENGLISH},
+    **{code: f"freedict-eng-{code}" for code in _FROM_ENGLISH_ONLY},
+}
+"""ISO 639-3 code -> the FreeDict database of its words' English translations: Debian's
+``dict-freedict-<code>-eng`` where there is one, else ``dict-freedict-eng-<code>`` (read
+inverted). Languages not listed (Chichewa, Khmer, Chinese, Bengali, Urdu, ...) have none."""
 
 _SENSE_NUMBER = re.compile(r"^(\d+)\.(?:\s+|$)")
 _PLURAL_OF = re.compile(r"^Plural of \{[^}]*\}:\s*")
@@ -147,9 +165,29 @@ def bilingual_lexicon(
         )
     lexicon = read_dictionary(forward, dictd_dir) if forward in installed else {}
     if backward in installed:
-        for target_word, source_words in read_dictionary(backward, dictd_dir).items():
-            for source_word in source_words:
-                known = lexicon.setdefault(source_word.lower(), [])
-                if target_word not in known:
-                    known.append(target_word)
+        for word, translations in _inverted(read_dictionary(backward, dictd_dir)).items():
+            known = lexicon.setdefault(word, [])
+            known += [t for t in translations if t not in known]
     return lexicon
+
+
+def _inverted(lexicon: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Translation -> the headwords translated by it, keys lower-cased like dictd headwords."""
+    inverted: dict[str, list[str]] = {}
+    for headword, translations in lexicon.items():
+        for translation in translations:
+            known = inverted.setdefault(translation.lower(), [])
+            if headword not in known:
+                known.append(headword)
+    return inverted
+
+
+def english_lexicon(language: str, dictd_dir: Path = DICTD_DIR) -> dict[str, list[str]]:
+    """Word -> English translations for ``language`` (ISO 639-3), read from its database in
+    :data:`ENGLISH_DICTIONARIES` alone; :class:`DictionaryNotFoundError` names the package
+    where it is not installed."""
+    if language not in ENGLISH_DICTIONARIES:
+        raise ValueError(f"FreeDict has no dictionary between {language!r} and English")
+    name = ENGLISH_DICTIONARIES[language]
+    lexicon = read_dictionary(name, dictd_dir)
+    return _inverted(lexicon) if name.startswith("freedict-eng-") else lexicon

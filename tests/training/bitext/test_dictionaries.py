@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import gzip
-from pathlib import Path
-
 import pytest
+from dictd_files import encode_dictd_number, write_dictd
 
 from optical_ops.training.bitext.dictionaries import (
-    DICTD_BASE64_DIGITS,
     DICTD_DIR,
+    ENGLISH_DICTIONARIES,
     DictionaryNotFoundError,
     bilingual_lexicon,
     clean_entry,
     decode_dictd_number,
+    english_lexicon,
     read_dictionary,
     split_translations,
 )
@@ -38,27 +37,6 @@ TWO_PARTS_OF_SPEECH = [
     ("kuusi", "kuusi /kˈuːsɪ/ <numeral>\nsix\nnumero 6\n"),
 ]
 REVERSE = {"house": "house /hˈaʊs/ <n>\n\nnyumba\n", "home": "home /hˈəʊm/ <n>\n\nmaskani\n"}
-
-
-def encode_dictd_number(value: int) -> str:
-    digits = DICTD_BASE64_DIGITS[value % 64]
-    while value >= 64:
-        value //= 64
-        digits = DICTD_BASE64_DIGITS[value % 64] + digits
-    return digits
-
-
-def write_dictd(directory: Path, name: str, entries: list[tuple[str, str]]) -> None:
-    """``<name>.index`` and a gzip ``<name>.dict.dz`` holding ``entries`` (headword, text)."""
-    data, index_lines = b"", []
-    for headword, text in entries:
-        encoded = text.encode("utf-8")
-        offset, length = encode_dictd_number(len(data)), encode_dictd_number(len(encoded))
-        index_lines.append(f"{headword}\t{offset}\t{length}\n")
-        data += encoded
-    (directory / f"{name}.index").write_text("".join(index_lines), encoding="utf-8")
-    with gzip.open(directory / f"{name}.dict.dz", "wb") as handle:
-        handle.write(data)
 
 
 @pytest.fixture
@@ -120,6 +98,23 @@ def test_missing_dictionary_names_file_and_package(dictd_dir):
         read_dictionary("freedict-xxb-xxa", dictd_dir)
     with pytest.raises(DictionaryNotFoundError, match="dict-freedict-xxa-xxc"):
         bilingual_lexicon("xxa", "xxc", dictd_dir)
+
+
+def test_english_lexicon_reads_the_one_database_named_for_the_language(tmp_path):
+    assert ENGLISH_DICTIONARIES["spa"] == "freedict-spa-eng"
+    assert ENGLISH_DICTIONARIES["rus"] == "freedict-eng-rus"  # Debian has no rus-eng
+    assert not {"nya", "khm", "zho", "ben", "urd"} & set(ENGLISH_DICTIONARIES)
+    with pytest.raises(DictionaryNotFoundError, match="apt-get install dict-freedict-eng-rus"):
+        english_lexicon("rus", tmp_path)
+    with pytest.raises(ValueError, match="no dictionary between 'ben' and English"):
+        english_lexicon("ben", tmp_path)
+    house = [("house", "house <n>\n\nдом\n"), ("home", "home <n>\n\nДом, очаг\n")]
+    write_dictd(tmp_path, "freedict-eng-rus", house)
+    write_dictd(tmp_path, "freedict-rus-eng", [("кот", "кот <n>\n\ncat\n")])  # not read
+    assert english_lexicon("rus", tmp_path) == {"дом": ["house", "home"], "очаг": ["home"]}
+    write_dictd(tmp_path, "freedict-spa-eng", [("casa", "casa <n>\n\nhouse\n")])
+    write_dictd(tmp_path, "freedict-eng-spa", [("home", "home <n>\n\nhogar\n")])  # not read
+    assert english_lexicon("spa", tmp_path) == {"casa": ["house"]}
 
 
 @pytest.mark.skipif(

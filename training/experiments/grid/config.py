@@ -20,9 +20,9 @@
     strategy = "optical"
     eps = 0.01
 
-    [robustness]             # perturbed queries: every kind (noise, typo) at every rate
-    kinds = ["typo", "noise"]
-    rates = [0.2]
+    [robustness]             # perturbed queries: every kind (noise, typo, codeswitch) at every
+    kinds = ["typo", "noise"]   # rate; codeswitch only for the tasks whose language has a
+    rates = [0.2]               # dictionary into English (:func:`dictionary_language`)
 
     [gap]                    # the high- and low-resource tasks whose means give the gap
     high = ["quran/es"]
@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from ...bitext.dictionaries import ENGLISH_DICTIONARIES
+from ...bitext.formats import lookup_language
 from ...distillation.config import TrainConfig
 from ...distillation.perturb import LEXICON_KINDS
 from ...distillation.strategies import PRESETS
@@ -122,6 +124,22 @@ class GridConfig:
     def trainable_layers(self) -> int:
         return self.runs[0].config.trainable_layers
 
+    def task_perturbations(self, task: str) -> tuple[Perturbation, ...]:
+        """The perturbations of ``task``'s queries: code-switching only where its language has
+        a dictionary into English, the others everywhere."""
+        general = tuple(p for p in self.perturbations if p.kind not in LEXICON_KINDS)
+        if general == self.perturbations or dictionary_language(task) is not None:
+            return self.perturbations
+        return general
+
+
+def dictionary_language(task: str) -> str | None:
+    """The ISO 639-3 code of ``task``'s language where FreeDict has a dictionary between it and
+    English (:data:`~...bitext.dictionaries.ENGLISH_DICTIONARIES`, a fixed table: the grid's
+    conditions never depend on what a machine has installed), else None."""
+    language = lookup_language(parse_task(task)[1]).iso639_3
+    return language if language in ENGLISH_DICTIONARIES else None
+
 
 def _pool(values: Mapping, where: str) -> dict[str, int]:
     table = values.get("pool", {})
@@ -191,10 +209,15 @@ def parse_grid(values: Mapping, where: str = "grid config") -> GridConfig:
     perturbations = _perturbations(values, where)
     lexical = [p.kind for p in perturbations if p.kind in LEXICON_KINDS]
     if lexical:
-        raise ExperimentConfigError(
-            f"{where} [robustness]: {lexical[0]} needs a bilingual "
-            "dictionary, which the grid's languages lack"
-        )
+        try:
+            with_dictionary = [task for task in tasks if dictionary_language(task)]
+        except ValueError as error:
+            raise ExperimentConfigError(f"{where} [robustness] {lexical[0]}: {error}") from None
+        if not with_dictionary:
+            raise ExperimentConfigError(
+                f"{where} [robustness]: {lexical[0]} applies to no task: FreeDict has no "
+                f"dictionary between English and the languages of {list(tasks)}"
+            )
     runs = []
     # Seed by seed: a grid stopped part-way has every task and strategy of the first seeds.
     for seed, task, strategy in itertools.product(seeds, tasks, strategies):
@@ -242,11 +265,13 @@ def load_grid(path: Path) -> GridConfig:
 
 
 def run_settings(run: GridRun, grid: GridConfig) -> dict:
-    """What decides a run's result: a finished run recorded with other settings is stale."""
+    """What decides a run's result: a finished run recorded with other settings is stale.
+    Only its task's conditions count, so a condition that does not apply to a task (code-
+    switching without a dictionary) leaves that task's records valid."""
     return {
         "train": run.config.to_dict(),
         "split": grid.split,
         "pool": dict(grid.pool),
-        "perturbations": [p.name for p in grid.perturbations],
+        "perturbations": [p.name for p in grid.task_perturbations(run.task)],
         "scorers": list(SCORERS),
     }

@@ -14,13 +14,17 @@ From the per-query measures of every finished run (:mod:`.runner`), for each sco
   negative means the strategy loses less to the perturbation than the baseline);
 * ``results.md``: these as Markdown tables; ``delta-vs-<baseline>-<scorer>.png``: the clean
   nDCG@10 differences with their intervals.
+
+A condition that only some tasks have (code-switching, where a dictionary exists) has rows and
+columns for those tasks alone, and the groups' rows only where every ``[gap]`` task has it (as
+for runs not finished yet): a group is never a mean over a subset of its tasks.
 """
 
 from __future__ import annotations
 
 import csv
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -62,6 +66,12 @@ def _conditions(grid: GridConfig) -> list[str]:
     return [CLEAN, *(p.name for p in grid.perturbations)]
 
 
+def _has_groups(grid: GridConfig, tasks: Collection[str]) -> bool:
+    """Whether the groups (high, low, gap) have a value: only if ``tasks`` (those with one)
+    hold every task of ``[gap]``."""
+    return bool(grid.high) and all(task in tasks for task in grid.high + grid.low)
+
+
 def _quantity(values: Values, task: str, strategy: str, condition: str, measure: str):
     """(seeds, Q) of a score, or of a drop for ``drop:<perturbation>``; None if missing."""
     if condition.startswith(DROP):
@@ -85,11 +95,7 @@ def result_rows(grid: GridConfig, values: Values, scorer: str) -> list[dict]:
                 per_task = {t: v.mean(dim=1) for t, v in per_task.items() if v is not None}
                 cells = dict(per_task)
                 seeds = {len(v) for v in per_task.values()}
-                if (
-                    grid.high
-                    and all(t in per_task for t in grid.high + grid.low)
-                    and len(seeds) == 1
-                ):
+                if _has_groups(grid, per_task) and len(seeds) == 1:
                     high = torch.stack([per_task[t] for t in grid.high]).mean(dim=0)
                     low = torch.stack([per_task[t] for t in grid.low]).mean(dim=0)
                     cells.update(high=high, low=low, gap=high - low)
@@ -142,7 +148,7 @@ def significance_rows(grid: GridConfig, values: Values, scorer: str) -> list[dic
                         deltas[task] = float(difference.mean())
                         resampled[task] = resampled_means(difference, indices[task])
                     groups = {}
-                    if grid.high and all(t in deltas for t in grid.high + grid.low):
+                    if _has_groups(grid, deltas):
                         high = torch.stack([resampled[t] for t in grid.high]).mean(dim=0)
                         low = torch.stack([resampled[t] for t in grid.low]).mean(dim=0)
                         groups = {
@@ -257,6 +263,8 @@ def markdown(grid: GridConfig, results: Sequence[dict], significance: Sequence[d
     baseline = grid.baselines[0]
     for perturbation in grid.perturbations:
         name = perturbation.name
+        tasks = [task for task in grid.tasks if perturbation in grid.task_perturbations(task)]
+        columns = [*tasks, *(GROUPS if _has_groups(grid, tasks) else ())]
         rows = {}
         for s in grid.strategies:
             drops = [_score_cell(score.get((s, name, "drop", c, TABLE_MEASURE))) for c in columns]

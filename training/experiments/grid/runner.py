@@ -11,8 +11,10 @@ records, and the report covers every finished run.
    once, then read from the cache): the student's layer-k states of the training texts (and of
    their perturbed copies when a strategy trains on them), the teacher's states of the English
    training texts, the documents' embeddings, and the queries' layer-k states under every
-   condition (clean, and each perturbation, drawn once with :data:`~.tasks.POOL_SEED` so every
-   run meets identical queries). ``--prepare`` stops after this step.
+   condition of the task (clean, and each perturbation, drawn once with :data:`~.tasks.POOL_SEED`
+   so every run meets identical queries; code-switching with the task's FreeDict dictionary
+   into English, read before anything is computed, so a missing one stops the grid at once
+   and names its package). ``--prepare`` stops after this step.
 2. Each run: skipped if ``<out>/runs/<run id>.json`` records it ``done`` with the same settings;
    otherwise the top layers are copied from the teacher, trained (:func:`.train_head.train_head`;
    no step for ``none``) and evaluated: per query and condition, the measures of
@@ -29,19 +31,20 @@ import os
 import platform
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ...bitext.dictionaries import DICTD_DIR, english_lexicon
 from ...distillation.config import NO_PERTURBATION, TrainConfig
-from ...distillation.perturb import perturb
+from ...distillation.perturb import LEXICON_KINDS, Lexicon, perturb
 from ...evaluation.evaluate import DOCUMENT_PREFIX
 from ...evaluation.robustness import CLEAN
 from ...models.encoders import Encoder, load_teacher, resolve_model_dir
 from ..runner import write_json_atomically
-from .config import GridConfig, GridRun, load_grid, run_settings
+from .config import GridConfig, GridRun, dictionary_language, load_grid, run_settings
 from .features import (
     FeatureCache,
     RaggedStates,
@@ -73,11 +76,31 @@ def training_texts(config: TrainConfig) -> tuple[str, str]:
     return config.student_prefix, config.adversarial_input
 
 
-class StateBuilder:
-    """Computes (or reads from the cache) a task's :class:`TaskStates`."""
+def task_lexicons(
+    grid: GridConfig, tasks: Iterable[str], dictd_dir: Path = DICTD_DIR
+) -> dict[str, Lexicon]:
+    """Task -> the lexicon of its code-switched queries, for those of ``tasks`` that have them;
+    :class:`~...bitext.dictionaries.DictionaryNotFoundError` names a missing one's package."""
+    return {
+        task: english_lexicon(dictionary_language(task), dictd_dir)
+        for task in tasks
+        if any(p.kind in LEXICON_KINDS for p in grid.task_perturbations(task))
+    }
 
-    def __init__(self, grid: GridConfig, teacher: Encoder, cache: FeatureCache, model_key: str):
-        self.grid, self.teacher, self.cache = grid, teacher, cache
+
+class StateBuilder:
+    """Computes (or reads from the cache) a task's :class:`TaskStates`; ``lexicons`` as
+    :func:`task_lexicons`."""
+
+    def __init__(
+        self,
+        grid: GridConfig,
+        teacher: Encoder,
+        cache: FeatureCache,
+        model_key: str,
+        lexicons: Mapping[str, Lexicon],
+    ):
+        self.grid, self.teacher, self.cache, self.lexicons = grid, teacher, cache, lexicons
         self.layers = len(teacher.model.encoder.layer)
         if not 1 <= grid.trainable_layers <= self.layers:
             raise ValueError(
@@ -135,12 +158,12 @@ class StateBuilder:
                 max_length=self.settings["max_length"],
             ),
         )
-        queries = task.evaluation.queries
+        queries, lexicon = task.evaluation.queries, self.lexicons.get(task.name)
         for prefix in dict.fromkeys(config.student_prefix for config in configs):
-            for condition in (None, *self.grid.perturbations):
-                texts = (
-                    queries if condition is None else perturb(queries, *condition, seed=POOL_SEED)
-                )
+            for condition in (None, *self.grid.task_perturbations(task.name)):
+                texts = queries
+                if condition is not None:
+                    texts = perturb(queries, *condition, seed=POOL_SEED, lexicon=lexicon)
                 name = CLEAN if condition is None else condition.name
                 states.queries[prefix, name] = self._states(texts, prefix, self.frozen)
         return states
@@ -205,12 +228,14 @@ def run_grid(
     shard: tuple[int, int] = (0, 1),
     tasks: Mapping[str, Task] | None = None,
     cache: FeatureCache | None = None,
+    dictd_dir: Path = DICTD_DIR,
     log: Callable[[str], None] = print,
 ) -> dict[str, str]:
     """Run every pending run of ``grid`` (``prepare_only``: only cache the states); returns
     ``{run id: "done" | "failed" | "skipped"}``. ``model`` is the teacher's folder (default:
     the offline multilingual-e5-small), ``shard`` = (I, N) runs the runs at positions I mod N,
-    ``tasks`` default to :func:`.tasks.load_tasks`'s."""
+    ``tasks`` default to :func:`.tasks.load_tasks`'s, ``dictd_dir`` holds the FreeDict
+    dictionaries."""
     index, count = shard
     if not 0 <= index < count:
         raise ValueError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
@@ -224,12 +249,13 @@ def run_grid(
     log(f"{len(outcome)} runs of this shard done; {len(pending)} to run")
     if not pending:
         return outcome
+    lexicons = task_lexicons(grid, dict.fromkeys(run.task for run in pending), dictd_dir)
     if tasks is None:
         tasks = load_tasks(sorted({run.task for run in pending}), split=grid.split, **grid.pool)
     teacher = load_teacher(model)
     cache = cache or FeatureCache(log=log)
     model_key = model_fingerprint(resolve_model_dir(model, "teacher"))
-    builder = StateBuilder(grid, teacher, cache, model_key)
+    builder = StateBuilder(grid, teacher, cache, model_key, lexicons)
     states: dict[str, TaskStates] = {}
     for number, run in enumerate(pending, 1):
         if run.task not in states:

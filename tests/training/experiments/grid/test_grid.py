@@ -4,18 +4,22 @@ definition, then a whole grid on a tiny model."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from dictd_files import write_dictd
 from tiny_model import WORDS
 
+from optical_ops.training.bitext.dictionaries import DictionaryNotFoundError
 from optical_ops.training.corpora.aligned import AlignedPair, ParallelCorpus
 from optical_ops.training.evaluation.metrics import query_metrics, rank_documents
 from optical_ops.training.experiments.config import ExperimentConfigError
 from optical_ops.training.experiments.grid.bootstrap import interval, resample, resampled_means
-from optical_ops.training.experiments.grid.config import load_grid, parse_grid
+from optical_ops.training.experiments.grid.config import load_grid, parse_grid, run_settings
 from optical_ops.training.experiments.grid.features import (
     FeatureCache,
     compute_embeddings,
@@ -34,6 +38,7 @@ from optical_ops.training.experiments.grid.tasks import make_task
 from optical_ops.training.experiments.grid.top_layers import TopLayers
 from optical_ops.training.models.encoders import load_teacher
 
+CLIR = Path(__file__).resolve().parents[4] / "experiments" / "clir.toml"
 TEXTS = [" ".join(WORDS[k % 20 : k % 20 + 1 + k % 7]) for k in range(9)]
 
 
@@ -235,6 +240,86 @@ def test_a_changed_setting_makes_a_finished_run_stale(tiny_model, tmp_path):
     assert record["settings"]["train"]["max_length"] == 24
 
 
+def _swahili_english(dictd_dir: Path) -> None:
+    """A FreeDict Swahili-English dictionary of the tiny tasks: i-th other word -> i-th English."""
+    english, other = WORDS[1:25], WORDS[25:]
+    entries = [
+        (word, f"{word} <n>\n\n{translation}\n") for word, translation in zip(other, english)
+    ]
+    write_dictd(dictd_dir, "freedict-swh-eng", entries)
+
+
+def test_codeswitched_queries_only_where_a_dictionary_exists(tiny_model, tmp_path):
+    """Adding codeswitch reruns only the runs of the task with a dictionary (sw); the records of
+    the task without one (ur) stay valid, and the report has no codeswitch number for it nor for
+    the groups (which would be a mean over sw alone)."""
+    values = {**GRID, "tasks": ["quran/sw", "quran/ur"], "strategies": ["none", "mse"],
+              "robustness": {"kinds": ["typo"], "rates": [1.0]},
+              "gap": {"high": ["quran/sw"], "low": ["quran/ur"]}}  # fmt: skip
+    before = parse_grid(values)
+    after = parse_grid({**values, "robustness": {"kinds": ["typo", "codeswitch"], "rates": [1.0]}})
+    tasks = {"quran/sw": _task("sw", 1), "quran/ur": _task("ur", 2)}
+    out, dictd = tmp_path / "out", tmp_path / "dictd"
+    dictd.mkdir()
+    kwargs = dict(model=tiny_model, tasks=tasks, cache=FeatureCache(tmp_path / "c", log=print),
+                  log=lambda s: None)  # fmt: skip
+    assert set(run_grid(before, out, **kwargs).values()) == {"done"}
+    with pytest.raises(DictionaryNotFoundError, match="apt-get install dict-freedict-swh-eng"):
+        run_grid(after, out, dictd_dir=dictd, **kwargs)
+    assert {r["run"]["task"] for r in finished_records(after, out)} == {"quran/ur"}  # ran nothing
+    _swahili_english(dictd)
+    outcome = run_grid(after, out, dictd_dir=dictd, **kwargs)
+    assert outcome == {
+        run.id: "done" if run.task == "quran/sw" else "skipped" for run in after.runs
+    }
+    records = {r["run"]["id"]: r for r in finished_records(after, out)}
+    assert len(records) == len(after.runs) == 8
+    switched = records["quran/sw/none/seed-0"]["metrics"]["cosine"]
+    assert list(switched) == ["clean", "typo@1", "codeswitch@1"]
+    assert switched["codeswitch@1"]["nDCG@10"] != switched["clean"]["nDCG@10"]
+    assert list(records["quran/ur/none/seed-0"]["metrics"]["cosine"]) == ["clean", "typo@1"]
+
+    write_report(after, list(records.values()), out)
+    results = list(csv.DictReader(open(out / "results.csv", encoding="utf-8")))
+    assert {
+        (r["language"], r["quantity"]) for r in results if r["condition"] == "codeswitch@1"
+    } == {
+        ("quran/sw", "score"),
+        ("quran/sw", "drop"),
+    }
+    groups = {"high", "low", "gap"}
+    assert groups < {r["language"] for r in results if r["condition"] == "typo@1"}
+    rows = list(csv.DictReader(open(out / "significance.csv", encoding="utf-8")))
+    by_condition = {c: {r["language"] for r in rows if r["condition"] == c}
+                    for c in ("codeswitch@1", "drop:codeswitch@1", "drop:typo@1")}  # fmt: skip
+    assert by_condition["codeswitch@1"] == by_condition["drop:codeswitch@1"] == {"quran/sw"}
+    assert by_condition["drop:typo@1"] == {"quran/sw", "quran/ur", *groups}
+    tables = (out / "results.md").read_text().split("### ")
+    switch_tables = [t for t in tables if t.startswith("nDCG@10 lost to codeswitch@1")]
+    typo_tables = [t for t in tables if t.startswith("nDCG@10 lost to typo@1")]
+    assert len(switch_tables) == len(typo_tables) == 2  # one per scorer
+    for switch_table, typo_table in zip(switch_tables, typo_tables):
+        assert "| quran/sw |" in switch_table and "quran/ur" not in switch_table
+        assert "| gap |" not in switch_table and "| quran/ur | high | low | gap |" in typo_table
+
+
+def test_codeswitch_changes_the_settings_of_the_clir_runs_with_a_dictionary_only():
+    """experiments/clir.toml with and without codeswitch: the runs of the other tasks keep
+    their settings, so their finished records are not rerun."""
+    grid = load_grid(CLIR)
+    assert "codeswitch@0.2" in {p.name for p in grid.perturbations}
+    general = tuple(p for p in grid.perturbations if p.kind != "codeswitch")
+    without = dataclasses.replace(grid, perturbations=general)
+    changed = [
+        run.task for run in grid.runs if run_settings(run, grid) != run_settings(run, without)
+    ]
+    assert set(changed) == {"quran/es", "quran/ru", "quran/tr"}
+    assert len(changed) == 3 * len(grid.strategies) * len(grid.seeds)
+    assert {task: grid.task_perturbations(task) == general for task in grid.tasks} == {
+        task: task not in changed for task in grid.tasks
+    }
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -242,7 +327,30 @@ def test_a_changed_setting_makes_a_finished_run_stale(tiny_model, tmp_path):
         ({"tasks": ["bible"]}, "a task is '<corpus>/<language>'"),
         ({"baselines": ["token-mse"]}, "baselines"),
         ({"strategies": ["none", "ot-fgsm"], "baselines": ["none"]}, "adversarial_epsilon"),
-        ({"robustness": {"kinds": ["codeswitch"], "rates": [0.2]}}, "dictionary"),
+        (
+            {
+                "tasks": ["quran/ur"],
+                "gap": {},
+                "robustness": {"kinds": ["codeswitch"], "rates": [0.2]},
+            },
+            "codeswitch applies to no task: FreeDict has no dictionary",
+        ),
+        (
+            {
+                "tasks": ["quran/xx"],
+                "gap": {},
+                "robustness": {"kinds": ["codeswitch"], "rates": [0.2]},
+            },
+            "unknown language code 'xx'",
+        ),
+        (
+            {
+                "presets": {"ot-cs": {"strategy": "optical", "adversarial_input": "codeswitch"}},
+                "strategies": ["none", "ot-cs"],
+                "baselines": ["none"],
+            },
+            "needs a bilingual dictionary",
+        ),
         ({"gap": {"high": ["quran/fi"], "low": ["quran/fi"]}}, "both high and low"),
         ({"gap": {"high": ["quran/xx"], "low": ["quran/sw"]}}, "unknown \\[gap\\] tasks"),
         ({"pool": {"train_pairs": 0}}, "train_pairs must be an integer >= 1"),

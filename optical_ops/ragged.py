@@ -9,6 +9,7 @@ the solver then runs once per group (a handful of batched calls, never one per p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -51,41 +52,36 @@ def extents(weights: torch.Tensor) -> torch.Tensor:
     return ((weights > 0) * positions).amax(dim=1)
 
 
-def _split(order: list[int], groups: int) -> list[list[int]]:
-    bounds = [round(g * len(order) / groups) for g in range(groups + 1)]
-    return [order[lo:hi] for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
-
-
 def length_buckets(a: torch.Tensor, b: torch.Tensor) -> list[Bucket]:
     """Groups for weights a (B, n), b (B, m); one host sync.
 
-    Candidates: the problems sorted by n_b m_b, by n_b or by m_b, cut into 1 to
-    :data:`MAX_BUCKETS` groups of equal count; the one with the fewest padded entries plus
-    :data:`BUCKET_OVERHEAD` per group wins. A single bucket (the batch trimmed to its largest
-    extents) is kept unless the groups save at least :data:`MIN_SAVING` of the entries.
+    Candidates: the problems sorted by n_b m_b, by n_b or by m_b (descending, ties in batch
+    order), cut into 2 to :data:`MAX_BUCKETS` groups of equal count; the one with the fewest
+    padded entries plus :data:`BUCKET_OVERHEAD` per group wins (the first such). A single bucket
+    (the batch trimmed to its largest extents) is kept unless the groups save at least
+    :data:`MIN_SAVING` of the entries. The search runs on every ragged call, so it is part of
+    every small batch's fixed cost: plain lists, each ordering sorted once.
     """
     batch = a.shape[0]
-    rows, cols = (t.tolist() for t in torch.stack([extents(a), extents(b)]).cpu())
+    rows, cols = torch.stack([extents(a), extents(b)]).tolist()
     whole = Bucket(None, max(rows), max(cols))
+    budget = (1.0 - MIN_SAVING) * batch * whole.n * whole.m
     # No split pads less than the real entries: skip the search when even they are too many.
-    if sum(map(int.__mul__, rows, cols)) > (1.0 - MIN_SAVING) * batch * whole.n * whole.m:
+    if sum(map(int.__mul__, rows, cols)) > budget:
         return [whole]
-
-    def padded(parts):
-        return sum(len(p) * max(rows[i] for i in p) * max(cols[i] for i in p) for p in parts)
-
-    keys = (lambda p: rows[p] * cols[p], lambda p: rows[p], lambda p: cols[p])
-    candidates = [
-        _split(sorted(range(batch), key=key, reverse=True), groups)
-        for key in keys for groups in range(2, min(MAX_BUCKETS, batch) + 1)
-    ]
-    if not candidates:
+    best, best_score = None, math.inf
+    for key in (lambda i: rows[i] * cols[i], rows.__getitem__, cols.__getitem__):
+        order = sorted(range(batch), key=key, reverse=True)
+        n_sorted, m_sorted = [rows[i] for i in order], [cols[i] for i in order]
+        for groups in range(2, min(MAX_BUCKETS, batch) + 1):
+            bounds = [round(g * batch / groups) for g in range(groups + 1)]
+            parts = [(lo, hi, max(n_sorted[lo:hi]), max(m_sorted[lo:hi]))
+                     for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+            padded = sum((hi - lo) * n * m for lo, hi, n, m in parts)
+            if padded + BUCKET_OVERHEAD * len(parts) < best_score:
+                best_score, best = padded + BUCKET_OVERHEAD * len(parts), (padded, order, parts)
+    if best is None or best[0] > budget:
         return [whole]
-    best = min(candidates, key=lambda parts: padded(parts) + BUCKET_OVERHEAD * len(parts))
-    if padded(best) > (1.0 - MIN_SAVING) * batch * whole.n * whole.m:
-        return [whole]
-    return [
-        Bucket(torch.tensor(sorted(p), device=a.device), max(rows[i] for i in p),
-               max(cols[i] for i in p))
-        for p in best
-    ]
+    _, order, parts = best
+    return [Bucket(torch.tensor(sorted(order[lo:hi]), device=a.device), n, m)
+            for lo, hi, n, m in parts]

@@ -4,7 +4,7 @@ Three sizes of run, each labelled in its output:
 
 - default: W1, W2 and W3 with every installed peer, 3-10 repeats, no memory probes (a few
   minutes on 2 cores); the workloads users meet most, every peer compared;
-- ``--full``: W1-W7 with the protocol of ``benchmarks/README.md`` (memory probes, 5-50 repeats;
+- ``--full``: W1-W9 with the protocol of ``benchmarks/README.md`` (memory probes, 5-50 repeats;
   the better part of an hour on 2 cores, mostly the slow peers on W4 and W5);
 - ``--quick``: W1 and a reduced W3, five peers, under a minute (a smoke test).
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .machine import reexec_without_blas_overrides
 
-DESCRIPTION = "The OPTICAL loss against POT, GeomLoss, OTT-JAX and plain PyTorch on W1-W7."
+DESCRIPTION = "The OPTICAL loss against POT, GeomLoss, OTT-JAX and plain PyTorch on W1-W9."
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
 PLOT = HERE / "benchmark.png"
@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         f"memory probes (a few minutes). The full set: {FULL_COMMAND}.")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--full", action="store_true",
-                      help="W1-W7, 5-50 repeats, memory probes: the full protocol (~1 h, 2 cores)")
+                      help="W1-W9, 5-50 repeats, memory probes: the full protocol (~1 h, 2 cores)")
     size.add_argument("--quick", action="store_true",
                       help="W1 and a reduced W3, fewer repeats and peers (< 1 min)")
     p.add_argument("--workloads", help=f"comma-separated, from {', '.join(WORKLOADS)}")
@@ -81,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
     args = p.parse_args(argv)
     if args.update_readme and not args.full:
-        p.error("--update-readme needs --full: the README's table is the full W1-W7 protocol")
+        p.error("--update-readme needs --full: the README's table is the full W1-W9 protocol")
     if args.update_readme and args.no_readme:
         p.error("--update-readme and --no-readme contradict each other")
     return args
@@ -185,7 +185,7 @@ def main(argv=None) -> None:
         log("README benchmark section regenerated" if updated else
             f"README.md has no {readme.START} / {readme.END} markers: left alone")
     elif mode != "full":
-        log(f"the full set (W1-W7, memory probes, more repeats): {FULL_COMMAND}")
+        log(f"the full set (W1-W9, memory probes, more repeats): {FULL_COMMAND}")
 
 
 if __name__ == "__main__":

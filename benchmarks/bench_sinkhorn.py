@@ -1,6 +1,6 @@
 """pytest-benchmark view of the workloads: ours and POT, forward and forward+backward.
 
-    pytest benchmarks/ --benchmark-only                  # W1-W7
+    pytest benchmarks/ --benchmark-only                  # W1-W9
     pytest benchmarks/ --benchmark-only -m "not slow"    # all but W4, W5 (POT: minutes)
 
 Same inputs and calls as ``python -m benchmarks`` (which adds the other peers, the memory

@@ -112,7 +112,7 @@ def _notes(w: dict[str, Any]) -> list[str]:
 RUN_LABELS = {
     "quick": "QUICK RUN (--quick): reduced workloads and repeats, no memory probes; "
              "not for comparison",
-    "default": "DEFAULT RUN: W1-W3, W6, W7 with every peer, 3-10 repeats, no memory probes; "
+    "default": "DEFAULT RUN: W1-W3, W6-W9 with every peer, 3-10 repeats, no memory probes; "
                "the full set: python -m benchmarks --full",
 }
 

@@ -1,4 +1,4 @@
-r"""The benchmark problems W1-W7 and the inputs every implementation receives.
+r"""The benchmark problems W1-W9 and the inputs every implementation receives.
 
 Each problem is entropic OT between the token sets of a batch: X (B, n, d) and Y (B, m, d),
 float32 standard normal from a fixed seed, cosine cost C_ij = 1 - <x_i/|x_i|, y_j/|y_j|>,

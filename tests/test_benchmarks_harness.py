@@ -21,6 +21,9 @@ from benchmarks.workloads import WORKLOADS, Workload, make_problem
 # with the rows, GeomLoss averages symmetric updates) no longer changes the loss.
 TINY = Workload("tiny", 3, 7, 9, 16, 300, "a test problem")
 TINY_RAGGED = Workload("tiny-ragged", 4, 12, 10, 16, 300, "a ragged test problem", min_len=3)
+TINY_BF16 = dataclasses.replace(TINY_RAGGED, name="tiny-bf16", dtype=torch.bfloat16)
+# Stopped at POT's rule: at eps 0.01 these need ~100-200 of the 1,000 iterations allowed.
+TINY_TOL = dataclasses.replace(TINY_RAGGED, name="tiny-tol", iterations=1000, eps=0.01, tol=1e-6)
 
 
 def test_interleaved_runs_each_call_its_repeats_spread_over_the_rounds():
@@ -87,6 +90,62 @@ def test_every_available_implementation_agrees_with_float64_pot(workload, name):
     assert agreement.relative_grad_difference(fwdbwd, reference) < grad_tol
 
 
+@pytest.mark.parametrize("name", [n for n in IMPLEMENTATIONS if n != "torch-compile"])
+def test_bf16_inputs_are_solved_in_float32_and_give_bf16_gradients(name):
+    """W8's contract: the loss of the rounded inputs to float32 accuracy; the gradient is
+    bfloat16 where the inputs are tensors (rounding: ~2^-8 relative), float32 for OTT."""
+    pytest.importorskip("ot")
+    impl = IMPLEMENTATIONS[name]
+    if impl.unavailable():
+        pytest.skip(impl.unavailable())
+    problem = make_problem(TINY_BF16)
+    assert problem.x.dtype == torch.bfloat16 and problem.solve_dtype == torch.float32
+    reference = agreement.float64_reference(problem)
+    calls = impl.setup(problem)
+    fwd, fwdbwd = calls.forward(), calls.forward_backward()
+    assert agreement.relative_loss_difference(fwd.loss, reference) < agreement.TOLERANCE
+    assert agreement.relative_loss_difference(fwdbwd.loss, reference) < agreement.TOLERANCE
+    assert agreement.relative_grad_difference(fwdbwd, reference) < 1e-2
+    if isinstance(fwdbwd.grads[0], torch.Tensor):
+        assert fwdbwd.grads[0].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("name", [n for n in IMPLEMENTATIONS if n != "torch-compile"])
+def test_a_tol_workload_stops_every_implementation_at_the_same_accuracy(name):
+    """W9's contract: each stops at POT's rule (GeomLoss, which has none, refuses); the loss
+    then agrees with float64 POT stopped the same way, and the reference counts the most
+    iterations a problem needed (a multiple of POT's check interval, plus one)."""
+    pytest.importorskip("ot")
+    impl = IMPLEMENTATIONS[name]
+    if impl.unavailable():
+        pytest.skip(impl.unavailable())
+    problem = make_problem(TINY_TOL)
+    if name == "geomloss":
+        with pytest.raises(ValueError, match="no stopping threshold"):
+            impl.setup(problem)
+        return
+    reference = agreement.float64_reference(problem)
+    assert 20 < reference.iterations < TINY_TOL.iterations and reference.iterations % 10 == 1
+    fwdbwd = impl.setup(problem).forward_backward()
+    assert agreement.relative_loss_difference(fwdbwd.loss, reference) < agreement.TOLERANCE
+    assert agreement.relative_grad_difference(fwdbwd, reference) < 1e-3
+
+
+def test_the_reference_loop_stops_at_tol_and_not_before():
+    """The plain reference's check: with tol it stops early (cheaper than the cap), and its
+    plan's column error is then <= tol, as POT's rule requires."""
+    from benchmarks.implementations.reference import reference_solve
+
+    problem = make_problem(TINY_TOL)
+    a, b = problem.weights(torch.float64)
+    x, y = problem.x.double(), problem.y.double()
+    capped = dataclasses.replace(problem, workload=dataclasses.replace(TINY_TOL, tol=None))
+    stopped_loss = reference_solve(problem)(x, y, a, b)[0]
+    capped_loss = reference_solve(capped)(x, y, a, b)[0]
+    assert stopped_loss != capped_loss  # it stopped before the cap
+    assert float(abs(stopped_loss - capped_loss) / capped_loss) < 1e-5
+
+
 def test_run_workload_reports_times_ratios_and_agreement(monkeypatch):
     pytest.importorskip("ot")
     monkeypatch.setitem(WORKLOADS, TINY.name, TINY)
@@ -137,18 +196,21 @@ def test_workload_definitions_stay_those_of_the_history():
     assert shapes["W4"] == (1, 4096, 4096, 256, 100, None)
     assert shapes["W5"] == (1, 16384, 16384, 64, 10, None)
     assert {WORKLOADS[n].eps for n in ("W1", "W2", "W3", "W4", "W5")} == {0.05}
-    # The small-eps workloads of issue 12.
+    # The small-eps, bf16 and tol workloads of issue 12.
     assert shapes["W6"] == shapes["W7"] == (32, 32, 32, 384, 200, 8)
     assert (WORKLOADS["W6"].eps, WORKLOADS["W7"].eps) == (0.01, 0.001)
+    assert shapes["W8"] == (32, 32, 32, 384, 100, 8) and WORKLOADS["W8"].dtype == torch.bfloat16
+    assert shapes["W9"] == (32, 32, 32, 384, 1000, 8)
+    assert (WORKLOADS["W9"].eps, WORKLOADS["W9"].tol) == (0.01, 1e-4)
 
 
-def test_the_default_run_is_w1_to_w3_and_small_eps_with_every_peer_and_no_readme():
+def test_the_default_run_is_w1_to_w3_and_the_user_regime_with_every_peer_and_no_readme():
     from benchmarks import __main__ as cli
 
     args = cli.parse_args([])
     workloads, impls, not_run = cli.select(args)
     assert cli.mode_of(args) == "default" and not args.update_readme
-    assert [w.name for w in workloads] == ["W1", "W2", "W3", "W6", "W7"]
+    assert [w.name for w in workloads] == ["W1", "W2", "W3", "W6", "W7", "W8", "W9"]
     assert {i.name for i in impls} | set(not_run) == set(IMPLEMENTATIONS)  # no peer left out
     options = cli.options_from(args)
     assert not options.memory and options.max_repeats == 10
@@ -158,7 +220,7 @@ def test_full_runs_the_whole_protocol_and_only_it_may_update_the_readme():
     from benchmarks import __main__ as cli
 
     args = cli.parse_args(["--full", "--update-readme"])
-    assert [w.name for w in cli.select(args)[0]] == ["W1", "W2", "W3", "W4", "W5", "W6", "W7"]
+    assert [w.name for w in cli.select(args)[0]] == [f"W{i}" for i in range(1, 10)]
     options = cli.options_from(args)
     assert (options.budget_s, options.min_repeats, options.max_repeats, options.memory) == (
         60.0, 5, 50, True)

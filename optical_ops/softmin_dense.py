@@ -111,8 +111,9 @@ class DenseScalingSoftMin(SoftMin):
         self.eps = eps
         self.a, self.b = a, b
         self.shift = shift  # (B,) min of the cost over entries that carry mass
-        # Our own buffer (never the user's), row-major for the native loop.
-        self.kernel = torch.exp((cost - shift[:, None, None]) / -eps).contiguous()
+        # Our own buffer (never the user's), row-major for the native loop; one fresh (B, n, m)
+        # buffer, the division and exp in place (fresh pages are expensive, NOTES O2 and O12).
+        self.kernel = torch.sub(cost, shift[:, None, None]).div_(-eps).exp_().contiguous()
         self.cost: torch.Tensor | None = cost  # only the loss reads it
 
     def for_backward(self) -> DenseScalingSoftMin:

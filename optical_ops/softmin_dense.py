@@ -19,6 +19,8 @@ soft-min sum lies in [e^{-2R/eps}, m e^{2R/eps}]: inside the dtype's range for R
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .dispatch import dense_domain
@@ -149,7 +151,9 @@ class DenseScalingSoftMin(SoftMin):
         if self.cost is None:
             raise RuntimeError("the loss needs the cost, which for_backward() released")
         u, v = self.a / s, self.b / t
-        kc = torch.where(self.kernel > 0, self.kernel * self.cost, 0.0)  # +inf costs: K = 0
+        # +inf costs (forbidden pairs) have K = 0, whose product is NaN: 0 there, in place.
+        kc = torch.mul(self.kernel, self.cost).nan_to_num_(nan=0.0, posinf=math.inf,
+                                                           neginf=-math.inf)
         weighted = torch.bmm(kc, v[:, :, None])[:, :, 0]
         return (u * weighted).sum(1)
 

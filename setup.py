@@ -146,7 +146,9 @@ PACKAGES = list(dict.fromkeys(
     for sub in ["", *find_packages(os.path.join(HERE, folder))]))
 
 TRAIN = [
-    "transformers>=4.40",
+    # 5.25 requires Hugging Face's `kernels` package, whose name this repository's top-level
+    # kernels/ folder shadows (its egg_info writer and transformers' hub_kernels then fail).
+    "transformers>=4.40,<5.25",
     "safetensors",
     "tqdm",
     "numpy",

@@ -6,6 +6,7 @@ The metadata checks read the PKG-INFO of an sdist built from this tree (well und
 from __future__ import annotations
 
 import email.parser
+import importlib.metadata
 import importlib.util
 import re
 import shutil
@@ -111,6 +112,14 @@ def test_extras_use_compatible_ranges_that_admit_the_tested_versions(requirement
     requirement = in_extra(requirements, extra)[name]
     assert tested in requirement.specifier
     assert not any(spec.operator == "==" for spec in requirement.specifier), requirement
+
+
+def test_no_dependency_installs_the_pypi_kernels_package(requirements):
+    """Hugging Face's `kernels` (required by transformers >= 5.25) is shadowed by this
+    repository's top-level kernels/ folder when run from the checkout: keep it out."""
+    assert "5.25.0" not in in_extra(requirements, "train")["transformers"].specifier
+    with pytest.raises(importlib.metadata.PackageNotFoundError):
+        importlib.metadata.distribution("kernels")
 
 
 def test_the_trainer_tokenizer_is_a_declared_dependency_and_make_checks_the_venv():

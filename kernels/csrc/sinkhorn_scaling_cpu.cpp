@@ -6,8 +6,8 @@
 // the column update t <- K^T (a / s) followed by the row update s <- K (b / t).
 //
 // Memory traffic: the row update of iteration k and the column update of iteration k+1 both
-// walk K row by row, so one pass does both (row i: s_i = <K_i, v>, u_i = a_i / s_i, then
-// t' += u_i K_i while K_i is in L1). n_iters iterations read K n_iters + 1 times (4*n*m bytes
+// walk K row by row, so one pass does both (rows i..i+3: s_i = <K_i, v>, u_i = a_i / s_i, then
+// t' += sum u_i K_i while the rows are in L1/L2). n_iters iterations read K n_iters + 1 times (4*n*m bytes
 // each in fp32) instead of 2 * n_iters times for two separate mat-vecs.
 //
 // Small problems (K and a copy of K^T fit in L2 together) are cache-resident, so traffic does not
@@ -45,21 +45,70 @@ INLINE T dot(const T* x, const T* y, int64_t len) {
   return acc;
 }
 
-// acc += alpha * x over len entries.
+// out[r] = <M_r, x> for the four rows M_0..M_3 (row stride len): four independent chains of
+// vector FMAs sharing each load of x (one row's single chain is latency-bound, O14).
 template <typename T>
-INLINE void axpy(T* acc, T alpha, const T* x, int64_t len) {
+INLINE void four_dots(const T* __restrict M, const T* __restrict x, int64_t len, T* out) {
+  constexpr int64_t kLanes = 64 / sizeof(T);
+  T p0[kLanes] = {}, p1[kLanes] = {}, p2[kLanes] = {}, p3[kLanes] = {};
+  int64_t j0 = 0;
+  for (; j0 + kLanes <= len; j0 += kLanes) {
 #pragma omp simd
-  for (int64_t j = 0; j < len; ++j) acc[j] += alpha * x[j];
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const T xl = x[j0 + l];
+      p0[l] += M[j0 + l] * xl;
+      p1[l] += M[len + j0 + l] * xl;
+      p2[l] += M[2 * len + j0 + l] * xl;
+      p3[l] += M[3 * len + j0 + l] * xl;
+    }
+  }
+  T d0 = 0, d1 = 0, d2 = 0, d3 = 0;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    d0 += p0[l];
+    d1 += p1[l];
+    d2 += p2[l];
+    d3 += p3[l];
+  }
+  for (int64_t j = j0; j < len; ++j) {
+    d0 += M[j] * x[j];
+    d1 += M[len + j] * x[j];
+    d2 += M[2 * len + j] * x[j];
+    d3 += M[3 * len + j] * x[j];
+  }
+  out[0] = d0;
+  out[1] = d1;
+  out[2] = d2;
+  out[3] = d3;
+}
+
+// acc += sum_{r0 <= i < r1} (a_i / s_i) K_i (rows of length m), loading and storing acc once
+// per four rows.
+template <typename T>
+INLINE void add_scaled_rows(T* acc, const T* a, const T* s, const T* K, int64_t m, int64_t r0,
+                            int64_t r1) {
+  for (int64_t i = r0; i < r1; i += 4) {
+    const int64_t rows = std::min<int64_t>(4, r1 - i);
+    T u[4];
+    for (int64_t r = 0; r < rows; ++r) u[r] = a[i + r] / s[i + r];
+    if (rows == 4)  // a constant row count keeps the partial sums in registers
+      weighted_row_sum<true>(acc, u, K + i * m, 4, m);
+    else
+      weighted_row_sum<true>(acc, u, K + i * m, rows, m);
+  }
 }
 
 // Rows [r0, r1) of one fused pass: s_i = <K_i, v>; with next_t, also next_t += (a_i / s_i) K_i.
+// Four rows at a time: their dots, then one update of next_t while they are in L1/L2.
 template <typename T>
 INLINE void row_pass(const T* K, int64_t m, const T* a, const T* v, T* s, T* next_t, int64_t r0,
               int64_t r1) {
-  for (int64_t i = r0; i < r1; ++i) {
-    const T* row = K + i * m;
-    s[i] = dot(row, v, m);
-    if (next_t != nullptr) axpy(next_t, a[i] / s[i], row, m);
+  for (int64_t i = r0; i < r1; i += 4) {
+    const int64_t end = std::min(i + 4, r1);
+    if (end - i == 4)
+      four_dots(K + i * m, v, m, s + i);
+    else
+      for (int64_t r = i; r < end; ++r) s[r] = dot(K + r * m, v, m);
+    if (next_t != nullptr) add_scaled_rows(next_t, a, s, K, m, i, end);
   }
 }
 
@@ -88,7 +137,7 @@ template <typename T>
 PER_ISA void solve_one(const T* K, const T* a, const T* b, T* s, T* t, int64_t n, int64_t m, int iters,
                T* v, T* t2) {
   std::fill(t, t + m, T(0));
-  for (int64_t i = 0; i < n; ++i) axpy(t, a[i] / s[i], K + i * m, m);
+  add_scaled_rows(t, a, s, K, m, 0, n);
   for (int it = 0; it < iters; ++it) {
     for (int64_t j = 0; j < m; ++j) v[j] = b[j] / t[j];
     const bool last = it + 1 == iters;
@@ -116,7 +165,7 @@ PER_ISA void solve_shared(const T* K, const T* a, const T* b, T* s, T* t, int64_
     }
   };
   std::fill(mine, mine + m, T(0));
-  for (int64_t i = r0; i < r1; ++i) axpy(mine, a[i] / s[i], K + i * m, m);
+  add_scaled_rows(mine, a, s, K, m, r0, r1);
 #pragma omp barrier
   reduce_partials();
 #pragma omp barrier

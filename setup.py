@@ -47,10 +47,10 @@ def long_description(readme: str) -> str:
         lambda m: f"`{m[2]}`" if m[1] == m[2] else f"{m[1]} (`{m[2]}`)", readme)
 
 
-# The native CPU Sinkhorn loops (scaling domain; streaming log-sum-exp): plain C++ with OpenMP,
-# no PyTorch headers, so they build without torch. Optional: without a working compiler and
-# OpenMP the package installs and falls back to PyTorch ops; optical_ops.native_cpu_status()
-# says which happened and why.
+# The native CPU Sinkhorn loops (scaling domain; streaming log-sum-exp; stabilised) and the
+# dense cost: plain C++ with OpenMP, no PyTorch headers, so they build without torch.
+# Optional: without a working compiler and OpenMP the package installs and falls back to
+# PyTorch ops; optical_ops.native_cpu_status() says which happened and why.
 native_cpu_loops = [
     Extension(
         f"optical_ops.kernels.{name}",
@@ -60,7 +60,8 @@ native_cpu_loops = [
     )
     for name, source in (("_sinkhorn_cpu", "sinkhorn_scaling_cpu.cpp"),
                          ("_streaming_cpu", "streaming_softmin_cpu.cpp"),
-                         ("_stabilised_cpu", "sinkhorn_stabilised_cpu.cpp"))
+                         ("_stabilised_cpu", "sinkhorn_stabilised_cpu.cpp"),
+                         ("_dense_cost_cpu", "dense_cost_cpu.cpp"))
 ]
 
 # Per compiler family: (compile flags, link flags) for OpenMP, and the other flags wanted.

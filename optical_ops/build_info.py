@@ -12,12 +12,14 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 
-# module -> what it accelerates (loaded by kernels/cpu_scaling.py, cpu_streaming.py and
-# cpu_stabilised.py; setup.py builds each of them, a test keeps the two lists equal)
+# module -> what it accelerates (loaded by kernels/cpu_scaling.py, cpu_streaming.py,
+# cpu_stabilised.py and cpu_dense_cost.py; setup.py builds each of them, a test keeps the two
+# lists equal)
 NATIVE_CPU_EXTENSIONS = {
     "optical_ops.kernels._sinkhorn_cpu": "dense scaling-domain Sinkhorn loop",
     "optical_ops.kernels._streaming_cpu": "streaming log-sum-exp passes",
     "optical_ops.kernels._stabilised_cpu": "stabilised scaling-domain loop",
+    "optical_ops.kernels._dense_cost_cpu": "dense cost and its masked range",
 }
 
 

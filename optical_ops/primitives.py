@@ -14,7 +14,7 @@ import torch
 from .costs import FactorisedCost, factorise
 from .dispatch import COSINE_RANGE
 from .sinkhorn_loop import SoftMin
-from .softmin_dense import damping, dense_softmin
+from .softmin_dense import damping, dense_softmin, sanitised_dense_cost
 from .softmin_streaming import StreamingSoftMin
 
 
@@ -40,8 +40,9 @@ def embedding_primitives(solver: str, fc: FactorisedCost, a: torch.Tensor, b: to
         return lambda eps: triton_softmin(solver, a, b, eps, **source)
     if solver == "streaming":
         return lambda eps: StreamingSoftMin(fc, a, b, eps, damping(eps, tau))
-    cost, bound = fc.dense(), COSINE_RANGE if fc.kind == "cosine" else None
-    return lambda eps: dense_softmin(cost, a, b, eps, solver, tau, sync_ok, bound)
+    cost, lo, hi = sanitised_dense_cost(fc, a, b, sync_ok)
+    bound = COSINE_RANGE if fc.kind == "cosine" else None
+    return lambda eps: dense_softmin(cost, a, b, eps, solver, tau, sync_ok, bound, (lo, hi))
 
 
 def cost_primitive(solver: str, cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor,

@@ -23,7 +23,9 @@ import math
 
 import torch
 
+from .costs import FactorisedCost
 from .dispatch import dense_domain
+from .kernels.cpu_dense_cost import dense_cost, native_dense_cost_available
 from .kernels.cpu_scaling import native_scaling_available, scaling_iterate
 from .kernels.cpu_stabilised import native_stabilised_available
 from .logsumexp import logsumexp_
@@ -197,6 +199,18 @@ def sanitised_cost_range(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     return torch.where(valid, cost, lo[:, None, None]), lo, hi
 
 
+def sanitised_dense_cost(fc: FactorisedCost, a: torch.Tensor, b: torch.Tensor,
+                         sync_ok: bool = True):
+    """:func:`sanitised_cost_range` of ``fc.dense()``, (cost, lo, hi). On the CPU one native
+    pass that multiplies only the pairs within each problem's last row and column with mass
+    (``kernels/csrc/dense_cost_cpu.cpp``, no host sync); elsewhere the batched product and the
+    masking as PyTorch ops."""
+    if native_dense_cost_available(fc.x) and fc.x.dtype == a.dtype:
+        return dense_cost(fc.x, fc.y, fc.row_offset, fc.col_offset, fc.row_scale,
+                          fc.col_scale, a, b, fc.scale, fc.kind == "sqeuclidean")
+    return sanitised_cost_range(fc.dense(), a, b, sync_ok)
+
+
 def damping(eps: float, tau: float | None) -> float:
     """lambda = tau / (tau + eps): the soft-min damping of unbalanced OT (1 when balanced).
 
@@ -208,16 +222,21 @@ def damping(eps: float, tau: float | None) -> float:
 
 def dense_softmin(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float,
                   solver: str = "dense", tau: float | None = None, sync_ok: bool = True,
-                  range_bound: float | None = None) -> SoftMin:
+                  range_bound: float | None = None,
+                  cost_range: tuple[torch.Tensor, torch.Tensor] | None = None) -> SoftMin:
     """The dense primitive for ``cost`` (B, n, m) with weights a (B, n), b (B, m).
 
     ``solver``: ``"dense-scaling"``, ``"dense-stabilised"``, ``"dense-log"``, or ``"dense"``:
     the domain that :func:`~optical_ops.dispatch.dense_domain` picks from the cost range, read
     on the host (``sync_ok``) or else bounded by ``range_bound`` (None: no bound known).
+    ``cost_range``: (lo, hi) when ``cost`` is already sanitised (:func:`sanitised_dense_cost`).
     """
     from .softmin_stabilised import StabilisedSoftMin  # it builds on this module
 
-    cost, lo, hi = sanitised_cost_range(cost, a, b, sync_ok)
+    if cost_range is None:
+        cost, lo, hi = sanitised_cost_range(cost, a, b, sync_ok)
+    else:
+        lo, hi = cost_range
     spread = (lambda: float((hi - lo).max())) if sync_ok else range_bound
     native = sync_ok and native_stabilised_available(cost)
     domain = dense_domain(solver, spread, eps, cost.dtype, tau, native)

@@ -1,4 +1,4 @@
-// Shared by the native CPU extensions (sinkhorn_scaling_cpu.cpp, streaming_softmin_cpu.cpp).
+// Shared by the native CPU extensions (kernels/csrc/*.cpp).
 #pragma once
 
 #include <cstdint>
@@ -63,4 +63,33 @@ INLINE void weighted_row_sum(T* __restrict acc, const T* __restrict coef,
 #pragma omp simd
     for (int64_t l = j0; l < len; ++l) acc[l] += coef[i] * r[l];
   }
+}
+
+// <x, y> over len entries.
+template <typename T>
+INLINE T dot(const T* x, const T* y, int64_t len) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = 0; j < len; ++j) acc += x[j] * y[j];
+  return acc;
+}
+
+// out[r] = <M_r, x> for the four rows M_0..M_3 (row stride len): four independent chains of
+// vector FMAs sharing each load of x (one row's single chain is latency-bound, NOTES O14). The
+// chains are reductions, not lane arrays, so the compiler keeps them in registers (O15).
+template <typename T>
+INLINE void four_dots(const T* __restrict M, const T* __restrict x, int64_t len, T* out) {
+  T d0 = 0, d1 = 0, d2 = 0, d3 = 0;
+#pragma omp simd reduction(+ : d0, d1, d2, d3)
+  for (int64_t j = 0; j < len; ++j) {
+    const T xj = x[j];
+    d0 += M[j] * xj;
+    d1 += M[len + j] * xj;
+    d2 += M[2 * len + j] * xj;
+    d3 += M[3 * len + j] * xj;
+  }
+  out[0] = d0;
+  out[1] = d1;
+  out[2] = d2;
+  out[3] = d3;
 }

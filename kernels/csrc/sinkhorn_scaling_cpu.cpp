@@ -36,51 +36,6 @@
 
 namespace {
 
-// <x, y> over len entries.
-template <typename T>
-INLINE T dot(const T* x, const T* y, int64_t len) {
-  T acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t j = 0; j < len; ++j) acc += x[j] * y[j];
-  return acc;
-}
-
-// out[r] = <M_r, x> for the four rows M_0..M_3 (row stride len): four independent chains of
-// vector FMAs sharing each load of x (one row's single chain is latency-bound, O14).
-template <typename T>
-INLINE void four_dots(const T* __restrict M, const T* __restrict x, int64_t len, T* out) {
-  constexpr int64_t kLanes = 64 / sizeof(T);
-  T p0[kLanes] = {}, p1[kLanes] = {}, p2[kLanes] = {}, p3[kLanes] = {};
-  int64_t j0 = 0;
-  for (; j0 + kLanes <= len; j0 += kLanes) {
-#pragma omp simd
-    for (int64_t l = 0; l < kLanes; ++l) {
-      const T xl = x[j0 + l];
-      p0[l] += M[j0 + l] * xl;
-      p1[l] += M[len + j0 + l] * xl;
-      p2[l] += M[2 * len + j0 + l] * xl;
-      p3[l] += M[3 * len + j0 + l] * xl;
-    }
-  }
-  T d0 = 0, d1 = 0, d2 = 0, d3 = 0;
-  for (int64_t l = 0; l < kLanes; ++l) {
-    d0 += p0[l];
-    d1 += p1[l];
-    d2 += p2[l];
-    d3 += p3[l];
-  }
-  for (int64_t j = j0; j < len; ++j) {
-    d0 += M[j] * x[j];
-    d1 += M[len + j] * x[j];
-    d2 += M[2 * len + j] * x[j];
-    d3 += M[3 * len + j] * x[j];
-  }
-  out[0] = d0;
-  out[1] = d1;
-  out[2] = d2;
-  out[3] = d3;
-}
-
 // acc += sum_{r0 <= i < r1} (a_i / s_i) K_i (rows of length m), loading and storing acc once
 // per four rows.
 template <typename T>

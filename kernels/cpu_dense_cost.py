@@ -1,0 +1,66 @@
+"""Launcher for the native CPU dense cost (``kernels/csrc/dense_cost_cpu.cpp``).
+
+The extension is optional: when it was not built (no C++ compiler at install time) the solver
+forms the cost with a batched matrix product and masks it with PyTorch ops instead
+(:func:`optical_ops.softmin_dense.sanitised_cost_range`), with the same result up to round-off.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._native import load, runs_on
+
+_dense_cost_cpu = load("_dense_cost_cpu")  # None when not built: callers use PyTorch ops
+
+
+def native_dense_cost_available(x: torch.Tensor) -> bool:
+    return runs_on(_dense_cost_cpu, x)
+
+
+def _rows_contiguous(z: torch.Tensor) -> torch.Tensor:
+    """z (B, n, d) with contiguous rows (a batch stride of its own is fine)."""
+    return z if z.stride(2) == 1 and z.stride(1) == z.shape[2] else z.contiguous()
+
+
+def dense_cost(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    row_offset: torch.Tensor,
+    col_offset: torch.Tensor,
+    row_scale: torch.Tensor,
+    col_scale: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale: float,
+    clamp: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(C, lo, hi): C_ij = r_i + c_j - scale sigma_i tau_j <x_i, y_j> (clamped at 0 with
+    ``clamp``) on the pairs with a_i > 0 and b_j > 0, lo and hi (B,) its minimum and maximum
+    there, and lo at every other pair. Rows past a problem's last row (column) with mass are
+    never multiplied.
+
+    x: (B, n, d), y: (B, m, d); row_offset, row_scale, a: (B, n); col_offset, col_scale, b:
+    (B, m); one float dtype, CPU.
+    """
+    if not native_dense_cost_available(x):
+        raise RuntimeError("the native CPU dense cost is not available for this tensor")
+    batch, n, d = x.shape
+    m = y.shape[1]
+    x, y = _rows_contiguous(x), _rows_contiguous(y)
+    factors = [t.contiguous() for t in (row_offset, col_offset, row_scale, col_scale, a, b)]
+    shapes = [(batch, n), (batch, m)] * 3
+    for name, t, shape in zip(("row_offset", "col_offset", "row_scale", "col_scale", "a", "b"),
+                              factors, shapes):
+        if t.dtype != x.dtype or tuple(t.shape) != shape:
+            raise ValueError(f"{name} must be {x.dtype} of shape {shape}")
+    if y.dtype != x.dtype or tuple(y.shape) != (batch, m, d):
+        raise ValueError(f"y must be {x.dtype} of shape {(batch, m, d)}")
+    out = x.new_empty(batch, n, m)
+    lo, hi = x.new_empty(batch), x.new_empty(batch)
+    _dense_cost_cpu.dense_cost(
+        x.data_ptr(), y.data_ptr(), x.stride(0), y.stride(0), *(t.data_ptr() for t in factors),
+        float(scale), clamp, batch, n, m, d, out.data_ptr(), lo.data_ptr(), hi.data_ptr(),
+        x.dtype == torch.float64, torch.get_num_threads(),
+    )
+    return out, lo, hi

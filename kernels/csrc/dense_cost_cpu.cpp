@@ -1,0 +1,160 @@
+// The dense factorised cost on the CPU, for the pairs that carry mass, with its range.
+//
+// Problem p has embeddings x (n, d) and y (m, d) (rows contiguous, problems batch-strided),
+// factors r, sigma (n) and c, tau (m), and weights a (n), b (m) (optical_ops/costs.py):
+//
+//   C_ij = r_i + c_j - s sigma_i tau_j <x_i, y_j>     (clamped at 0 for the squared Euclidean)
+//
+// is computed for i < n_p and j < m_p, one past the last row and column with mass, so a padded
+// batch pays for its real tokens only; lo and hi are the minimum and maximum over the pairs with
+// a_i > 0 and b_j > 0 (NaN when one of them is NaN), and every other pair is set to lo, which
+// is the contract of optical_ops/softmin_dense.py's sanitised_cost_range. The products run
+// four rows of x against one row of y at a time (native_cpu.h: four_dots).
+//
+// Parallelism: one problem per thread when the batch's work is large enough; else one thread.
+// Built without any PyTorch header: the Python side passes data pointers of CPU tensors it has
+// checked (kernels/cpu_dense_cost.py).
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
+#include <omp.h>
+
+#include "native_cpu.h"
+
+namespace {
+
+template <typename T>
+struct Factors {
+  const T *row_offset, *col_offset, *row_scale, *col_scale, *a, *b;
+  T neg_scale;  // -s
+  bool clamp;   // at 0 (squared Euclidean)
+};
+
+// One problem: out (n, m) row-major, x (n, d), y (m, d) row-major; f's pointers at its rows
+// and columns; writes its (lo, hi).
+template <typename T>
+PER_ISA void cost_one(const T* x, const T* y, const Factors<T>& f, int64_t n, int64_t m,
+                      int64_t d, T* out, T* lo_out, T* hi_out) {
+  int64_t rows = n, cols = m;
+  while (rows > 0 && !(f.a[rows - 1] > 0)) --rows;
+  while (cols > 0 && !(f.b[cols - 1] > 0)) --cols;
+  T lo = std::numeric_limits<T>::infinity(), hi = -lo;
+  bool nan = false;
+  for (int64_t i = 0; i < rows; i += 4) {
+    const int64_t block = std::min<int64_t>(4, rows - i);
+    for (int64_t j = 0; j < cols; ++j) {
+      T dots[4];
+      if (block == 4)
+        four_dots(x + i * d, y + j * d, d, dots);
+      else
+        for (int64_t r = 0; r < block; ++r) dots[r] = dot(x + (i + r) * d, y + j * d, d);
+      const bool mass_j = f.b[j] > 0;
+      for (int64_t r = 0; r < block; ++r) {
+        const int64_t row = i + r;
+        T v = dots[r] * (f.row_scale[row] * f.neg_scale) * f.col_scale[j] + f.row_offset[row] +
+              f.col_offset[j];
+        if (f.clamp) v = std::max(v, T(0));
+        out[row * m + j] = v;
+        if (mass_j && f.a[row] > 0) {
+          nan = nan || v != v;
+          lo = std::min(lo, v);
+          hi = std::max(hi, v);
+        }
+      }
+    }
+  }
+  if (nan) lo = hi = std::numeric_limits<T>::quiet_NaN();
+  for (int64_t i = 0; i < n; ++i) {
+    T* row = out + i * m;
+    if (i >= rows || !(f.a[i] > 0)) {
+      std::fill(row, row + m, lo);
+      continue;
+    }
+    for (int64_t j = 0; j < cols; ++j)
+      if (!(f.b[j] > 0)) row[j] = lo;
+    std::fill(row + cols, row + m, lo);
+  }
+  *lo_out = lo;
+  *hi_out = hi;
+}
+
+// Below this many multiply-adds (B n m d) a batch runs on one thread: a parallel region's
+// fork/join would cost more than it saves.
+constexpr int64_t kParallelMinWork = int64_t(1) << 22;
+
+template <typename T>
+void cost_batch(const T* x, const T* y, int64_t x_stride, int64_t y_stride, Factors<T> f,
+                int64_t batch, int64_t n, int64_t m, int64_t d, T* out, T* lo, T* hi,
+                int threads) {
+  const bool parallel = threads > 1 && batch > 1 && batch * n * m * d >= kParallelMinWork;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(parallel ? threads : 1)
+  for (int64_t p = 0; p < batch; ++p) {
+    Factors<T> fp = f;
+    fp.row_offset += p * n;
+    fp.row_scale += p * n;
+    fp.a += p * n;
+    fp.col_offset += p * m;
+    fp.col_scale += p * m;
+    fp.b += p * m;
+    cost_one(x + p * x_stride, y + p * y_stride, fp, n, m, d, out + p * n * m, lo + p, hi + p);
+  }
+}
+
+template <typename T>
+void run(unsigned long long x, unsigned long long y, long long x_stride, long long y_stride,
+         const unsigned long long* factors, double scale, int clamp, long long batch, long long n,
+         long long m, long long d, unsigned long long out, unsigned long long lo,
+         unsigned long long hi, int threads) {
+  Factors<T> f{as_ptr<const T>(factors[0]), as_ptr<const T>(factors[1]),
+               as_ptr<const T>(factors[2]), as_ptr<const T>(factors[3]),
+               as_ptr<const T>(factors[4]), as_ptr<const T>(factors[5]),
+               static_cast<T>(-scale), clamp != 0};
+  cost_batch(as_ptr<const T>(x), as_ptr<const T>(y), x_stride, y_stride, f, batch, n, m, d,
+             as_ptr<T>(out), as_ptr<T>(lo), as_ptr<T>(hi), threads);
+}
+
+// dense_cost(x, y, x_stride, y_stride, row_offset, col_offset, row_scale, col_scale, a, b,
+//            scale, clamp, batch, n, m, d, out, lo, hi, is_double, threads): addresses of CPU
+// buffers of one float dtype; x, y with contiguous rows and batch strides x_stride, y_stride
+// (entries); the others contiguous; out (batch, n, m), lo and hi (batch,) are written.
+PyObject* dense_cost(PyObject*, PyObject* args) {
+  unsigned long long x, y, out, lo, hi, factors[6];
+  long long x_stride, y_stride, batch, n, m, d;
+  double scale;
+  int clamp, is_double, threads;
+  if (!PyArg_ParseTuple(args, "KKLLKKKKKKdpLLLLKKKpi", &x, &y, &x_stride, &y_stride,
+                        &factors[0], &factors[1], &factors[2], &factors[3], &factors[4],
+                        &factors[5], &scale, &clamp, &batch, &n, &m, &d, &out, &lo, &hi,
+                        &is_double, &threads))
+    return nullptr;
+  if (batch < 1 || n < 1 || m < 1 || d < 1 || threads < 1) {
+    PyErr_SetString(PyExc_ValueError, "dense_cost: sizes and threads must be >= 1");
+    return nullptr;
+  }
+  Py_BEGIN_ALLOW_THREADS
+  if (is_double)
+    run<double>(x, y, x_stride, y_stride, factors, scale, clamp, batch, n, m, d, out, lo, hi,
+                threads);
+  else
+    run<float>(x, y, x_stride, y_stride, factors, scale, clamp, batch, n, m, d, out, lo, hi,
+               threads);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"dense_cost", dense_cost, METH_VARARGS,
+     "Write the dense factorised cost and its masked range (see kernels/cpu_dense_cost.py)."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_dense_cost_cpu",
+                      "Native CPU dense cost for optical-ot.", -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__dense_cost_cpu(void) { return PyModule_Create(&module); }

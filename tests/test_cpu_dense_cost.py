@@ -1,0 +1,121 @@
+"""The native CPU dense cost equals the batched product and masking it replaces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import optical_ops.softmin_dense as softmin_dense
+from optical_ops import ot_distill_loss
+from optical_ops.costs import factorise
+from optical_ops.kernels.cpu_dense_cost import dense_cost, native_dense_cost_available
+from optical_ops.softmin_dense import sanitised_cost_range
+
+pytestmark = pytest.mark.skipif(
+    not native_dense_cost_available(torch.ones(1)), reason="native CPU dense cost not built"
+)
+
+
+def _weights(gen, lengths, size, holes=0):
+    """(B, size) uniform weights over a prefix of each length, with ``holes`` zero weights
+    inside each prefix (massless tokens between real ones)."""
+    w = (torch.arange(size) < lengths[:, None]).double()
+    for row, length in zip(w, lengths.tolist()):
+        for i in torch.randperm(length, generator=gen)[:min(holes, length - 1)].tolist():
+            row[i] = 0.0
+    return w / w.sum(1, keepdim=True)
+
+
+def _both(x, y, a, b, cost):
+    fc = factorise(x, y, cost, a > 0, b > 0)
+    native = dense_cost(fc.x, fc.y, fc.row_offset, fc.col_offset, fc.row_scale, fc.col_scale,
+                        a, b, fc.scale, cost == "sqeuclidean")
+    return native, sanitised_cost_range(fc.dense(), a, b)
+
+
+# n, m not multiples of four (the blocks of four rows have tails); ragged prefixes, holes; the
+# last shape is large enough (B n m d >= 2^22) to split the batch over two threads.
+@pytest.mark.parametrize("cost", ["cosine", "sqeuclidean"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch,n,m,d,holes", [(1, 1, 1, 3, 0), (3, 7, 5, 17, 0),
+                                               (5, 13, 10, 64, 2), (8, 41, 37, 384, 3)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_equals_product_and_masking(gen, cost, dtype, batch, n, m, d, holes, threads):
+    x = torch.randn(batch, n, d, generator=gen, dtype=torch.float64).to(dtype)
+    y = torch.randn(batch, m, d, generator=gen, dtype=torch.float64).to(dtype)
+    a = _weights(gen, torch.randint(1, n + 1, (batch,), generator=gen), n, holes).to(dtype)
+    b = _weights(gen, torch.randint(1, m + 1, (batch,), generator=gen), m, holes).to(dtype)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        (c, lo, hi), (c_ref, lo_ref, hi_ref) = _both(x, y, a, b, cost)
+    finally:
+        torch.set_num_threads(previous)
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5,
+                                                                           "atol": 2e-6}
+    torch.testing.assert_close(lo, lo_ref, **tol)
+    torch.testing.assert_close(hi, hi_ref, **tol)
+    torch.testing.assert_close(c, c_ref, **tol)
+    massless = (a == 0)[:, :, None] | (b == 0)[:, None, :]
+    assert torch.equal(c[massless], lo[:, None, None].expand_as(c)[massless])
+
+
+def test_reads_batch_strided_rows_and_never_the_padding(gen):
+    """x sliced from a longer padded batch (its own batch stride); rows past the last one with
+    mass hold NaN and are never multiplied."""
+    x = torch.randn(6, 40, 24, generator=gen)[:, :30]
+    y = torch.randn(6, 20, 24, generator=gen)
+    lengths_x, lengths_y = torch.tensor([30, 4, 9, 1, 17, 22]), torch.tensor([20, 3, 8, 1, 5, 2])
+    a, b = _weights(gen, lengths_x, 30).float(), _weights(gen, lengths_y, 20).float()
+    fc = factorise(x, y, "cosine", a > 0, b > 0)
+    x_nan, y_nan = fc.x.clone(), fc.y.clone()
+    x_nan[a == 0], y_nan[b == 0] = torch.nan, torch.nan
+    args = (fc.row_offset, fc.col_offset, fc.row_scale, fc.col_scale, a, b, 1.0, False)
+    c, lo, hi = dense_cost(fc.x, fc.y, *args)
+    c_nan, lo_nan, hi_nan = dense_cost(x_nan, y_nan, *args)
+    assert not x.is_contiguous() and torch.equal(c, c_nan)
+    assert torch.equal(lo, lo_nan) and torch.equal(hi, hi_nan)
+    _, lo_ref, hi_ref = sanitised_cost_range(fc.dense(), a, b)
+    torch.testing.assert_close((lo, hi), (lo_ref, hi_ref), rtol=1e-5, atol=2e-6)
+
+
+def test_nan_at_a_pair_with_mass_makes_the_range_nan(gen):
+    x, y = torch.randn(2, 5, 8, generator=gen), torch.randn(2, 6, 8, generator=gen)
+    a, b = torch.full((2, 5), 0.2), torch.full((2, 6), 1 / 6)
+    offsets = torch.zeros(2, 5), torch.zeros(2, 6)
+    x[1, 2, 3] = torch.nan
+    _, lo, hi = dense_cost(x, y, *offsets, torch.ones(2, 5), torch.ones(2, 6), a, b, 1.0, False)
+    assert lo[0].isfinite() and hi[0].isfinite() and lo[1].isnan() and hi[1].isnan()
+
+
+def test_rejects_mismatched_buffers():
+    x, y = torch.ones(2, 3, 4), torch.ones(2, 5, 4)
+    rows, cols = torch.ones(2, 3), torch.ones(2, 5)
+    with pytest.raises(ValueError, match=r"col_scale must be torch\.float32 of shape \(2, 5\)"):
+        dense_cost(x, y, rows, cols, rows, torch.ones(2, 4), rows, cols, 1.0, False)
+    with pytest.raises(ValueError, match="y must be"):
+        dense_cost(x, y.double(), rows, cols, rows, cols, rows, cols, 1.0, False)
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.01])
+def test_loss_and_gradients_equal_the_pytorch_cost(gen, monkeypatch, eps):
+    """Through the public op: a ragged bf16-free batch solved with the native cost and with
+    the PyTorch product agrees to round-off, forward and backward."""
+    x = torch.randn(6, 19, 48, generator=gen)
+    y = torch.randn(6, 14, 48, generator=gen)
+    mask_x = torch.arange(19) < torch.tensor([19, 3, 11, 8, 1, 16])[:, None]
+    mask_y = torch.arange(14) < torch.tensor([5, 14, 2, 9, 13, 7])[:, None]
+
+    def solve():
+        xs, ys = x.clone().requires_grad_(), y.clone().requires_grad_()
+        loss = ot_distill_loss(xs, ys, mask_x, mask_y, eps=eps, n_iters=50, reduction="sum")
+        loss.backward()
+        return loss.detach(), xs.grad, ys.grad
+
+    calls = []
+    monkeypatch.setattr(softmin_dense, "dense_cost",
+                        lambda *args: calls.append(1) or dense_cost(*args))
+    native = solve()
+    assert calls  # the native pass ran
+    monkeypatch.setattr(softmin_dense, "native_dense_cost_available", lambda x: False)
+    torch.testing.assert_close(native, solve(), rtol=2e-5, atol=1e-7)

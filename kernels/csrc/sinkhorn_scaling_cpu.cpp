@@ -7,8 +7,8 @@
 //
 // Memory traffic: the row update of iteration k and the column update of iteration k+1 both
 // walk K row by row, so one pass does both (rows i..i+3: s_i = <K_i, v>, u_i = a_i / s_i, then
-// t' += sum u_i K_i while the rows are in L1/L2). n_iters iterations read K n_iters + 1 times (4*n*m bytes
-// each in fp32) instead of 2 * n_iters times for two separate mat-vecs.
+// t' += sum u_i K_i while the rows are in L1/L2). n_iters iterations read K n_iters + 1 times
+// (4*n*m bytes each in fp32) instead of 2 * n_iters times for two separate mat-vecs.
 //
 // Small problems (K and a copy of K^T fit in L2 together) are cache-resident, so traffic does not
 // matter but the horizontal sum that ends each short row dot does: they copy K^T once and run

@@ -45,17 +45,18 @@ def dense_cost(
     """
     if not native_dense_cost_available(x):
         raise RuntimeError("the native CPU dense cost is not available for this tensor")
+    if x.dim() != 3 or y.dim() != 3:
+        raise ValueError(f"x and y must be (B, n, d) and (B, m, d), got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
     batch, n, d = x.shape
     m = y.shape[1]
     x, y = _rows_contiguous(x), _rows_contiguous(y)
     factors = [t.contiguous() for t in (row_offset, col_offset, row_scale, col_scale, a, b)]
     shapes = [(batch, n), (batch, m)] * 3
-    for name, t, shape in zip(("row_offset", "col_offset", "row_scale", "col_scale", "a", "b"),
-                              factors, shapes):
-        if t.dtype != x.dtype or tuple(t.shape) != shape:
-            raise ValueError(f"{name} must be {x.dtype} of shape {shape}")
-    if y.dtype != x.dtype or tuple(y.shape) != (batch, m, d):
-        raise ValueError(f"y must be {x.dtype} of shape {(batch, m, d)}")
+    for name, t, shape in zip(("y", "row_offset", "col_offset", "row_scale", "col_scale", "a",
+                               "b"), [y, *factors], [(batch, m, d), *shapes]):
+        if t.dtype != x.dtype or tuple(t.shape) != shape or t.device != x.device:
+            raise ValueError(f"{name} must be {x.dtype} of shape {shape} on {x.device}")
     out = x.new_empty(batch, n, m)
     lo, hi = x.new_empty(batch), x.new_empty(batch)
     _dense_cost_cpu.dense_cost(

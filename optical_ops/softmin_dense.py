@@ -199,13 +199,26 @@ def sanitised_cost_range(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     return torch.where(valid, cost, lo[:, None, None]), lo, hi
 
 
+# The native cost pass runs one problem per thread and reads a problem's y (m d entries) again
+# for every four rows of x: it beats the batched product only with a problem for every thread
+# and that y resident in L2 (NOTES O15: through it, one W3 or W4 problem took 1.4-1.6x longer).
+NATIVE_COST_MAX_Y_BYTES = 512 * 1024
+
+
+def _native_cost_pays(fc: FactorisedCost, a: torch.Tensor) -> bool:
+    batch, m, d = fc.y.shape
+    return (native_dense_cost_available(fc.x) and fc.x.dtype == fc.y.dtype == a.dtype
+            and batch >= torch.get_num_threads()
+            and m * d * fc.y.element_size() <= NATIVE_COST_MAX_Y_BYTES)
+
+
 def sanitised_dense_cost(fc: FactorisedCost, a: torch.Tensor, b: torch.Tensor,
                          sync_ok: bool = True):
-    """:func:`sanitised_cost_range` of ``fc.dense()``, (cost, lo, hi). On the CPU one native
-    pass that multiplies only the pairs within each problem's last row and column with mass
-    (``kernels/csrc/dense_cost_cpu.cpp``, no host sync); elsewhere the batched product and the
-    masking as PyTorch ops."""
-    if native_dense_cost_available(fc.x) and fc.x.dtype == a.dtype:
+    """:func:`sanitised_cost_range` of ``fc.dense()``, (cost, lo, hi). On the CPU, for a batch
+    of small problems, one native pass that multiplies only the pairs within each problem's
+    last row and column with mass (``kernels/csrc/dense_cost_cpu.cpp``, no host sync);
+    otherwise the batched product and the masking as PyTorch ops."""
+    if _native_cost_pays(fc, a):
         return dense_cost(fc.x, fc.y, fc.row_offset, fc.col_offset, fc.row_scale,
                           fc.col_scale, a, b, fc.scale, fc.kind == "sqeuclidean")
     return sanitised_cost_range(fc.dense(), a, b, sync_ok)

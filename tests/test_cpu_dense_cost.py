@@ -73,10 +73,42 @@ def test_reads_batch_strided_rows_and_never_the_padding(gen):
     args = (fc.row_offset, fc.col_offset, fc.row_scale, fc.col_scale, a, b, 1.0, False)
     c, lo, hi = dense_cost(fc.x, fc.y, *args)
     c_nan, lo_nan, hi_nan = dense_cost(x_nan, y_nan, *args)
-    assert not x.is_contiguous() and torch.equal(c, c_nan)
+    assert fc.x.stride(0) != fc.x.shape[1] * fc.x.shape[2]  # a view of the longer batch
+    assert torch.equal(c, c_nan)
     assert torch.equal(lo, lo_nan) and torch.equal(hi, hi_nan)
     _, lo_ref, hi_ref = sanitised_cost_range(fc.dense(), a, b)
     torch.testing.assert_close((lo, hi), (lo_ref, hi_ref), rtol=1e-5, atol=2e-6)
+
+
+def test_nan_in_massless_rows_inside_the_extent_and_a_problem_without_mass(gen):
+    """Zero-weight rows and columns between real ones are multiplied but then overwritten, NaN
+    or not; a problem with no mass at all gets lo = inf, hi = -inf, as the PyTorch masking."""
+    x, y = torch.randn(3, 9, 16, generator=gen), torch.randn(3, 7, 16, generator=gen)
+    a = torch.tensor([[1.0] * 9, [1, 0, 1, 0, 1, 1, 0, 0, 0], [0.0] * 9])
+    b = torch.tensor([[1.0] * 7, [0, 1, 1, 0, 1, 0, 0], [1.0] * 7])
+    x[1, [1, 3]], y[1, [0, 3]] = torch.nan, torch.inf
+    ones_x, ones_y = torch.ones(3, 9), torch.ones(3, 7)
+    args = (ones_x / 2, ones_y / 2, ones_x, ones_y, a, b, 1.0, False)
+    c, lo, hi = dense_cost(x, y, *args)
+    c_ref = 1.0 - x @ y.transpose(1, 2)
+    c_ref, lo_ref, hi_ref = sanitised_cost_range(c_ref, a, b)
+    torch.testing.assert_close((c, lo, hi), (c_ref, lo_ref, hi_ref), rtol=1e-5, atol=2e-6)
+    assert lo[1].isfinite() and lo[2] == torch.inf and hi[2] == -torch.inf
+
+
+def test_only_batches_of_small_problems_take_the_native_pass():
+    """One problem per thread and a problem's y within L2, else the batched product (faster
+    there: NOTES O15)."""
+    threads = torch.get_num_threads()
+    small = factorise(torch.ones(threads, 32, 384), torch.ones(threads, 32, 384), "cosine")
+    one_large = factorise(torch.ones(1, 1024, 768), torch.ones(1, 1024, 768), "cosine")
+    weights = torch.ones(threads, 32)
+    assert softmin_dense._native_cost_pays(small, weights)
+    assert not softmin_dense._native_cost_pays(one_large, torch.ones(1, 1024))
+    if threads > 1:
+        few = factorise(torch.ones(threads - 1, 32, 384), torch.ones(threads - 1, 32, 384),
+                        "cosine")
+        assert not softmin_dense._native_cost_pays(few, weights[1:])
 
 
 def test_nan_at_a_pair_with_mass_makes_the_range_nan(gen):

@@ -60,3 +60,13 @@ def random_weights(gen, *shape, zeros: int = 0):
     if zeros:
         w[..., 1 : 1 + zeros] = 0.0
     return w
+
+
+def masked_weights(gen, batch, n, lengths, holes: int = 0):
+    """(batch, n) normalised random weights on a prefix of each length (padding after it), with
+    ``holes`` zero weights at random places inside each prefix (never all of it)."""
+    w = random_weights(gen, batch, n)
+    w[torch.arange(n)[None, :] >= torch.as_tensor(lengths)[:, None]] = 0.0
+    for row, length in zip(w, torch.as_tensor(lengths).tolist() if holes else []):
+        row[torch.randperm(length, generator=gen)[:min(holes, length - 1)]] = 0.0
+    return w / w.sum(1, keepdim=True)

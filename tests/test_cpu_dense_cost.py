@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import masked_weights
 
 import optical_ops.softmin_dense as softmin_dense
 from optical_ops import ot_distill_loss
@@ -14,16 +15,6 @@ from optical_ops.softmin_dense import sanitised_cost_range
 pytestmark = pytest.mark.skipif(
     not native_dense_cost_available(torch.ones(1)), reason="native CPU dense cost not built"
 )
-
-
-def _weights(gen, lengths, size, holes=0):
-    """(B, size) uniform weights over a prefix of each length, with ``holes`` zero weights
-    inside each prefix (massless tokens between real ones)."""
-    w = (torch.arange(size) < lengths[:, None]).double()
-    for row, length in zip(w, lengths.tolist()):
-        for i in torch.randperm(length, generator=gen)[:min(holes, length - 1)].tolist():
-            row[i] = 0.0
-    return w / w.sum(1, keepdim=True)
 
 
 def _both(x, y, a, b, cost):
@@ -43,8 +34,10 @@ def _both(x, y, a, b, cost):
 def test_equals_product_and_masking(gen, cost, dtype, batch, n, m, d, holes, threads):
     x = torch.randn(batch, n, d, generator=gen, dtype=torch.float64).to(dtype)
     y = torch.randn(batch, m, d, generator=gen, dtype=torch.float64).to(dtype)
-    a = _weights(gen, torch.randint(1, n + 1, (batch,), generator=gen), n, holes).to(dtype)
-    b = _weights(gen, torch.randint(1, m + 1, (batch,), generator=gen), m, holes).to(dtype)
+    a = masked_weights(gen, batch, n, torch.randint(1, n + 1, (batch,), generator=gen),
+                       holes).to(dtype)
+    b = masked_weights(gen, batch, m, torch.randint(1, m + 1, (batch,), generator=gen),
+                       holes).to(dtype)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -66,7 +59,8 @@ def test_reads_batch_strided_rows_and_never_the_padding(gen):
     x = torch.randn(6, 40, 24, generator=gen)[:, :30]
     y = torch.randn(6, 20, 24, generator=gen)
     lengths_x, lengths_y = torch.tensor([30, 4, 9, 1, 17, 22]), torch.tensor([20, 3, 8, 1, 5, 2])
-    a, b = _weights(gen, lengths_x, 30).float(), _weights(gen, lengths_y, 20).float()
+    a = masked_weights(gen, 6, 30, lengths_x).float()
+    b = masked_weights(gen, 6, 20, lengths_y).float()
     fc = factorise(x, y, "cosine", a > 0, b > 0)
     x_nan, y_nan = fc.x.clone(), fc.y.clone()
     x_nan[a == 0], y_nan[b == 0] = torch.nan, torch.nan

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import pot_sinkhorn, random_tokens, random_weights, rel_err
+from reference import masked_weights, pot_sinkhorn, random_tokens, rel_err
 
 from optical_ops import cost_matrix
 from optical_ops.kernels.cpu_stabilised import native_stabilised_available, stabilised_iterate
@@ -67,12 +67,6 @@ def cosine_cost(gen, batch, n, m, d=16):
 
 def uniform(batch, n, dtype=torch.float64):
     return torch.full((batch, n), 1.0 / n, dtype=dtype)
-
-
-def masked_weights(gen, batch, n, lengths):
-    w = random_weights(gen, batch, n)
-    w[torch.arange(n)[None, :] >= torch.as_tensor(lengths)[:, None]] = 0.0
-    return w / w.sum(1, keepdim=True)
 
 
 @pytest.mark.parametrize("n,m", SIZES)

@@ -109,11 +109,12 @@ class FactorisedCost:
 
     def input_grads(self, g_y, g_x, rows, cols, grad_loss, need_x: bool, need_y: bool):
         """(dL/dx, dL/dy) from P's products g_y = P y', g_x = P^T x', rows = P 1,
-        cols = P^T 1 and the upstream gradient grad_loss (B,) of the per-problem losses.
+        cols = P^T 1 and the upstream gradient grad_loss (B,) of the per-problem losses, taken
+        in the products' dtype (a product not needed may be None).
 
         g_y and g_x are the solver's own buffers: the gradients are formed in them, in place.
         """
-        w = grad_loss[:, None]
+        w = grad_loss.to((g_y if g_y is not None else g_x).dtype)[:, None]
         if self.kind == "cosine":
             # dL/dz = -s w sigma (g - sigma^2 <z, g> z)  for z = x (g = g_y) or z = y (g = g_x)
             def grad(z, sigma, g):

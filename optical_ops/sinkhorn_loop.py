@@ -101,7 +101,9 @@ class SoftMin(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(P y', P^T x', P 1, P^T 1) with x' = x_scale x (B, n, d), y' = y_scale y (B, m, d).
 
-        What the gradient needs (:meth:`optical_ops.costs.FactorisedCost.input_grads`).
+        What the gradient needs (:meth:`optical_ops.costs.FactorisedCost.input_grads`). ``y``
+        None: P y' (dL/dx's product) is not wanted and comes back None; ``x`` None: the same
+        for P^T x' (a frozen teacher needs one product, not two).
         """
 
     def marginals(

@@ -48,8 +48,8 @@ class ShiftedLogPlan(SoftMin):
     def plan_products(self, f, g, x, y, x_scale, y_scale):
         p = self.plan(f, g)
         rows, cols = p.sum(2), p.sum(1)
-        p_y = torch.bmm(p * y_scale[:, None, :], y)
-        p_x = torch.bmm(p.transpose(1, 2) * x_scale[:, None, :], x)
+        p_y = None if y is None else torch.bmm(p * y_scale[:, None, :], y)
+        p_x = None if x is None else torch.bmm(p.transpose(1, 2) * x_scale[:, None, :], x)
         return p_y, p_x, rows, cols
 
 
@@ -172,12 +172,17 @@ class DenseScalingSoftMin(SoftMin):
         k, kt = self.kernel, self.kernel.transpose(1, 2)
         rows, cols = self.marginals(s, t)
         n, m = k.shape[1:]
-        if n * m <= (n + m) * x.shape[2]:
-            p_y = torch.bmm(k * u[:, :, None] * (v * y_scale)[:, None, :], y)
-            p_x = torch.bmm(kt * v[:, :, None] * (u * x_scale)[:, None, :], x)
+        p_y = p_x = None
+        if n * m <= (n + m) * (x if y is None else y).shape[2]:
+            if y is not None:
+                p_y = torch.bmm(k * u[:, :, None] * (v * y_scale)[:, None, :], y)
+            if x is not None:
+                p_x = torch.bmm(kt * v[:, :, None] * (u * x_scale)[:, None, :], x)
         else:
-            p_y = torch.bmm(k, y * (v * y_scale)[:, :, None]).mul_(u[:, :, None])
-            p_x = torch.bmm(kt, x * (u * x_scale)[:, :, None]).mul_(v[:, :, None])
+            if y is not None:
+                p_y = torch.bmm(k, y * (v * y_scale)[:, :, None]).mul_(u[:, :, None])
+            if x is not None:
+                p_x = torch.bmm(kt, x * (u * x_scale)[:, :, None]).mul_(v[:, :, None])
         return p_y, p_x, rows, cols
 
 

@@ -233,16 +233,20 @@ class StreamingSoftMin(SoftMin):
         return total
 
     def plan_products(self, f, g, x, y, x_scale, y_scale):
-        x, y = x * x_scale[..., None], y * y_scale[..., None]
+        x = None if x is None else x * x_scale[..., None]
+        y = None if y is None else y * y_scale[..., None]
         if self.native:
             return self._native_plan_products(f, g, x, y)
-        p_y = x.new_empty(x.shape[:2] + y.shape[2:])
-        p_x = y.new_zeros(y.shape[:2] + x.shape[2:])
+        (batch, n), m = self.a.shape, self.b.shape[1]
+        p_y = None if y is None else y.new_empty(batch, n, y.shape[2])
+        p_x = None if x is None else x.new_zeros(batch, m, x.shape[2])
         rows_sum = self.a.new_empty(self.a.shape)
         cols_sum = self.b.new_zeros(self.b.shape)
         for rows, p, _ in self._plan_tiles(f, g):
-            p_y[:, rows] = torch.bmm(p, y)
-            p_x.baddbmm_(p.transpose(1, 2), x[:, rows])
+            if p_y is not None:
+                p_y[:, rows] = torch.bmm(p, y)
+            if p_x is not None:
+                p_x.baddbmm_(p.transpose(1, 2), x[:, rows])
             rows_sum[:, rows] = p.sum(2)
             cols_sum += p.sum(1)
         self._scratch = []
@@ -251,19 +255,26 @@ class StreamingSoftMin(SoftMin):
     def _native_plan_products(self, f, g, x, y):
         """plan_products on the native path: P y' and P^T x' strip by strip, by column tile."""
         side = self._side("rows")
-        batch, m, d = y.shape
+        (batch, n), m = self.a.shape, self.b.shape[1]
         tiles, width = side.tiles.shape[1], side.width
-        y_tiles = y.new_zeros(batch, tiles * width, d)
-        y_tiles[:, :m] = y
-        y_tiles = y_tiles.view(batch, tiles, width, d)
-        p_x = torch.zeros_like(y_tiles)
-        p_y = x.new_empty(x.shape[:2] + y.shape[2:])
+        p_y = p_x = y_tiles = None
+        if y is not None:
+            y_tiles = y.new_zeros(batch, tiles * width, y.shape[2])
+            y_tiles[:, :m] = y
+            y_tiles = y_tiles.view(batch, tiles, width, -1)
+            p_y = y.new_empty(batch, n, y.shape[2])
+        if x is not None:
+            p_x = x.new_zeros(batch, tiles, width, x.shape[2])
 
         def products(r0, p):
             rows = slice(r0, r0 + p.shape[2])
-            p_y[:, rows] = torch.matmul(p, y_tiles).sum(1)
-            p_x.add_(torch.matmul(p.transpose(2, 3), x[:, None, rows]))
+            if p_y is not None:
+                p_y[:, rows] = torch.matmul(p, y_tiles).sum(1)
+            if p_x is not None:
+                p_x.add_(torch.matmul(p.transpose(2, 3), x[:, None, rows]))
 
         rows_sum, cols_sum, _ = self._native_plan(f, g, products)
         self._sides = {}
-        return p_y, p_x.view(batch, -1, d)[:, :m], rows_sum, cols_sum
+        if p_x is not None:
+            p_x = p_x.view(batch, tiles * width, -1)[:, :m]
+        return p_y, p_x, rows_sum, cols_sum

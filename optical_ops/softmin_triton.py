@@ -96,9 +96,12 @@ class TritonStreamingSoftMin(SoftMin):
         if ops.kind != DENSE and dense_fits(ops.batch, ops.n, ops.m, torch.float32):
             ops = dense_operands(cost_matrix(ops, self.log_a, self.log_b))
         y_scale, x_scale = (s.to(torch.float32).contiguous() for s in (y_scale, x_scale))
-        py, rows = plan_matmul(ops, self.log_a, self.log_b, f, g, self.eps, y, y_scale)
-        ptx, cols = plan_matmul(ops.transposed(), self.log_b, self.log_a, g, f, self.eps, x,
-                                x_scale)
+        py = ptx = rows = cols = None  # a side not asked for (None) has no marginal either
+        if y is not None:
+            py, rows = plan_matmul(ops, self.log_a, self.log_b, f, g, self.eps, y, y_scale)
+        if x is not None:
+            ptx, cols = plan_matmul(ops.transposed(), self.log_b, self.log_a, g, f, self.eps, x,
+                                    x_scale)
         return py, ptx, rows, cols
 
 

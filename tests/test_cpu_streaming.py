@@ -90,6 +90,23 @@ def test_zero_weight_strips_leave_the_column_state_exact(gen):
     assert_paths_agree(native, torch_ops, 1e-11)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_one_sided_plan_products(gen, native):
+    """x or y None: that product is skipped and the other is the two-sided one, bit for bit."""
+    fc, a, b = problem(gen, 2, 40, 70, 24, torch.float64, zeros=(3, 2))
+    op = StreamingSoftMin(fc, a, b, 0.05, chunk_bytes=4096)
+    op.native = native
+    f, g = op.iterate(op.initial_f_state(), 5)
+    scales = fc.row_scale, fc.col_scale
+    p_y, p_x, rows, cols = op.plan_products(f, g, fc.x, fc.y, *scales)
+    only_y = op.plan_products(f, g, None, fc.y, *scales)
+    only_x = op.plan_products(f, g, fc.x, None, *scales)
+    assert only_y[1] is None and only_x[0] is None
+    assert torch.equal(only_y[0], p_y) and torch.equal(only_x[1], p_x)
+    for products in (only_y, only_x):
+        assert torch.equal(products[2], rows) and torch.equal(products[3], cols)
+
+
 def test_unbalanced_damping_and_sqeuclidean(gen):
     fc, a, b = problem(gen, 2, 50, 70, 8, torch.float64, cost="sqeuclidean")
     native, torch_ops = both_paths(fc, a, b, 0.5, 9, tau=1.0)

@@ -183,6 +183,20 @@ def test_dense_cost_plan_potentials_marginals_match_pot(gen, cost_path, n, m):
     torch.testing.assert_close(res.iterations.cpu(), torch.full((2,), ITERS))
 
 
+def test_a_frozen_teacher_gets_the_same_student_gradient(gen, path):
+    """Only the student requires grad: the backward runs one plan product, with the same
+    result as when both sides do."""
+    x, y, mx, my, wx, wy, _, _ = ragged_problem(gen, 2, 17, 9, 24, dtype=torch.float32)
+    grads = []
+    for teacher_grad in (True, False):
+        xg = x.to(DEVICE, copy=True).requires_grad_()
+        yg = y.to(DEVICE, copy=True).requires_grad_(teacher_grad)
+        distill(xg, yg, mx, my, wx, wy, "triton").sum().backward()
+        assert (yg.grad is None) != teacher_grad
+        grads.append(xg.grad)
+    assert torch.equal(grads[0], grads[1])
+
+
 def test_dense_cost_gradient_is_the_plan(gen):
     cost = torch.rand(2, 7, 9, generator=gen).to(DEVICE).requires_grad_()
     res = sinkhorn(cost, n_iters=ITERS, backend="triton")

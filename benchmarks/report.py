@@ -3,7 +3,8 @@
 Columns: forward and forward+backward medians with [min-max]; peer/ours = peer median / our
 median (> 1: we are faster); peak MiB above the inputs (memory probe); |dL|/L = relative loss
 difference to the POT reference ("!" above the 1e-4 tolerance); |dG|/|G| = max relative
-gradient difference to it.
+gradient difference to it. Below each table: the floor, and the median minor page faults per
+timed call (a fresh page costs ~3 us to touch here; the floor counts none).
 """
 
 from __future__ import annotations
@@ -101,6 +102,16 @@ def floor_line(w: dict[str, Any]) -> str:
     return text
 
 
+def faults_line(w: dict[str, Any]) -> str:
+    """Median minor page faults per timed call, fwd / fwd+bwd, of each implementation."""
+    def count(t):
+        return "-" if t is None or "page_faults" not in t else f"{t['page_faults']:,.0f}"
+
+    parts = [f"{r['name']} {count(r['fwd'])} / {count(r['fwdbwd'])}"
+             for r in w["implementations"] if r["status"] == "ok"]
+    return "page faults per call, fwd / fwd+bwd: " + ", ".join(parts)
+
+
 def _notes(w: dict[str, Any]) -> list[str]:
     notes = [f"  {r['name']}: compile + first run: fwd {seconds(r['first_call_s'].get('fwd'))}, "
              f"fwd+bwd {seconds(r['first_call_s'].get('fwdbwd'))} (not in the times above)"
@@ -138,6 +149,7 @@ def text_table(result: dict[str, Any]) -> str:
         lines += ["  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip()
                   for row in rows]
         lines.append(floor_line(w))
+        lines.append(faults_line(w))
         lines += _notes(w)
     if result["not_run"]:
         lines += ["", "not run: " + "; ".join(f"{k} ({v})" for k, v in result["not_run"].items())]
@@ -173,6 +185,7 @@ def markdown(result: dict[str, Any], plot_path: str) -> str:
             lines.append(f"| {w['name']} | " + " | ".join(cells) + " |")
     lines.append("")
     for w in result["workloads"]:
-        lines.append(f"- **{w['name']}** ({w['shape']}): {floor_line(w)}; {load_line(w['load'])}.")
+        lines.append(f"- **{w['name']}** ({w['shape']}): {floor_line(w)}; {load_line(w['load'])}; "
+                     f"{faults_line(w)}.")
     lines += ["", f"![benchmark]({plot_path})"]
     return "\n".join(lines)

@@ -47,6 +47,24 @@ def test_interleaved_drops_a_failing_call_and_reports_it():
     assert errors == [("bad", "boom")]
 
 
+def test_interleaved_counts_the_page_faults_of_each_repeat():
+    """A call that touches 8 MiB of fresh anonymous memory faults ~2,048 pages per repeat (fewer
+    with transparent huge pages); one that allocates nothing faults none."""
+    import mmap
+
+    def fresh_pages():
+        with mmap.mmap(-1, 8 << 20) as buffer:
+            for offset in range(0, len(buffer), mmap.PAGESIZE):
+                buffer[offset] = 1
+
+    samples = timing.interleaved({"fresh": (fresh_pages, 3), "idle": (lambda: None, 3)},
+                                 on_error=pytest.fail)
+    assert len(samples["fresh"].faults) == 3 and min(samples["fresh"].faults) >= 2
+    assert samples["idle"].summary()["page_faults"] <= 1
+    assert samples["fresh"].summary()["page_faults"] > 100 * samples["idle"].summary()[
+        "page_faults"]
+
+
 @pytest.mark.parametrize(("seconds", "expected"), [(10.0, 5), (0.1, 20), (1e-6, 50)])
 def test_repeats_fill_the_target_within_bounds(seconds, expected):
     assert timing.repeats_for(seconds, 5, 50, 2.0) == expected
@@ -161,6 +179,7 @@ def test_run_workload_reports_times_ratios_and_agreement(monkeypatch):
     assert "POT" in result["reference"]["source"]
     text = report.text_table({"quick": True, "workloads": [result], "not_run": {"x": "why"}})
     assert "QUICK RUN" in text and "ours-torch" in text and "not run: x (why)" in text
+    assert "page_faults" in ours["fwdbwd"] and "page faults per call" in text
 
 
 def test_a_too_slow_peer_is_stopped_at_the_budget_but_ours_is_not():

@@ -1,8 +1,10 @@
-"""Launcher for the native CPU dense cost (``kernels/csrc/dense_cost_cpu.cpp``).
+"""Launchers for the native CPU dense cost and its chain rule (``kernels/csrc/dense_cost_cpu.cpp``).
 
 The extension is optional: when it was not built (no C++ compiler at install time) the solver
 forms the cost with a batched matrix product and masks it with PyTorch ops instead
-(:func:`optical_ops.softmin_dense.sanitised_cost_range`), with the same result up to round-off.
+(:func:`optical_ops.softmin_dense.sanitised_cost_range`), and the gradient's row update runs as
+PyTorch ops (:meth:`optical_ops.costs.FactorisedCost.input_grads`), with the same results up to
+round-off.
 """
 
 from __future__ import annotations
@@ -65,3 +67,38 @@ def dense_cost(
         x.dtype == torch.float64, torch.get_num_threads(),
     )
     return out, lo, hi
+
+
+def native_row_gradients_available(z: torch.Tensor, g: torch.Tensor) -> bool:
+    return runs_on(_dense_cost_cpu, g) and z.dtype == g.dtype and z.device == g.device
+
+
+def cost_row_gradients(z: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor,
+                       beta: torch.Tensor | None, gamma: torch.Tensor | None) -> torch.Tensor:
+    """g_i <- alpha_i g_i + (gamma_i + beta_i <z_i, g_i>) z_i for every row, in place; ``beta``
+    None: no dot product; ``gamma`` None: 0.
+
+    z, g: (B, n, d), g contiguous (the solver's own product buffer); alpha, beta, gamma: (B, n);
+    one float dtype, CPU. Returns g.
+    """
+    if not native_row_gradients_available(z, g):
+        raise RuntimeError("the native CPU row gradients are not available for these tensors")
+    if z.dim() != 3 or z.shape != g.shape or not g.is_contiguous():
+        raise ValueError(f"z and g must be (B, n, d) of one shape, g contiguous; got "
+                         f"{tuple(z.shape)} and {tuple(g.shape)}")
+    batch, n, d = g.shape
+    z = _rows_contiguous(z)
+    zeros = None
+    coefficients = []
+    for name, t in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+        if t is None:
+            zeros = g.new_zeros(batch, n) if zeros is None else zeros
+            t = zeros
+        if t.dtype != g.dtype or tuple(t.shape) != (batch, n) or t.device != g.device:
+            raise ValueError(f"{name} must be {g.dtype} of shape {(batch, n)} on {g.device}")
+        coefficients.append(t.contiguous())
+    _dense_cost_cpu.cost_row_gradients(
+        z.data_ptr(), z.stride(0), g.data_ptr(), *(t.data_ptr() for t in coefficients),
+        beta is not None, batch, n, d, g.dtype == torch.float64, torch.get_num_threads(),
+    )
+    return g

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from ._validation import check_choice, check_float_tensor, compute_dtype
+from .kernels.cpu_dense_cost import cost_row_gradients, native_row_gradients_available
 
 COSTS = ("cosine", "sqeuclidean")
 
@@ -121,14 +122,13 @@ class FactorisedCost:
                 # A zero vector (|z| at the floor) has a constant cost row, cos = 0 whatever
                 # y: its gradient is taken as 0, not the 1/NORM_FLOOR of the formula (inf in fp16).
                 coef = torch.where(sigma < 1.0 / NORM_FLOOR, -self.scale * w * sigma, 0.0)
-                radial = _row_dots(z, g) * sigma * sigma
-                return g.mul_(coef[..., None]).addcmul_(z, (-coef * radial)[..., None])
+                return _update_rows(z, g, coef, -coef * sigma * sigma, None)
             dx = grad(self.x, self.row_scale, g_y) if need_x else None
             dy = grad(self.y, self.col_scale, g_x) if need_y else None
         else:
             # dL/dz = w (2 z (P 1) - s P y)
             def grad(z, mass, g):
-                return g.mul_((-self.scale * w)[..., None]).addcmul_(z, (2.0 * w * mass)[..., None])
+                return _update_rows(z, g, (-self.scale * w).expand_as(mass), None, 2.0 * w * mass)
             dx = grad(self.x, rows, g_y) if need_x else None
             dy = grad(self.y, cols, g_x) if need_y else None
         return dx, dy
@@ -159,6 +159,19 @@ class FactorisedCost:
                     f"{torch.finfo(z.dtype).max ** 0.5:.2g}): scale the embeddings down or "
                     "pass float64")
             raise ValueError(f"{name} contains NaN or inf at unmasked positions")
+
+
+def _update_rows(z: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor,
+                 beta: torch.Tensor | None, gamma: torch.Tensor | None) -> torch.Tensor:
+    """g_i <- alpha_i g_i + (gamma_i + beta_i <z_i, g_i>) z_i in place, for rows z_i, g_i of
+    z, g (..., d) and coefficients (...) (``beta``/``gamma`` None: 0). On the CPU one native
+    pass, each row in L1 between its dot and its update (benchmarks/NOTES.md, O19)."""
+    if g.dim() == 3 and g.is_contiguous() and native_row_gradients_available(z, g):
+        return cost_row_gradients(z, g, alpha, beta, gamma)
+    along = gamma if beta is None else beta * _row_dots(z, g)
+    if beta is not None and gamma is not None:
+        along = along + gamma
+    return g.mul_(alpha[..., None]).addcmul_(z, along[..., None])
 
 
 ROW_DOT_BLOCK = 1 << 16  # entries per block of _row_dots: a 256 KB float32 temporary

@@ -1,4 +1,5 @@
-"""The native CPU dense cost equals the batched product and masking it replaces."""
+"""The native CPU dense cost equals the batched product and masking it replaces; its chain
+rule's row update equals the PyTorch ops."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ import pytest
 import torch
 from reference import masked_weights
 
+import optical_ops.costs as costs
 import optical_ops.softmin_dense as softmin_dense
 from optical_ops import ot_distill_loss
 from optical_ops.costs import factorise
-from optical_ops.kernels.cpu_dense_cost import dense_cost, native_dense_cost_available
+from optical_ops.kernels.cpu_dense_cost import (
+    cost_row_gradients,
+    dense_cost,
+    native_dense_cost_available,
+)
 from optical_ops.softmin_dense import sanitised_cost_range
 
 pytestmark = pytest.mark.skipif(
@@ -145,3 +151,40 @@ def test_loss_and_gradients_equal_the_pytorch_cost(gen, monkeypatch, eps):
     assert calls  # the native pass ran
     monkeypatch.setattr(softmin_dense, "native_dense_cost_available", lambda x: False)
     torch.testing.assert_close(native, solve(), rtol=2e-5, atol=1e-7)
+
+
+# The chain rule's row update (costs._update_rows): native against its PyTorch ops, with z a
+# batch-strided view, d not a multiple of the four vector chains (4 x 8 floats), both forms.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch,n,d", [(1, 1, 1), (3, 7, 37), (2, 300, 384)])
+@pytest.mark.parametrize("form", ["dot", "offset", "both"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_row_update_equals_the_pytorch_ops(gen, monkeypatch, dtype, batch, n, d, form,
+                                           threads):
+    z = torch.randn(batch, n + 2, d, generator=gen, dtype=torch.float64).to(dtype)[:, 1:-1]
+    g = torch.randn(batch, n, d, generator=gen, dtype=torch.float64).to(dtype)
+    alpha, beta, gamma = (torch.randn(batch, n, generator=gen, dtype=torch.float64).to(dtype)
+                          for _ in range(3))
+    beta = None if form == "offset" else beta
+    gamma = None if form == "dot" else gamma
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        native = costs._update_rows(z, g.clone(), alpha, beta, gamma)
+        monkeypatch.setattr(costs, "native_row_gradients_available", lambda z, g: False)
+        reference = costs._update_rows(z, g.clone(), alpha, beta, gamma)
+    finally:
+        torch.set_num_threads(previous)
+    # Both sum the dot in another order: errors relative to the largest entry (|beta <z, g>|
+    # z reaches ~100 here, with cancellation in the dot).
+    eps = torch.finfo(dtype).eps
+    scale = reference.abs().max().item()
+    torch.testing.assert_close(native, reference, rtol=0, atol=64 * eps * scale)
+
+
+def test_row_update_rejects_mismatched_buffers():
+    z, g = torch.ones(2, 3, 4), torch.ones(2, 3, 4)
+    with pytest.raises(ValueError, match=r"beta must be torch\.float32 of shape \(2, 3\)"):
+        cost_row_gradients(z, g, torch.ones(2, 3), torch.ones(3, 2), None)
+    with pytest.raises(ValueError, match="g contiguous"):
+        cost_row_gradients(z, g.transpose(0, 1), torch.ones(2, 3), None, None)

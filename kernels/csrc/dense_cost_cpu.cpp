@@ -1,4 +1,5 @@
-// The dense factorised cost on the CPU, for the pairs that carry mass, with its range.
+// The dense factorised cost on the CPU, for the pairs that carry mass, with its range; and its
+// chain rule, row by row (cost_row_gradients, at the end).
 //
 // Problem p has embeddings x (n, d) and y (m, d) (rows contiguous, problems batch-strided),
 // factors r, sigma (n) and c, tau (m), and weights a (n), b (m) (optical_ops/costs.py):
@@ -154,6 +155,61 @@ void cost_batch(const T* x, const T* y, int64_t x_stride, int64_t y_stride, Fact
   }
 }
 
+// <z, g> over len entries as four vector chains (one chain is latency-bound).
+template <typename T>
+INLINE T row_dot(const T* __restrict z, const T* __restrict g, int64_t len) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t kLanes = Vec<T>::kLanes;
+  V acc[4] = {};
+  int64_t k = 0;
+  for (; k + 4 * kLanes <= len; k += 4 * kLanes)
+    for (int c = 0; c < 4; ++c) {
+      V zv, gv;
+      __builtin_memcpy(&zv, z + k + c * kLanes, sizeof(V));
+      __builtin_memcpy(&gv, g + k + c * kLanes, sizeof(V));
+      acc[c] += zv * gv;
+    }
+  const V sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  T total = 0;
+  for (int64_t l = 0; l < kLanes; ++l) total += sum[l];
+  for (; k < len; ++k) total += z[k] * g[k];
+  return total;
+}
+
+// Rows [begin, end) of a batch of n-row problems: g_i <- alpha_i g_i + (gamma_i + beta_i
+// <z_i, g_i>) z_i (with_dot false: beta and the dot are skipped). z's problems are z_stride
+// entries apart, g is contiguous; each row stays in L1 between its dot and its update.
+template <typename T>
+PER_ISA void update_rows(const T* z, int64_t z_stride, T* g, const T* alpha, const T* beta,
+                         const T* gamma, bool with_dot, int64_t n, int64_t d, int64_t begin,
+                         int64_t end) {
+  for (int64_t row = begin; row < end; ++row) {
+    const T* zr = z + (row / n) * z_stride + (row % n) * d;
+    T* __restrict gr = g + row * d;
+    const T along = gamma[row] + (with_dot ? beta[row] * row_dot(zr, gr, d) : T(0));
+    const T keep = alpha[row];
+#pragma omp simd
+    for (int64_t k = 0; k < d; ++k) gr[k] = keep * gr[k] + along * zr[k];
+  }
+}
+
+// Below this many entries the row update runs on one thread (a pass over ~0.5 MB).
+constexpr int64_t kParallelMinEntries = int64_t(1) << 17;
+
+template <typename T>
+void row_gradients(unsigned long long z, long long z_stride, unsigned long long g,
+                   const unsigned long long* coefficients, int with_dot, long long batch,
+                   long long n, long long d, int threads) {
+  const int64_t rows = batch * n;
+  const int parts = rows * d >= kParallelMinEntries ? std::max(1, threads) : 1;
+  const T *alpha = as_ptr<const T>(coefficients[0]), *beta = as_ptr<const T>(coefficients[1]),
+          *gamma = as_ptr<const T>(coefficients[2]);
+#pragma omp parallel for num_threads(parts)
+  for (int part = 0; part < parts; ++part)
+    update_rows(as_ptr<const T>(z), z_stride, as_ptr<T>(g), alpha, beta, gamma, with_dot != 0,
+                n, d, rows * part / parts, rows * (part + 1) / parts);
+}
+
 template <typename T>
 void run(unsigned long long x, unsigned long long y, long long x_stride, long long y_stride,
          const unsigned long long* factors, double scale, int clamp, long long batch, long long n,
@@ -196,9 +252,36 @@ PyObject* dense_cost(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+// cost_row_gradients(z, z_stride, g, alpha, beta, gamma, with_dot, batch, n, d, is_double,
+// threads): addresses of CPU buffers of one float dtype; z (batch, n, d) with contiguous rows
+// and batch stride z_stride, g (batch, n, d) contiguous and updated in place, alpha, beta, gamma
+// (batch, n) contiguous.
+PyObject* cost_row_gradients(PyObject*, PyObject* args) {
+  unsigned long long z, g, coefficients[3];
+  long long z_stride, batch, n, d;
+  int with_dot, is_double, threads;
+  if (!PyArg_ParseTuple(args, "KLKKKKpLLLpi", &z, &z_stride, &g, &coefficients[0],
+                        &coefficients[1], &coefficients[2], &with_dot, &batch, &n, &d,
+                        &is_double, &threads))
+    return nullptr;
+  if (batch < 0 || n < 0 || d < 1 || threads < 1) {
+    PyErr_SetString(PyExc_ValueError, "cost_row_gradients: bad sizes or threads");
+    return nullptr;
+  }
+  Py_BEGIN_ALLOW_THREADS
+  if (is_double)
+    row_gradients<double>(z, z_stride, g, coefficients, with_dot, batch, n, d, threads);
+  else
+    row_gradients<float>(z, z_stride, g, coefficients, with_dot, batch, n, d, threads);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
     {"dense_cost", dense_cost, METH_VARARGS,
      "Write the dense factorised cost and its masked range (see kernels/cpu_dense_cost.py)."},
+    {"cost_row_gradients", cost_row_gradients, METH_VARARGS,
+     "The cost's chain rule row by row, in place (see kernels/cpu_dense_cost.py)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_dense_cost_cpu",

@@ -57,23 +57,28 @@ def length_buckets(a: torch.Tensor, b: torch.Tensor) -> list[Bucket]:
 
     Candidates: the problems sorted by n_b m_b, by n_b or by m_b (descending, ties in batch
     order), cut into 2 to :data:`MAX_BUCKETS` groups of equal count; the one with the fewest
-    padded entries plus :data:`BUCKET_OVERHEAD` per group wins (the first such). A single bucket
-    (the batch trimmed to its largest extents) is kept unless the groups save at least
-    :data:`MIN_SAVING` of the entries. The search runs on every ragged call, so it is part of
-    every small batch's fixed cost: plain lists, each ordering sorted once.
+    padded entries plus :data:`BUCKET_OVERHEAD` per group wins (the first such; no split pads
+    below the real entries, so an ordering's group counts stop where that bound reaches the
+    best score). A single bucket (the batch trimmed to its largest extents) is kept unless the
+    groups save at least :data:`MIN_SAVING` of the entries. The search runs on every ragged
+    call, so it is part of every small batch's fixed cost: plain lists, each ordering sorted
+    once.
     """
     batch = a.shape[0]
     rows, cols = torch.stack([extents(a), extents(b)]).tolist()
     whole = Bucket(None, max(rows), max(cols))
     budget = (1.0 - MIN_SAVING) * batch * whole.n * whole.m
     # No split pads less than the real entries: skip the search when even they are too many.
-    if sum(map(int.__mul__, rows, cols)) > budget:
+    real = sum(map(int.__mul__, rows, cols))
+    if real > budget:
         return [whole]
     best, best_score = None, math.inf
     for key in (lambda i: rows[i] * cols[i], rows.__getitem__, cols.__getitem__):
         order = sorted(range(batch), key=key, reverse=True)
         n_sorted, m_sorted = [rows[i] for i in order], [cols[i] for i in order]
         for groups in range(2, min(MAX_BUCKETS, batch) + 1):
+            if real + BUCKET_OVERHEAD * groups >= best_score:  # a bound of every score from here
+                break
             bounds = [round(g * batch / groups) for g in range(groups + 1)]
             parts = [(lo, hi, max(n_sorted[lo:hi]), max(m_sorted[lo:hi]))
                      for lo, hi in zip(bounds, bounds[1:]) if hi > lo]

@@ -85,3 +85,31 @@ def stabilised_iterate(
     if tol is None:
         return f, g, counts
     return f, g, counts, iterations, converged
+
+
+def transport_cost(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, f: torch.Tensor,
+                   g: torch.Tensor, eps: float, exp_lo: float, exp_hi: float) -> torch.Tensor:
+    """(B,) sum_ij P_ij C_ij with P_ij = exp(log a_i + f_i/eps + log b_j + g_j/eps - C_ij/eps),
+    the exponent clamped to [exp_lo, exp_hi], over the pairs with mass (a +inf cost adds 0).
+
+    cost: (B, n, m) as :func:`stabilised_iterate` takes it (massless entries exactly 0); a, f:
+    (B, n); b, g: (B, m); one float dtype, CPU.
+    """
+    if not native_stabilised_available(cost):
+        raise RuntimeError("the native CPU stabilised loop is not available for this tensor")
+    batch, n, m = cost.shape
+    vectors = []
+    for name, ten, shape in (("a", a, (batch, n)), ("b", b, (batch, m)), ("f", f, (batch, n)),
+                             ("g", g, (batch, m))):
+        if ten.dtype != cost.dtype or tuple(ten.shape) != shape:
+            raise ValueError(f"{name} must be {cost.dtype} of shape {shape}")
+        vectors.append(ten.contiguous())
+    if not cost.is_contiguous():
+        raise ValueError("cost must be contiguous")
+    out = cost.new_empty(batch)
+    _stabilised_cpu.transport_cost(
+        cost.data_ptr(), *(t.data_ptr() for t in vectors), out.data_ptr(), batch, n, m,
+        float(eps), float(exp_lo), float(exp_hi), cost.dtype == torch.float64,
+        torch.get_num_threads(),
+    )
+    return out

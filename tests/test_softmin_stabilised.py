@@ -22,6 +22,7 @@ import pytest
 import torch
 from reference import masked_weights, pot_sinkhorn, random_tokens, rel_err
 
+import optical_ops.softmin_stabilised as softmin_stabilised
 from optical_ops import cost_matrix
 from optical_ops.kernels.cpu_stabilised import native_stabilised_available, stabilised_iterate
 from optical_ops.sinkhorn_loop import entropic_value, run_sinkhorn
@@ -305,3 +306,34 @@ def test_native_rejects_mismatched_buffers():
     with pytest.raises(ValueError, match=r"valid must be contiguous torch.int32"):
         stabilised_iterate(c, a, b, a.clone(), k, a.clone(), b.clone(), valid.long(), 3, 0.1,
                            1.0, 20.0, 30.0, -87.0, 50.0)
+
+
+@NATIVE
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("eps", [0.1, 0.01, 1e-3])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_loss_equals_the_plan_as_torch_ops(gen, dtype, eps, threads, monkeypatch):
+    """The loss's native pass against the plan formed as PyTorch ops: zero weights, a forbidden
+    pair (+inf cost) and a batch large enough for two threads."""
+    batch, n, m = 24, 33, 40
+    cost = cosine_cost(gen, batch, n, m)
+    cost[3, 2, 5] = torch.inf
+    a = masked_weights(gen, batch, n, torch.randint(1, n + 1, (batch,), generator=gen), holes=2)
+    b = masked_weights(gen, batch, m, torch.randint(1, m + 1, (batch,), generator=gen), holes=2)
+    a[3, 2], b[3, 5] = 0.5, 0.5  # the forbidden pair has mass on both sides
+    a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+    cost, a, b = cost.to(dtype), a.to(dtype), b.to(dtype)
+    op = stabilised_softmin(cost, a, b, eps)
+    res = run_sinkhorn(op, 30, None)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        native = op.loss(res.f_state, res.g_state)
+    finally:
+        torch.set_num_threads(previous)
+    monkeypatch.setattr(softmin_stabilised, "native_stabilised_available", lambda cost: False)
+    reference = op.loss(res.f_state, res.g_state)
+    assert torch.isfinite(native).all()
+    # The exponents (C_ij / eps ~ 1 / eps) are rounded in the dtype, in another order.
+    tol = (1e-12 if dtype == torch.float64 else 2e-6) * max(1.0, 0.01 / eps)
+    torch.testing.assert_close(native, reference, rtol=tol, atol=0)

@@ -472,6 +472,78 @@ void iterate(const T* C, const T* a, const T* b, T* f, T* g, T* K, T* fbar, T* g
   counts[1] += log_updates;
 }
 
+// One problem's transport cost <P, C> with P_ij = exp(log a_i + f_i/eps + log b_j + g_j/eps -
+// C_ij/eps) on the pairs with mass: rows without mass are skipped, columns without mass have a
+// zero cost (the loop's contract), a +inf cost (a forbidden pair) has P = 0 and adds nothing.
+// Each row is summed in T's vector lanes, the rows in double.
+template <typename T>
+PER_ISA double transport_cost_one(const T* C, const T* a, const T* b, const T* f, const T* g,
+                                  int64_t n, int64_t m, T eps, T exp_lo, T exp_hi, T* col) {
+  const T inv = T(1) / eps, inf = std::numeric_limits<T>::infinity();
+  for (int64_t j = 0; j < m; ++j) col[j] = b[j] > 0 ? std::log(b[j]) + g[j] * inv : -inf;
+  double total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!(a[i] > 0)) continue;
+    const T row = std::log(a[i]) + f[i] * inv;
+    const T* c = C + i * m;
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < m; ++j) {
+      const T p = exp_in_range(clamp(row + col[j] - c[j] * inv, exp_lo, exp_hi));
+      sum += c[j] < inf ? p * c[j] : T(0);
+    }
+    total += double(sum);
+  }
+  return total;
+}
+
+// Below this many cost entries the transport cost runs on one thread.
+constexpr int64_t kParallelMinEntries = int64_t(1) << 18;
+
+template <typename T>
+void transport_cost(const T* C, const T* a, const T* b, const T* f, const T* g, T* out,
+                    int64_t batch, int64_t n, int64_t m, T eps, T exp_lo, T exp_hi,
+                    int threads) {
+  const int use = (threads > 1 && batch >= 2 && batch * n * m >= kParallelMinEntries) ? threads
+                                                                                      : 1;
+#pragma omp parallel num_threads(use)
+  {
+    std::vector<T> col(m);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t p = 0; p < batch; ++p)
+      out[p] = T(transport_cost_one(C + p * n * m, a + p * n, b + p * m, f + p * n, g + p * m,
+                                    n, m, eps, exp_lo, exp_hi, col.data()));
+  }
+}
+
+// transport_cost(C, a, b, f, g, out, batch, n, m, eps, exp_lo, exp_hi, is_double, threads):
+// addresses of contiguous CPU buffers of one float dtype (see kernels/cpu_stabilised.py);
+// exponents are clamped to [exp_lo, exp_hi] (the loop's range); writes out (B,).
+PyObject* transport_cost_py(PyObject*, PyObject* args) {
+  unsigned long long c, a, b, f, g, out;
+  long long batch, n, m;
+  double eps, exp_lo, exp_hi;
+  int is_double, threads;
+  if (!PyArg_ParseTuple(args, "KKKKKKLLLdddpi", &c, &a, &b, &f, &g, &out, &batch, &n, &m, &eps,
+                        &exp_lo, &exp_hi, &is_double, &threads))
+    return nullptr;
+  if (batch < 1 || n < 1 || m < 1 || threads < 1 || !(eps > 0)) {
+    PyErr_SetString(PyExc_ValueError, "transport_cost: sizes and threads >= 1, eps > 0");
+    return nullptr;
+  }
+  Py_BEGIN_ALLOW_THREADS
+  if (is_double)
+    transport_cost(as_ptr<const double>(c), as_ptr<const double>(a), as_ptr<const double>(b),
+                   as_ptr<const double>(f), as_ptr<const double>(g), as_ptr<double>(out), batch,
+                   n, m, eps, exp_lo, exp_hi, threads);
+  else
+    transport_cost(as_ptr<const float>(c), as_ptr<const float>(a), as_ptr<const float>(b),
+                   as_ptr<const float>(f), as_ptr<const float>(g), as_ptr<float>(out), batch, n,
+                   m, float(eps), float(exp_lo), float(exp_hi), threads);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
 // stabilised_iterate(C, a, b, f, g, K, fbar, gbar, valid, counts, ran, converged, batch, n, m,
 // iters, eps, damping, absorb, accurate, exp_lo, exp_hi, tol, norm, every, is_double, threads):
 // addresses of contiguous CPU buffers (see kernels/cpu_stabilised.py); tol < 0: no early stop
@@ -514,6 +586,8 @@ PyObject* stabilised_iterate(PyObject*, PyObject* args) {
 PyMethodDef methods[] = {
     {"stabilised_iterate", stabilised_iterate, METH_VARARGS,
      "Run stabilised scaling-domain Sinkhorn iterations (see kernels/cpu_stabilised.py)."},
+    {"transport_cost", transport_cost_py, METH_VARARGS,
+     "The transport cost <P, C> of the potentials (see kernels/cpu_stabilised.py)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_stabilised_cpu",

@@ -41,3 +41,25 @@ def scaling_iterate(
         batch, n, m, n_iters, kernel.dtype == torch.float64, torch.get_num_threads(),
     )
     return s, t
+
+
+def transport_cost(kernel: torch.Tensor, cost: torch.Tensor, u: torch.Tensor,
+                   v: torch.Tensor) -> torch.Tensor:
+    """(B,) sum_ij u_i K_ij C_ij v_j, the transport cost of P = diag(u) K diag(v); entries with
+    K_ij = 0 add nothing (a forbidden pair, C = +inf, has K = 0).
+
+    kernel, cost: (B, n, m); u: (B, n); v: (B, m); one float dtype, CPU.
+    """
+    if not native_scaling_available(kernel):
+        raise RuntimeError("the native CPU scaling loop is not available for this tensor")
+    batch, n, m = kernel.shape
+    buffers = []
+    for name, ten, shape in (("kernel", kernel, (batch, n, m)), ("cost", cost, (batch, n, m)),
+                             ("u", u, (batch, n)), ("v", v, (batch, m))):
+        if ten.dtype != kernel.dtype or tuple(ten.shape) != shape:
+            raise ValueError(f"{name} must be {kernel.dtype} of shape {shape}")
+        buffers.append(ten.contiguous())
+    out = kernel.new_empty(batch)
+    _sinkhorn_cpu.transport_cost(*(t.data_ptr() for t in buffers), out.data_ptr(), batch, n, m,
+                                 kernel.dtype == torch.float64, torch.get_num_threads())
+    return out

@@ -27,6 +27,7 @@ from .costs import FactorisedCost
 from .dispatch import dense_domain
 from .kernels.cpu_dense_cost import dense_cost, native_dense_cost_available
 from .kernels.cpu_scaling import native_scaling_available, scaling_iterate
+from .kernels.cpu_scaling import transport_cost as scaling_transport_cost
 from .kernels.cpu_stabilised import native_stabilised_available
 from .logsumexp import logsumexp_
 from .sinkhorn_loop import SoftMin
@@ -149,10 +150,13 @@ class DenseScalingSoftMin(SoftMin):
         return self.kernel * (self.a / s)[:, :, None] * (self.b / t)[:, None, :]
 
     def loss(self, s, t):
-        """sum_ij u_i K_ij C_ij v_j: one pass for K * C, then a mat-vec."""
+        """sum_ij u_i K_ij C_ij v_j: on the CPU one native pass over K and C (benchmarks/NOTES.md,
+        O22); otherwise one pass for K * C, then a mat-vec."""
         if self.cost is None:
             raise RuntimeError("the loss needs the cost, which for_backward() released")
         u, v = self.a / s, self.b / t
+        if native_scaling_available(self.kernel) and self.cost.dtype == self.kernel.dtype:
+            return scaling_transport_cost(self.kernel, self.cost, u, v)
         # +inf costs (forbidden pairs) have K = 0, whose product is NaN: 0 there, in place.
         kc = torch.mul(self.kernel, self.cost).nan_to_num_(nan=0.0, posinf=math.inf,
                                                            neginf=-math.inf)

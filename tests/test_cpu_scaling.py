@@ -6,6 +6,7 @@ import pytest
 import torch
 from reference import random_weights
 
+import optical_ops.softmin_dense as softmin_dense
 from optical_ops.kernels.cpu_scaling import native_scaling_available, scaling_iterate
 from optical_ops.sinkhorn_loop import SoftMin
 from optical_ops.softmin_dense import DenseScalingSoftMin
@@ -75,3 +76,31 @@ def test_rejects_mismatched_buffers():
         scaling_iterate(k, torch.rand(2, 3), torch.rand(2, 5), torch.rand(2, 3), 3)
     with pytest.raises(ValueError, match=r"kernel must be contiguous"):
         scaling_iterate(k.transpose(1, 2), torch.rand(2, 4), torch.rand(2, 3), torch.rand(2, 4), 3)
+
+
+@pytest.mark.parametrize("batch,n,m", [(1, 1, 1), (3, 7, 300), (4, 300, 257)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_loss_equals_torch_ops(gen, monkeypatch, batch, n, m, dtype, threads):
+    """The loss's native pass against K * C formed as PyTorch ops: zero weights and a forbidden
+    pair (+inf cost, K = 0); the last shape splits its rows over two threads."""
+    cost = torch.rand(batch, n, m, generator=gen, dtype=torch.float64) * 2
+    if m > 1:  # a row keeps a finite entry
+        cost[-1, -1, 0] = torch.inf
+    a = random_weights(gen, batch, n, zeros=min(2, n - 1))
+    b = random_weights(gen, batch, m, zeros=min(1, m - 1))
+    a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+    op = DenseScalingSoftMin(cost.to(dtype), a.to(dtype), b.to(dtype), 0.1,
+                             shift=cost.amin((1, 2)).to(dtype))
+    s, t = op.iterate(torch.ones(batch, n, dtype=dtype), 5)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        native = op.loss(s, t)
+    finally:
+        torch.set_num_threads(previous)
+    monkeypatch.setattr(softmin_dense, "native_scaling_available", lambda kernel: False)
+    reference = op.loss(s, t)
+    assert torch.isfinite(native).all()
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    torch.testing.assert_close(native, reference, rtol=tol, atol=0)

@@ -18,6 +18,7 @@
 // Parallelism: many problems -> one problem per thread at a time, no synchronisation; few large
 // problems -> the rows of each problem are split among threads, each keeps a partial t', and
 // the partials are summed between passes (two barriers per iteration); little work -> one thread.
+// The loss <P, C> is one more pass over K and C (transport_cost).
 //
 // Built without any PyTorch header: the Python side passes data pointers of contiguous CPU
 // tensors it has checked (kernels/cpu_scaling.py). OpenMP resolves to the libgomp that torch
@@ -179,6 +180,66 @@ void iterate(const T* K, const T* a, const T* b, T* s, T* t, int64_t batch, int6
   solve_batch(K, a, b, s, t, batch, n, m, iters, parallel ? threads : 1);
 }
 
+// The transport cost of P = diag(u) K diag(v): out_p = sum_i u_i sum_j K_ij C_ij v_j over the
+// rows of every problem, where K_ij = 0 adds nothing (a forbidden pair: C = +inf). Rows are
+// split evenly over the threads; each row is summed in T's vector lanes, the rows in double.
+template <typename T>
+PER_ISA void cost_rows(const T* K, const T* C, const T* u, const T* v, int64_t n, int64_t m,
+                       int64_t r0, int64_t r1, double* acc) {
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t p = row / n;
+    const T *k = K + row * m, *c = C + row * m, *vp = v + p * m;
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < m; ++j) sum += k[j] > 0 ? k[j] * c[j] * vp[j] : T(0);
+    acc[p] += double(u[row]) * double(sum);
+  }
+}
+
+// Below this many entries the transport cost runs on one thread.
+constexpr int64_t kCostParallelMinEntries = int64_t(1) << 18;
+
+template <typename T>
+void transport_cost(const T* K, const T* C, const T* u, const T* v, T* out, int64_t batch,
+                    int64_t n, int64_t m, int threads) {
+  const int64_t rows = batch * n;
+  const int parts = threads > 1 && rows * m >= kCostParallelMinEntries ? threads : 1;
+  std::vector<double> partial(static_cast<size_t>(parts) * batch, 0.0);
+#pragma omp parallel for num_threads(parts)
+  for (int part = 0; part < parts; ++part)
+    cost_rows(K, C, u, v, n, m, rows * part / parts, rows * (part + 1) / parts,
+              partial.data() + part * batch);
+  for (int64_t p = 0; p < batch; ++p) {
+    double total = 0;
+    for (int part = 0; part < parts; ++part) total += partial[part * batch + p];
+    out[p] = T(total);
+  }
+}
+
+// transport_cost(K, C, u, v, out, batch, n, m, is_double, threads): addresses of contiguous
+// CPU buffers of one float dtype (see kernels/cpu_scaling.py); writes out (batch,).
+PyObject* transport_cost_py(PyObject*, PyObject* args) {
+  unsigned long long k, c, u, v, out;
+  long long batch, n, m;
+  int is_double, threads;
+  if (!PyArg_ParseTuple(args, "KKKKKLLLpi", &k, &c, &u, &v, &out, &batch, &n, &m, &is_double,
+                        &threads))
+    return nullptr;
+  if (batch < 1 || n < 1 || m < 1 || threads < 1) {
+    PyErr_SetString(PyExc_ValueError, "transport_cost: sizes and threads must be >= 1");
+    return nullptr;
+  }
+  Py_BEGIN_ALLOW_THREADS
+  if (is_double)
+    transport_cost(as_ptr<const double>(k), as_ptr<const double>(c), as_ptr<const double>(u),
+                   as_ptr<const double>(v), as_ptr<double>(out), batch, n, m, threads);
+  else
+    transport_cost(as_ptr<const float>(k), as_ptr<const float>(c), as_ptr<const float>(u),
+                   as_ptr<const float>(v), as_ptr<float>(out), batch, n, m, threads);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
 // scaling_iterate(K, a, b, s, t, batch, n, m, iters, is_double, threads): addresses of
 // contiguous CPU buffers. s holds the initial f-state on entry; s and t hold the final states.
 PyObject* scaling_iterate(PyObject*, PyObject* args) {
@@ -206,6 +267,8 @@ PyObject* scaling_iterate(PyObject*, PyObject* args) {
 PyMethodDef methods[] = {
     {"scaling_iterate", scaling_iterate, METH_VARARGS,
      "Run scaling-domain Sinkhorn iterations in place (see kernels/cpu_scaling.py)."},
+    {"transport_cost", transport_cost_py, METH_VARARGS,
+     "The transport cost of P = diag(u) K diag(v) (see kernels/cpu_scaling.py)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sinkhorn_cpu",

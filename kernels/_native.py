@@ -26,3 +26,14 @@ def load(name: str) -> ModuleType | None:
 def runs_on(extension: ModuleType | None, t: torch.Tensor) -> bool:
     """The extension is loaded and takes ``t``: a float32/float64 CPU tensor."""
     return extension is not None and t.device.type == "cpu" and t.dtype in NATIVE_DTYPES
+
+
+
+def check_buffers(reference: torch.Tensor, buffers) -> None:
+    """Each of ``buffers``, (name, tensor, shape) triples, has the reference's dtype and device
+    and that shape; else a ValueError naming it. Layout is the caller's concern."""
+    for name, t, shape in buffers:
+        if (t.dtype != reference.dtype or tuple(t.shape) != tuple(shape)
+                or t.device != reference.device):
+            raise ValueError(f"{name} must be {reference.dtype} of shape {tuple(shape)} on "
+                             f"{reference.device}")

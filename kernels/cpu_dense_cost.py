@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ._native import load, runs_on
+from ._native import check_buffers, load, runs_on
 
 _dense_cost_cpu = load("_dense_cost_cpu")  # None when not built: callers use PyTorch ops
 
@@ -20,9 +20,14 @@ def native_dense_cost_available(x: torch.Tensor) -> bool:
     return runs_on(_dense_cost_cpu, x)
 
 
+def _has_contiguous_rows(z: torch.Tensor) -> bool:
+    """z (B, n, d) has contiguous rows (a batch stride of its own is fine)."""
+    return z.stride(2) == 1 and z.stride(1) == z.shape[2]
+
+
 def _rows_contiguous(z: torch.Tensor) -> torch.Tensor:
-    """z (B, n, d) with contiguous rows (a batch stride of its own is fine)."""
-    return z if z.stride(2) == 1 and z.stride(1) == z.shape[2] else z.contiguous()
+    """z (B, n, d) with contiguous rows: itself, or a contiguous copy."""
+    return z if _has_contiguous_rows(z) else z.contiguous()
 
 
 def dense_cost(
@@ -52,13 +57,12 @@ def dense_cost(
                          f"{tuple(y.shape)}")
     batch, n, d = x.shape
     m = y.shape[1]
+    factors = (("row_offset", row_offset, (batch, n)), ("col_offset", col_offset, (batch, m)),
+               ("row_scale", row_scale, (batch, n)), ("col_scale", col_scale, (batch, m)),
+               ("a", a, (batch, n)), ("b", b, (batch, m)))
+    check_buffers(x, (("y", y, (batch, m, d)), *factors))
     x, y = _rows_contiguous(x), _rows_contiguous(y)
-    factors = [t.contiguous() for t in (row_offset, col_offset, row_scale, col_scale, a, b)]
-    shapes = [(batch, n), (batch, m)] * 3
-    for name, t, shape in zip(("y", "row_offset", "col_offset", "row_scale", "col_scale", "a",
-                               "b"), [y, *factors], [(batch, m, d), *shapes]):
-        if t.dtype != x.dtype or tuple(t.shape) != shape or t.device != x.device:
-            raise ValueError(f"{name} must be {x.dtype} of shape {shape} on {x.device}")
+    factors = [t.contiguous() for _, t, _ in factors]
     out = x.new_empty(batch, n, m)
     lo, hi = x.new_empty(batch), x.new_empty(batch)
     _dense_cost_cpu.dense_cost(
@@ -75,30 +79,29 @@ def native_row_gradients_available(z: torch.Tensor, g: torch.Tensor) -> bool:
 
 def cost_row_gradients(z: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor,
                        beta: torch.Tensor | None, gamma: torch.Tensor | None) -> torch.Tensor:
-    """g_i <- alpha_i g_i + (gamma_i + beta_i <z_i, g_i>) z_i for every row, in place; ``beta``
-    None: no dot product; ``gamma`` None: 0.
+    """g_i <- alpha_i (g_i + beta_i <z_i, g_i> z_i) + gamma_i z_i for every row, in place;
+    ``beta`` or ``gamma`` None: 0 (no dot product without beta).
 
-    z, g: (B, n, d), g contiguous (the solver's own product buffer); alpha, beta, gamma: (B, n);
-    one float dtype, CPU. Returns g.
+    z, g: (B, n, d) with contiguous rows (g the solver's own product buffer); alpha, beta,
+    gamma: (B, n); one float dtype, CPU. Returns g.
     """
     if not native_row_gradients_available(z, g):
         raise RuntimeError("the native CPU row gradients are not available for these tensors")
-    if z.dim() != 3 or z.shape != g.shape or not g.is_contiguous():
-        raise ValueError(f"z and g must be (B, n, d) of one shape, g contiguous; got "
+    if z.dim() != 3 or z.shape != g.shape or not _has_contiguous_rows(g):
+        raise ValueError(f"z and g must be (B, n, d) of one shape, g with contiguous rows; got "
                          f"{tuple(z.shape)} and {tuple(g.shape)}")
     batch, n, d = g.shape
     z = _rows_contiguous(z)
-    zeros = None
-    coefficients = []
-    for name, t in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
-        if t is None:
-            zeros = g.new_zeros(batch, n) if zeros is None else zeros
-            t = zeros
-        if t.dtype != g.dtype or tuple(t.shape) != (batch, n) or t.device != g.device:
-            raise ValueError(f"{name} must be {g.dtype} of shape {(batch, n)} on {g.device}")
-        coefficients.append(t.contiguous())
+    if alpha is None:
+        raise ValueError("alpha is required")
+    given = [(name, t, (batch, n)) for name, t in (("alpha", alpha), ("beta", beta),
+                                                    ("gamma", gamma)) if t is not None]
+    check_buffers(g, given)
+    coefficients = {name: t.contiguous() for name, t, _ in given}  # alive through the call
+    addresses = [coefficients[name].data_ptr() if name in coefficients else 0
+                 for name in ("alpha", "beta", "gamma")]
     _dense_cost_cpu.cost_row_gradients(
-        z.data_ptr(), z.stride(0), g.data_ptr(), *(t.data_ptr() for t in coefficients),
-        beta is not None, batch, n, d, g.dtype == torch.float64, torch.get_num_threads(),
+        z.data_ptr(), z.stride(0), g.data_ptr(), g.stride(0), *addresses, batch, n, d,
+        g.dtype == torch.float64, torch.get_num_threads(),
     )
     return g

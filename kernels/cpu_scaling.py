@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ._native import load, runs_on
+from ._native import check_buffers, load, runs_on
 
 _sinkhorn_cpu = load("_sinkhorn_cpu")  # None when not built: callers fall back to PyTorch ops
 
@@ -33,9 +33,7 @@ def scaling_iterate(
     a, b = a.contiguous(), b.contiguous()
     s = s.to(kernel.dtype).contiguous().clone()
     t = kernel.new_empty(batch, m)
-    for name, ten, shape in (("a", a, (batch, n)), ("b", b, (batch, m)), ("s", s, (batch, n))):
-        if ten.dtype != kernel.dtype or tuple(ten.shape) != shape:
-            raise ValueError(f"{name} must be {kernel.dtype} of shape {shape}")
+    check_buffers(kernel, (("a", a, (batch, n)), ("b", b, (batch, m)), ("s", s, (batch, n))))
     _sinkhorn_cpu.scaling_iterate(
         kernel.data_ptr(), a.data_ptr(), b.data_ptr(), s.data_ptr(), t.data_ptr(),
         batch, n, m, n_iters, kernel.dtype == torch.float64, torch.get_num_threads(),
@@ -53,12 +51,10 @@ def transport_cost(kernel: torch.Tensor, cost: torch.Tensor, u: torch.Tensor,
     if not native_scaling_available(kernel):
         raise RuntimeError("the native CPU scaling loop is not available for this tensor")
     batch, n, m = kernel.shape
-    buffers = []
-    for name, ten, shape in (("kernel", kernel, (batch, n, m)), ("cost", cost, (batch, n, m)),
-                             ("u", u, (batch, n)), ("v", v, (batch, m))):
-        if ten.dtype != kernel.dtype or tuple(ten.shape) != shape:
-            raise ValueError(f"{name} must be {kernel.dtype} of shape {shape}")
-        buffers.append(ten.contiguous())
+    buffers = (("kernel", kernel, (batch, n, m)), ("cost", cost, (batch, n, m)),
+               ("u", u, (batch, n)), ("v", v, (batch, m)))
+    check_buffers(kernel, buffers)
+    buffers = [t.contiguous() for _, t, _ in buffers]
     out = kernel.new_empty(batch)
     _sinkhorn_cpu.transport_cost(*(t.data_ptr() for t in buffers), out.data_ptr(), batch, n, m,
                                  kernel.dtype == torch.float64, torch.get_num_threads())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._native import load, runs_on
+from ._native import check_buffers, load, runs_on
 
 _stabilised_cpu = load("_stabilised_cpu")  # None when not built: callers fall back to PyTorch ops
 
@@ -45,7 +45,7 @@ def stabilised_iterate(
     :func:`optical_ops.sinkhorn_loop.run_sinkhorn` does; then the result also has (iterations
     (B,) int64, converged (B,) bool).
 
-    cost: (B, n, m) contiguous, shifted and sanitised (massless entries exactly 0); a, f: (B, n);
+    cost: (B, n, m) contiguous, sanitised (massless entries: one value per problem); a, f: (B, n);
     b: (B, m); one float dtype, CPU. The absorption cache kernel (2, B, n, m) contiguous (K~,
     then K~^T laid out (B, m, n)), fbar
     (B, n), gbar (B, m) and valid (B,) int32 (0: no kernel yet, 1: kernel at (fbar, gbar),
@@ -56,12 +56,12 @@ def stabilised_iterate(
     if not native_stabilised_available(cost):
         raise RuntimeError("the native CPU stabilised loop is not available for this tensor")
     batch, n, m = cost.shape
-    for name, ten, shape in (("cost", cost, (batch, n, m)), ("kernel", kernel, (2, batch, n, m)),
-                             ("a", a, (batch, n)), ("b", b, (batch, m)), ("f", f, (batch, n)),
-                             ("fbar", fbar, (batch, n)), ("gbar", gbar, (batch, m))):
-        if ten.dtype != cost.dtype or tuple(ten.shape) != shape:
-            raise ValueError(f"{name} must be {cost.dtype} of shape {shape}")
-        if not ten.is_contiguous():
+    buffers = (("cost", cost, (batch, n, m)), ("kernel", kernel, (2, batch, n, m)),
+               ("a", a, (batch, n)), ("b", b, (batch, m)), ("f", f, (batch, n)),
+               ("fbar", fbar, (batch, n)), ("gbar", gbar, (batch, m)))
+    check_buffers(cost, buffers)
+    for name, t, _ in buffers:  # read in place (the cache is written too)
+        if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous")
     if valid.dtype != torch.int32 or tuple(valid.shape) != (batch,) or not valid.is_contiguous():
         raise ValueError(f"valid must be contiguous torch.int32 of shape ({batch},)")
@@ -89,21 +89,20 @@ def stabilised_iterate(
 
 def transport_cost(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, f: torch.Tensor,
                    g: torch.Tensor, eps: float, exp_lo: float, exp_hi: float) -> torch.Tensor:
-    """(B,) sum_ij P_ij C_ij with P_ij = exp(log a_i + f_i/eps + log b_j + g_j/eps - C_ij/eps),
-    the exponent clamped to [exp_lo, exp_hi], over the pairs with mass (a +inf cost adds 0).
+    """(B,) sum_ij P_ij C_ij with P_ij = exp(z_ij), z_ij = log a_i + f_i/eps + log b_j + g_j/eps
+    - C_ij/eps: P_ij = 0 where z_ij < exp_lo (pairs without mass and +inf costs among them),
+    z_ij capped at exp_hi.
 
-    cost: (B, n, m) as :func:`stabilised_iterate` takes it (massless entries exactly 0); a, f:
-    (B, n); b, g: (B, m); one float dtype, CPU.
+    cost: (B, n, m) as :func:`stabilised_iterate` takes it; a, f: (B, n); b, g: (B, m); one
+    float dtype, CPU.
     """
     if not native_stabilised_available(cost):
         raise RuntimeError("the native CPU stabilised loop is not available for this tensor")
     batch, n, m = cost.shape
-    vectors = []
-    for name, ten, shape in (("a", a, (batch, n)), ("b", b, (batch, m)), ("f", f, (batch, n)),
-                             ("g", g, (batch, m))):
-        if ten.dtype != cost.dtype or tuple(ten.shape) != shape:
-            raise ValueError(f"{name} must be {cost.dtype} of shape {shape}")
-        vectors.append(ten.contiguous())
+    vectors = (("a", a, (batch, n)), ("b", b, (batch, m)), ("f", f, (batch, n)),
+               ("g", g, (batch, m)))
+    check_buffers(cost, vectors)
+    vectors = [t.contiguous() for _, t, _ in vectors]
     if not cost.is_contiguous():
         raise ValueError("cost must be contiguous")
     out = cost.new_empty(batch)

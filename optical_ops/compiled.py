@@ -56,6 +56,8 @@ def ot_value_backward(grad: Tensor, x: Tensor, y: Tensor, a: Tensor, b: Tensor, 
                       g: Tensor, solver: str, cost: str, eps: float, tau: float | None,
                       need_x: bool, need_y: bool) -> tuple[Tensor, Tensor]:
     """(dL/dx, dL/dy) from the potentials; an empty tensor for a side not asked for."""
+    if not (need_x or need_y):
+        return x.new_empty(0), y.new_empty(0)
     with exact_numerics(x.device):
         fc = embedding_factors(solver, x, y, a, b, cost, sync_ok=False)
         op = embedding_primitives(solver, fc, a, b, tau, sync_ok=False)(eps)

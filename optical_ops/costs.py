@@ -122,7 +122,7 @@ class FactorisedCost:
                 # A zero vector (|z| at the floor) has a constant cost row, cos = 0 whatever
                 # y: its gradient is taken as 0, not the 1/NORM_FLOOR of the formula (inf in fp16).
                 coef = torch.where(sigma < 1.0 / NORM_FLOOR, -self.scale * w * sigma, 0.0)
-                return _update_rows(z, g, coef, -coef * sigma * sigma, None)
+                return _update_rows(z, g, coef, -sigma * sigma, None)
             dx = grad(self.x, self.row_scale, g_y) if need_x else None
             dy = grad(self.y, self.col_scale, g_x) if need_y else None
         else:
@@ -163,14 +163,15 @@ class FactorisedCost:
 
 def _update_rows(z: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor,
                  beta: torch.Tensor | None, gamma: torch.Tensor | None) -> torch.Tensor:
-    """g_i <- alpha_i g_i + (gamma_i + beta_i <z_i, g_i>) z_i in place, for rows z_i, g_i of
-    z, g (..., d) and coefficients (...) (``beta``/``gamma`` None: 0). On the CPU one native
-    pass, each row in L1 between its dot and its update (benchmarks/NOTES.md, O19)."""
-    if g.dim() == 3 and g.is_contiguous() and native_row_gradients_available(z, g):
+    """g_i <- alpha_i (g_i + beta_i <z_i, g_i> z_i) + gamma_i z_i in place, for rows z_i, g_i
+    of z, g (B, n, d) and coefficients (B, n) (``beta``/``gamma`` None: 0). alpha multiplies
+    beta's term last: for the cosine cost alpha beta would reach s w sigma^3 and overflow near
+    the norm floor. On the CPU one native pass, each row in L1 between its dot and its update
+    (benchmarks/NOTES.md, O19)."""
+    if g.stride(-1) == 1 and g.stride(-2) == g.shape[-1] and native_row_gradients_available(z, g):
         return cost_row_gradients(z, g, alpha, beta, gamma)
-    along = gamma if beta is None else beta * _row_dots(z, g)
-    if beta is not None and gamma is not None:
-        along = along + gamma
+    along = 0 if beta is None else alpha * (beta * _row_dots(z, g))
+    along = along if gamma is None else along + gamma
     return g.mul_(alpha[..., None]).addcmul_(z, along[..., None])
 
 

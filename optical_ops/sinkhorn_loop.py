@@ -103,7 +103,8 @@ class SoftMin(ABC):
 
         What the gradient needs (:meth:`optical_ops.costs.FactorisedCost.input_grads`). ``y``
         None: P y' (dL/dx's product) is not wanted and comes back None; ``x`` None: the same
-        for P^T x' (a frozen teacher needs one product, not two).
+        for P^T x' (a frozen teacher needs one product, not two). The marginal of a side not
+        asked for (P 1 without P y', P^T 1 without P^T x') may come back None too.
         """
 
     def marginals(

@@ -155,7 +155,7 @@ class DenseScalingSoftMin(SoftMin):
         if self.cost is None:
             raise RuntimeError("the loss needs the cost, which for_backward() released")
         u, v = self.a / s, self.b / t
-        if native_scaling_available(self.kernel) and self.cost.dtype == self.kernel.dtype:
+        if native_scaling_available(self.kernel):
             return scaling_transport_cost(self.kernel, self.cost, u, v)
         # +inf costs (forbidden pairs) have K = 0, whose product is NaN: 0 there, in place.
         kc = torch.mul(self.kernel, self.cost).nan_to_num_(nan=0.0, posinf=math.inf,

@@ -8,7 +8,7 @@ import torch
 from reference import random_tokens
 
 from optical_ops import ot_distill_loss
-from optical_ops.compiled import ot_value
+from optical_ops.compiled import ot_value, ot_value_backward
 
 
 def test_no_graph_break_and_fullgraph_matches_eager(gen):
@@ -53,3 +53,16 @@ def test_custom_op_gradients_equal_the_autograd_function(gen, solver):
     torch.library.opcheck(ot_value, args,
                           test_utils=("test_schema", "test_faketensor",
                                       "test_autograd_registration"))
+
+
+def test_backward_op_returns_empty_tensors_for_sides_not_asked_for(gen):
+    """The backward custom op called for no side (or one) returns empty tensors there."""
+    x = random_tokens(gen, 2, 5, 8, dtype=torch.float32)
+    y = random_tokens(gen, 2, 6, 8, dtype=torch.float32)
+    a, b = torch.full((2, 5), 0.2), torch.full((2, 6), 1 / 6)
+    f, g = torch.zeros(2, 5), torch.zeros(2, 6)
+    args = (torch.ones(2), x, y, a, b, f, g, "dense", "cosine", 0.05, None)
+    dx, dy = ot_value_backward(*args, False, False)
+    assert dx.numel() == 0 and dy.numel() == 0
+    dx, dy = ot_value_backward(*args, True, False)
+    assert dx.shape == x.shape and torch.isfinite(dx).all() and dy.numel() == 0

@@ -36,18 +36,12 @@ struct Factors {
   bool clamp;   // at 0 (squared Euclidean)
 };
 
-// 32 bytes of T (8 floats, 4 doubles) as one of GCC's vector types: unlike a lane array, the
-// compiler keeps it in a register (NOTES O15, O17).
-template <typename T>
-struct Vec {
-  typedef T type __attribute__((vector_size(32)));
-  static constexpr int64_t kLanes = 32 / sizeof(T);
-};
-
 // out[r][c] = <x_r, y_c> for MR rows of x and NR rows of y (row stride d): MR NR independent
 // chains of vector FMAs with MR + NR loads per MR NR FMAs (4 x 4: eight loads for sixteen, and
-// sixteen chains to cover two FMA pipes' latency; NOTES O17). Each dot is the sum of its lanes'
-// partial sums, then of the d mod kLanes last products.
+// sixteen chains to cover two FMA pipes' latency; NOTES O17). The 4 x 4 block's 16
+// accumulators and 8 operands fit AVX-512's 32 vector registers; the AVX2 and SSE2 clones
+// spill some of them. Each dot is the sum of its lanes' partial sums, then of the d mod kLanes
+// last products.
 template <int MR, int NR, typename T>
 INLINE void block_dots(const T* __restrict x, const T* __restrict y, int64_t d, T (*out)[4]) {
   using V = typename Vec<T>::type;
@@ -155,59 +149,39 @@ void cost_batch(const T* x, const T* y, int64_t x_stride, int64_t y_stride, Fact
   }
 }
 
-// <z, g> over len entries as four vector chains (one chain is latency-bound).
+// Rows [begin, end) of a batch of n-row problems: g_i <- alpha_i (g_i + beta_i <z_i, g_i> z_i)
+// + gamma_i z_i, beta or gamma null for 0. The order keeps each intermediate near the size of
+// the result: for the cosine cost (alpha = -s w sigma, beta = -sigma^2) the product alpha beta,
+// formed first, would reach s w sigma^3 and overflow for rows near the norm floor.
+// Problems are z_stride and g_stride entries apart, rows contiguous; each row stays in L1
+// between its dot and its update.
 template <typename T>
-INLINE T row_dot(const T* __restrict z, const T* __restrict g, int64_t len) {
-  using V = typename Vec<T>::type;
-  constexpr int64_t kLanes = Vec<T>::kLanes;
-  V acc[4] = {};
-  int64_t k = 0;
-  for (; k + 4 * kLanes <= len; k += 4 * kLanes)
-    for (int c = 0; c < 4; ++c) {
-      V zv, gv;
-      __builtin_memcpy(&zv, z + k + c * kLanes, sizeof(V));
-      __builtin_memcpy(&gv, g + k + c * kLanes, sizeof(V));
-      acc[c] += zv * gv;
-    }
-  const V sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-  T total = 0;
-  for (int64_t l = 0; l < kLanes; ++l) total += sum[l];
-  for (; k < len; ++k) total += z[k] * g[k];
-  return total;
-}
-
-// Rows [begin, end) of a batch of n-row problems: g_i <- alpha_i g_i + (gamma_i + beta_i
-// <z_i, g_i>) z_i (with_dot false: beta and the dot are skipped). z's problems are z_stride
-// entries apart, g is contiguous; each row stays in L1 between its dot and its update.
-template <typename T>
-PER_ISA void update_rows(const T* z, int64_t z_stride, T* g, const T* alpha, const T* beta,
-                         const T* gamma, bool with_dot, int64_t n, int64_t d, int64_t begin,
+PER_ISA void update_rows(const T* z, int64_t z_stride, T* g, int64_t g_stride, const T* alpha,
+                         const T* beta, const T* gamma, int64_t n, int64_t d, int64_t begin,
                          int64_t end) {
   for (int64_t row = begin; row < end; ++row) {
     const T* zr = z + (row / n) * z_stride + (row % n) * d;
-    T* __restrict gr = g + row * d;
-    const T along = gamma[row] + (with_dot ? beta[row] * row_dot(zr, gr, d) : T(0));
+    T* __restrict gr = g + (row / n) * g_stride + (row % n) * d;
     const T keep = alpha[row];
+    const T along = (beta ? keep * (beta[row] * dot(zr, gr, d)) : T(0)) +
+                    (gamma ? gamma[row] : T(0));
 #pragma omp simd
     for (int64_t k = 0; k < d; ++k) gr[k] = keep * gr[k] + along * zr[k];
   }
 }
 
-// Below this many entries the row update runs on one thread (a pass over ~0.5 MB).
-constexpr int64_t kParallelMinEntries = int64_t(1) << 17;
-
 template <typename T>
 void row_gradients(unsigned long long z, long long z_stride, unsigned long long g,
-                   const unsigned long long* coefficients, int with_dot, long long batch,
+                   long long g_stride, const unsigned long long* coefficients, long long batch,
                    long long n, long long d, int threads) {
   const int64_t rows = batch * n;
-  const int parts = rows * d >= kParallelMinEntries ? std::max(1, threads) : 1;
+  const int parts = rows * d >= kRowPassParallelMinEntries ? std::max(1, threads) : 1;
   const T *alpha = as_ptr<const T>(coefficients[0]), *beta = as_ptr<const T>(coefficients[1]),
           *gamma = as_ptr<const T>(coefficients[2]);
 #pragma omp parallel for num_threads(parts)
   for (int part = 0; part < parts; ++part)
-    update_rows(as_ptr<const T>(z), z_stride, as_ptr<T>(g), alpha, beta, gamma, with_dot != 0,
-                n, d, rows * part / parts, rows * (part + 1) / parts);
+    update_rows(as_ptr<const T>(z), z_stride, as_ptr<T>(g), g_stride, alpha, beta, gamma, n,
+                d, rows * part / parts, rows * (part + 1) / parts);
 }
 
 template <typename T>
@@ -252,17 +226,17 @@ PyObject* dense_cost(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
-// cost_row_gradients(z, z_stride, g, alpha, beta, gamma, with_dot, batch, n, d, is_double,
-// threads): addresses of CPU buffers of one float dtype; z (batch, n, d) with contiguous rows
-// and batch stride z_stride, g (batch, n, d) contiguous and updated in place, alpha, beta, gamma
-// (batch, n) contiguous.
+// cost_row_gradients(z, z_stride, g, g_stride, alpha, beta, gamma, batch, n, d, is_double,
+// threads): addresses of CPU buffers of one float dtype; z and g (batch, n, d) with contiguous
+// rows and batch strides z_stride, g_stride (g updated in place); alpha, beta, gamma (batch, n)
+// contiguous, beta and gamma 0 when absent.
 PyObject* cost_row_gradients(PyObject*, PyObject* args) {
   unsigned long long z, g, coefficients[3];
-  long long z_stride, batch, n, d;
-  int with_dot, is_double, threads;
-  if (!PyArg_ParseTuple(args, "KLKKKKpLLLpi", &z, &z_stride, &g, &coefficients[0],
-                        &coefficients[1], &coefficients[2], &with_dot, &batch, &n, &d,
-                        &is_double, &threads))
+  long long z_stride, g_stride, batch, n, d;
+  int is_double, threads;
+  if (!PyArg_ParseTuple(args, "KLKLKKKLLLpi", &z, &z_stride, &g, &g_stride, &coefficients[0],
+                        &coefficients[1], &coefficients[2], &batch, &n, &d, &is_double,
+                        &threads))
     return nullptr;
   if (batch < 0 || n < 0 || d < 1 || threads < 1) {
     PyErr_SetString(PyExc_ValueError, "cost_row_gradients: bad sizes or threads");
@@ -270,9 +244,9 @@ PyObject* cost_row_gradients(PyObject*, PyObject* args) {
   }
   Py_BEGIN_ALLOW_THREADS
   if (is_double)
-    row_gradients<double>(z, z_stride, g, coefficients, with_dot, batch, n, d, threads);
+    row_gradients<double>(z, z_stride, g, g_stride, coefficients, batch, n, d, threads);
   else
-    row_gradients<float>(z, z_stride, g, coefficients, with_dot, batch, n, d, threads);
+    row_gradients<float>(z, z_stride, g, g_stride, coefficients, batch, n, d, threads);
   Py_END_ALLOW_THREADS
   Py_RETURN_NONE;
 }

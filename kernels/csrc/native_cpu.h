@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 // Work functions are cloned per x86-64 level (AVX-512 / AVX2 / SSE2, chosen at load time) so
 // the small helpers they call inline into each clone and vectorise at its width. An OpenMP
@@ -65,13 +66,59 @@ INLINE void weighted_row_sum(T* __restrict acc, const T* __restrict coef,
   }
 }
 
-// <x, y> over len entries.
+// 32 bytes of T (8 floats, 4 doubles) as one of GCC's vector types: unlike a lane array, the
+// compiler keeps it in a register where the ISA has enough of them (benchmarks/NOTES.md, O15,
+// O17).
 template <typename T>
-INLINE T dot(const T* x, const T* y, int64_t len) {
-  T acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t j = 0; j < len; ++j) acc += x[j] * y[j];
-  return acc;
+struct Vec {
+  typedef T type __attribute__((vector_size(32)));
+  static constexpr int64_t kLanes = 32 / sizeof(T);
+};
+
+// <x, y> over len entries as four vector chains (one chain is latency-bound), their lanes
+// added at the end, then the len mod 4 kLanes last products.
+template <typename T>
+INLINE T dot(const T* __restrict x, const T* __restrict y, int64_t len) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t kLanes = Vec<T>::kLanes;
+  V acc[4] = {};
+  int64_t k = 0;
+  for (; k + 4 * kLanes <= len; k += 4 * kLanes)
+    for (int c = 0; c < 4; ++c) {
+      V xv, yv;
+      __builtin_memcpy(&xv, x + k + c * kLanes, sizeof(V));
+      __builtin_memcpy(&yv, y + k + c * kLanes, sizeof(V));
+      acc[c] += xv * yv;
+    }
+  const V sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  T total = 0;
+  for (int64_t l = 0; l < kLanes; ++l) total += sum[l];
+  for (; k < len; ++k) total += x[k] * y[k];
+  return total;
+}
+
+// Below this many entries a pass over the rows of a batch runs on one thread: the fork and join
+// would cost more than the second thread saves.
+constexpr int64_t kRowPassParallelMinEntries = int64_t(1) << 18;
+
+// out[p] = the sum, over the rows of problem p (rows p n to p n + n - 1 of `batch` problems of
+// n rows), of what rows(r0, r1, acc) adds to acc[p] for the rows [r0, r1): the rows split
+// evenly over the threads, each adding into its own acc, the sums in double. `entries`: the
+// size of the pass, which decides whether a second thread pays. `rows` is a PER_ISA worker.
+template <typename T, typename Rows>
+void sum_rows_by_problem(int64_t batch, int64_t n, int64_t entries, int threads, Rows rows,
+                         T* out) {
+  const int64_t total = batch * n;
+  const int parts = threads > 1 && entries >= kRowPassParallelMinEntries ? threads : 1;
+  std::vector<double> partial(static_cast<size_t>(parts) * batch, 0.0);
+#pragma omp parallel for num_threads(parts)
+  for (int part = 0; part < parts; ++part)
+    rows(total * part / parts, total * (part + 1) / parts, partial.data() + part * batch);
+  for (int64_t p = 0; p < batch; ++p) {
+    double sum = 0;
+    for (int part = 0; part < parts; ++part) sum += partial[part * batch + p];
+    out[p] = T(sum);
+  }
 }
 
 // out[r] = <M_r, x> for the four rows M_0..M_3 (row stride len): four independent chains of

@@ -180,9 +180,9 @@ void iterate(const T* K, const T* a, const T* b, T* s, T* t, int64_t batch, int6
   solve_batch(K, a, b, s, t, batch, n, m, iters, parallel ? threads : 1);
 }
 
-// The transport cost of P = diag(u) K diag(v): out_p = sum_i u_i sum_j K_ij C_ij v_j over the
-// rows of every problem, where K_ij = 0 adds nothing (a forbidden pair: C = +inf). Rows are
-// split evenly over the threads; each row is summed in T's vector lanes, the rows in double.
+// The transport cost of P = diag(u) K diag(v): acc_p += sum_i u_i sum_j K_ij C_ij v_j over the
+// rows [r0, r1) of the batch, where K_ij = 0 adds nothing (a forbidden pair: C = +inf). Each row
+// is summed in T's vector lanes, the rows in double.
 template <typename T>
 PER_ISA void cost_rows(const T* K, const T* C, const T* u, const T* v, int64_t n, int64_t m,
                        int64_t r0, int64_t r1, double* acc) {
@@ -196,24 +196,13 @@ PER_ISA void cost_rows(const T* K, const T* C, const T* u, const T* v, int64_t n
   }
 }
 
-// Below this many entries the transport cost runs on one thread.
-constexpr int64_t kCostParallelMinEntries = int64_t(1) << 18;
-
 template <typename T>
 void transport_cost(const T* K, const T* C, const T* u, const T* v, T* out, int64_t batch,
                     int64_t n, int64_t m, int threads) {
-  const int64_t rows = batch * n;
-  const int parts = threads > 1 && rows * m >= kCostParallelMinEntries ? threads : 1;
-  std::vector<double> partial(static_cast<size_t>(parts) * batch, 0.0);
-#pragma omp parallel for num_threads(parts)
-  for (int part = 0; part < parts; ++part)
-    cost_rows(K, C, u, v, n, m, rows * part / parts, rows * (part + 1) / parts,
-              partial.data() + part * batch);
-  for (int64_t p = 0; p < batch; ++p) {
-    double total = 0;
-    for (int part = 0; part < parts; ++part) total += partial[part * batch + p];
-    out[p] = T(total);
-  }
+  sum_rows_by_problem(
+      batch, n, batch * n * m, threads,
+      [&](int64_t r0, int64_t r1, double* acc) { cost_rows(K, C, u, v, n, m, r0, r1, acc); },
+      out);
 }
 
 // transport_cost(K, C, u, v, out, batch, n, m, is_double, threads): addresses of contiguous

@@ -1,6 +1,7 @@
 // Stabilised scaling-domain Sinkhorn iterations on the CPU (optical_ops/softmin_stabilised.py).
 //
-// Problem p: cost C (n, m) row-major (shifted: massful entries >= 0, massless ones exactly 0),
+// Problem p: cost C (n, m) row-major (sanitised: massless entries hold one value per problem; 0
+// and massful entries >= 0 when balanced, where the cost is shifted by its minimum),
 // weights a (n), b (m), potentials f (n) in, f and g (m) out. The absorption cache (kernel K~
 // (n, m) and its transpose, fbar, gbar, valid) persists between calls:
 //
@@ -95,6 +96,17 @@ INLINE T exp_in_range(T x) {
   const auto scale = __builtin_bit_cast(T, (k_int + E::kBias) << E::kShift);
   return poly * scale;
 }
+
+// Denormal results flushed to zero (MXCSR.FTZ) for the lifetime of the object, on this thread.
+struct FlushDenormals {
+#if defined(__SSE2__)
+  const unsigned csr = _mm_getcsr();
+  FlushDenormals() { _mm_setcsr(csr | 0x8000); }
+  ~FlushDenormals() { _mm_setcsr(csr); }
+#else
+  FlushDenormals() {}
+#endif
+};
 
 template <typename T>
 INLINE T clamp(T x, T lo, T hi) {
@@ -413,10 +425,7 @@ template <typename T>
 PER_ISA void solve_problem(Problem<T>& P, const Limits& L, T* f_io, T* g_out, T* f_prev,
                            int iters, double tol, int norm, int every, int64_t* ran,
                            uint8_t* converged) {
-#if defined(__SSE2__)
-  const unsigned csr = _mm_getcsr();
-  _mm_setcsr(csr | 0x8000);  // flush denormal results to zero
-#endif
+  const FlushDenormals flush;
   if (tol < 0) {
     run_iterations(P, L, f_io, g_out, f_prev, iters);
   } else {
@@ -432,9 +441,6 @@ PER_ISA void solve_problem(Problem<T>& P, const Limits& L, T* f_io, T* g_out, T*
     *converged = reached;
   }
   exact_massless(P, L, f_prev, f_io, g_out);
-#if defined(__SSE2__)
-  _mm_setcsr(csr);
-#endif
 }
 
 // A call runs on several threads only when its total work pays for the fork and join
@@ -472,53 +478,54 @@ void iterate(const T* C, const T* a, const T* b, T* f, T* g, T* K, T* fbar, T* g
   counts[1] += log_updates;
 }
 
-// One problem's transport cost <P, C> with P_ij = exp(log a_i + f_i/eps + log b_j + g_j/eps -
-// C_ij/eps) on the pairs with mass: rows without mass are skipped, columns without mass have a
-// zero cost (the loop's contract), a +inf cost (a forbidden pair) has P = 0 and adds nothing.
-// Each row is summed in T's vector lanes, the rows in double.
+// The transport cost <P, C> with P_ij = exp(z_ij), z_ij = log a_i + f_i/eps + log b_j + g_j/eps
+// - C_ij/eps, over the rows [r0, r1) of the batch (acc_p += each row's sum): P is 0 where z_ij <
+// exp_lo (so columns and rows without mass, z = -inf, and +inf costs add nothing) and exp_hi
+// caps z; a NaN potential makes the sum NaN. Each row is summed in T's vector lanes, the rows in
+// double, with denormal results flushed to zero as in the loop.
 template <typename T>
-PER_ISA double transport_cost_one(const T* C, const T* a, const T* b, const T* f, const T* g,
-                                  int64_t n, int64_t m, T eps, T exp_lo, T exp_hi, T* col) {
+PER_ISA void cost_rows(const T* C, const T* a, const T* b, const T* f, const T* g, int64_t n,
+                       int64_t m, T eps, T exp_lo, T exp_hi, int64_t r0, int64_t r1,
+                       double* acc) {
+  const FlushDenormals flush;
   const T inv = T(1) / eps, inf = std::numeric_limits<T>::infinity();
-  for (int64_t j = 0; j < m; ++j) col[j] = b[j] > 0 ? std::log(b[j]) + g[j] * inv : -inf;
-  double total = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (!(a[i] > 0)) continue;
-    const T row = std::log(a[i]) + f[i] * inv;
-    const T* c = C + i * m;
+  std::vector<T> col(m);
+  for (int64_t row = r0, problem = -1; row < r1; ++row) {
+    const int64_t p = row / n;
+    if (p != problem) {
+      problem = p;
+      for (int64_t j = 0; j < m; ++j)
+        col[j] = b[p * m + j] > 0 ? std::log(b[p * m + j]) + g[p * m + j] * inv : -inf;
+    }
+    if (!(a[row] > 0)) continue;
+    const T start = std::log(a[row]) + f[row] * inv;
+    const T *c = C + row * m, *cols = col.data();
     T sum = 0;
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < m; ++j) {
-      const T p = exp_in_range(clamp(row + col[j] - c[j] * inv, exp_lo, exp_hi));
-      sum += c[j] < inf ? p * c[j] : T(0);
+      const T z = start + cols[j] - c[j] * inv;
+      sum += z < exp_lo ? T(0) : exp_in_range(z < exp_hi ? z : exp_hi) * c[j];
     }
-    total += double(sum);
+    acc[p] += double(sum);
   }
-  return total;
 }
-
-// Below this many cost entries the transport cost runs on one thread.
-constexpr int64_t kParallelMinEntries = int64_t(1) << 18;
 
 template <typename T>
 void transport_cost(const T* C, const T* a, const T* b, const T* f, const T* g, T* out,
                     int64_t batch, int64_t n, int64_t m, T eps, T exp_lo, T exp_hi,
                     int threads) {
-  const int use = (threads > 1 && batch >= 2 && batch * n * m >= kParallelMinEntries) ? threads
-                                                                                      : 1;
-#pragma omp parallel num_threads(use)
-  {
-    std::vector<T> col(m);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t p = 0; p < batch; ++p)
-      out[p] = T(transport_cost_one(C + p * n * m, a + p * n, b + p * m, f + p * n, g + p * m,
-                                    n, m, eps, exp_lo, exp_hi, col.data()));
-  }
+  sum_rows_by_problem(
+      batch, n, batch * n * m, threads,
+      [&](int64_t r0, int64_t r1, double* acc) {
+        cost_rows(C, a, b, f, g, n, m, eps, exp_lo, exp_hi, r0, r1, acc);
+      },
+      out);
 }
 
 // transport_cost(C, a, b, f, g, out, batch, n, m, eps, exp_lo, exp_hi, is_double, threads):
 // addresses of contiguous CPU buffers of one float dtype (see kernels/cpu_stabilised.py);
-// exponents are clamped to [exp_lo, exp_hi] (the loop's range); writes out (B,).
+// entries with an exponent below exp_lo count 0, exponents are capped at exp_hi (the loop's
+// range); writes out (B,).
 PyObject* transport_cost_py(PyObject*, PyObject* args) {
   unsigned long long c, a, b, f, g, out;
   long long batch, n, m;

@@ -168,7 +168,7 @@ def _update_rows(z: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor,
     beta's term last: for the cosine cost alpha beta would reach s w sigma^3 and overflow near
     the norm floor. On the CPU one native pass, each row in L1 between its dot and its update
     (benchmarks/NOTES.md, O19)."""
-    if g.stride(-1) == 1 and g.stride(-2) == g.shape[-1] and native_row_gradients_available(z, g):
+    if native_row_gradients_available(z, g):
         return cost_row_gradients(z, g, alpha, beta, gamma)
     along = 0 if beta is None else alpha * (beta * _row_dots(z, g))
     along = along if gamma is None else along + gamma

@@ -294,8 +294,8 @@ class StabilisedSoftMin(ShiftedLogPlan):
                                        self.exp_hi)
         else:
             p = self.plan(f, g)
-            # +inf costs (forbidden pairs): P = 0
-            transport = torch.where(p > 0, p * self.cost, 0.0).sum((1, 2))
+            # +inf costs (forbidden pairs): P = 0 adds 0; a NaN P stays NaN, as natively
+            transport = torch.where(p > 0, p * self.cost, p * 0.0).sum((1, 2))
         return transport + self.shift * self.a.sum(1)
 
 

@@ -188,6 +188,8 @@ def test_row_update_rejects_mismatched_buffers():
         cost_row_gradients(z, g, torch.ones(2, 3), torch.ones(3, 2), None)
     with pytest.raises(ValueError, match="g with contiguous rows"):
         cost_row_gradients(z, torch.ones(2, 4, 3).transpose(1, 2), torch.ones(2, 3), None, None)
+    with pytest.raises(ValueError, match="no two problems share"):  # written in place
+        cost_row_gradients(z, torch.ones(1, 3, 4).expand(2, 3, 4), torch.ones(2, 3), None, None)
 
 
 @pytest.mark.parametrize("native", [True, False])

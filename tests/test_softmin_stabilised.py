@@ -337,3 +337,19 @@ def test_native_loss_equals_the_plan_as_torch_ops(gen, dtype, eps, threads, monk
     # The exponents (C_ij / eps ~ 1 / eps) are rounded in the dtype, in another order.
     tol = (1e-12 if dtype == torch.float64 else 2e-6) * max(1.0, 0.01 / eps)
     torch.testing.assert_close(native, reference, rtol=tol, atol=0)
+
+
+@NATIVE
+def test_a_nan_potential_gives_a_nan_loss_on_both_paths(gen, monkeypatch):
+    """Nothing silently wrong: a NaN potential at a row with mass makes that problem's loss
+    NaN (natively and as PyTorch ops); the other problems are untouched."""
+    cost = cosine_cost(gen, 3, 5, 6).float()
+    op = stabilised_softmin(cost, uniform(3, 5, torch.float32), uniform(3, 6, torch.float32),
+                            0.05)
+    res = run_sinkhorn(op, 20, None)
+    f = res.f_state.clone()
+    f[1, 2] = torch.nan
+    native = op.loss(f, res.g_state)
+    monkeypatch.setattr(softmin_stabilised, "native_stabilised_available", lambda cost: False)
+    for loss in (native, op.loss(f, res.g_state)):
+        assert loss[1].isnan() and loss[[0, 2]].isfinite().all()

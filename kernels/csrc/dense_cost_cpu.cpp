@@ -150,9 +150,10 @@ void cost_batch(const T* x, const T* y, int64_t x_stride, int64_t y_stride, Fact
 }
 
 // Rows [begin, end) of a batch of n-row problems: g_i <- alpha_i (g_i + beta_i <z_i, g_i> z_i)
-// + gamma_i z_i, beta or gamma null for 0. The order keeps each intermediate near the size of
-// the result: for the cosine cost (alpha = -s w sigma, beta = -sigma^2) the product alpha beta,
-// formed first, would reach s w sigma^3 and overflow for rows near the norm floor.
+// + gamma_i z_i, beta or gamma null for 0. The order keeps the intermediates finite: for the
+// cosine cost (alpha = -s w sigma, beta = -sigma^2) alpha (beta <z, g>) stays near s w sigma^2
+// |g|, where the product alpha beta, formed first, would reach s w sigma^3 and overflow for
+// rows near the norm floor.
 // Problems are z_stride and g_stride entries apart, rows contiguous; each row stays in L1
 // between its dot and its update.
 template <typename T>

@@ -104,7 +104,7 @@ constexpr int64_t kRowPassParallelMinEntries = int64_t(1) << 18;
 // out[p] = the sum, over the rows of problem p (rows p n to p n + n - 1 of `batch` problems of
 // n rows), of what rows(r0, r1, acc) adds to acc[p] for the rows [r0, r1): the rows split
 // evenly over the threads, each adding into its own acc, the sums in double. `entries`: the
-// size of the pass, which decides whether a second thread pays. `rows` is a PER_ISA worker.
+// size of the pass, which decides whether a second thread pays. `rows` calls a PER_ISA worker.
 template <typename T, typename Rows>
 void sum_rows_by_problem(int64_t batch, int64_t n, int64_t entries, int threads, Rows rows,
                          T* out) {

@@ -504,7 +504,7 @@ PER_ISA void cost_rows(const T* C, const T* a, const T* b, const T* f, const T* 
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < m; ++j) {
       const T z = start + cols[j] - c[j] * inv;
-      sum += z < exp_lo ? T(0) : exp_in_range(z < exp_hi ? z : exp_hi) * c[j];
+      sum += z < exp_lo ? T(0) : exp_in_range(z > exp_hi ? exp_hi : z) * c[j];  // NaN stays
     }
     acc[p] += double(sum);
   }

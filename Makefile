@@ -1,6 +1,6 @@
 # optical-ot developer commands. Every target installs what it needs into .venv first.
 #   make bench   the benchmark against POT and every other peer on W1-W3, W6-W9 (a few minutes)
-#   make bench-full   W1-W9, the full protocol (~80 minutes); rewrites the README's table
+#   make bench-full   W1-W9, the full protocol (~60-80 minutes); rewrites the README's table
 #   make wheel   a wheel for other Linux machines in dist/ (auditwheel, libgomp left to torch)
 #   make test    the test suite (PyTorch backend, Triton kernels in the interpreter, AOT compile)
 #   make lint    ruff

@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         f"memory probes (a few minutes). The full set: {FULL_COMMAND}.")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--full", action="store_true",
-                      help="W1-W9, 5-50 repeats, memory probes: full protocol (~80 min, 2 cores)")
+                      help="W1-W9, 5-50 repeats, memory probes: full protocol (60-80 min, 2 cores)")
     size.add_argument("--quick", action="store_true",
                       help="W1 and a reduced W3, fewer repeats and peers (< 1 min)")
     p.add_argument("--workloads", help=f"comma-separated, from {', '.join(WORKLOADS)}")

@@ -25,12 +25,6 @@ def _has_contiguous_rows(z: torch.Tensor) -> bool:
     return z.stride(2) == 1 and z.stride(1) == z.shape[2]
 
 
-def _separate_rows(g: torch.Tensor) -> bool:
-    """g (B, n, d) has contiguous rows and its problems do not overlap (it is written)."""
-    batch, n, d = g.shape
-    return _has_contiguous_rows(g) and (batch == 1 or g.stride(0) >= n * d)
-
-
 def _rows_contiguous(z: torch.Tensor) -> torch.Tensor:
     """z (B, n, d) with contiguous rows: itself, or a contiguous copy."""
     return z if _has_contiguous_rows(z) else z.contiguous()
@@ -81,9 +75,14 @@ def dense_cost(
 
 def native_row_gradients_available(z: torch.Tensor, g: torch.Tensor) -> bool:
     """The native row update takes z and g: one float dtype on the CPU, g (B, n, d) with
-    contiguous rows that no two problems share."""
-    return (runs_on(_dense_cost_cpu, g) and z.dtype == g.dtype and z.device == g.device
-            and g.dim() == 3 and _separate_rows(g))
+    contiguous rows that no two problems share (else :func:`cost_row_gradients` refuses it)."""
+    return runs_on(_dense_cost_cpu, g) and z.dtype == g.dtype and z.device == g.device
+
+
+def separate_rows(g: torch.Tensor) -> bool:
+    """g (B, n, d) has contiguous rows and its problems do not overlap (it is written)."""
+    batch, n, d = g.shape
+    return _has_contiguous_rows(g) and (batch == 1 or g.stride(0) >= n * d)
 
 
 def cost_row_gradients(z: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor,
@@ -96,7 +95,7 @@ def cost_row_gradients(z: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor,
     """
     if not native_row_gradients_available(z, g):
         raise RuntimeError("the native CPU row gradients are not available for these tensors")
-    if z.dim() != 3 or z.shape != g.shape or not _separate_rows(g):
+    if z.dim() != 3 or z.shape != g.shape or not separate_rows(g):
         raise ValueError(f"z and g must be (B, n, d) of one shape, g with contiguous rows that "
                          f"no two problems share; got {tuple(z.shape)} and {tuple(g.shape)}")
     batch, n, d = g.shape

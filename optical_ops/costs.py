@@ -28,7 +28,11 @@ from dataclasses import dataclass
 import torch
 
 from ._validation import check_choice, check_float_tensor, compute_dtype
-from .kernels.cpu_dense_cost import cost_row_gradients, native_row_gradients_available
+from .kernels.cpu_dense_cost import (
+    cost_row_gradients,
+    native_row_gradients_available,
+    separate_rows,
+)
 
 COSTS = ("cosine", "sqeuclidean")
 
@@ -168,7 +172,7 @@ def _update_rows(z: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor,
     beta's term last: for the cosine cost alpha beta would reach s w sigma^3 and overflow near
     the norm floor. On the CPU one native pass, each row in L1 between its dot and its update
     (benchmarks/NOTES.md, O19)."""
-    if native_row_gradients_available(z, g):
+    if g.dim() == 3 and separate_rows(g) and native_row_gradients_available(z, g):
         return cost_row_gradients(z, g, alpha, beta, gamma)
     along = 0 if beta is None else alpha * (beta * _row_dots(z, g))
     along = along if gamma is None else along + gamma

@@ -1,8 +1,10 @@
-"""Launchers for the native CPU dense cost and its chain rule (``kernels/csrc/dense_cost_cpu.cpp``).
+"""Launchers for the native CPU dense cost, its plan's products and its chain rule
+(``kernels/csrc/dense_cost_cpu.cpp``).
 
 The extension is optional: when it was not built (no C++ compiler at install time) the solver
 forms the cost with a batched matrix product and masks it with PyTorch ops instead
-(:func:`optical_ops.softmin_dense.sanitised_cost_range`), and the gradient's row update runs as
+(:func:`optical_ops.softmin_dense.sanitised_cost_range`), the plan's products are batched
+matrix products, and the gradient's row update runs as
 PyTorch ops (:meth:`optical_ops.costs.FactorisedCost.input_grads`), with the same results up to
 round-off.
 """
@@ -113,3 +115,55 @@ def cost_row_gradients(z: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor,
         g.dtype == torch.float64, torch.get_num_threads(),
     )
     return g
+
+
+def plan_products(
+    matrix: torch.Tensor,
+    row_factor: torch.Tensor | None,
+    col_factor: torch.Tensor | None,
+    x: torch.Tensor | None,
+    x_scale: torch.Tensor | None,
+    y: torch.Tensor | None,
+    y_scale: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(P y', P^T x', P 1, P^T 1) for the plan P_ij = r_i M_ij c_j, y'_j = ys_j y_j and
+    x'_i = xs_i x_i, reading only the block up to each problem's last row and column with
+    a_i > 0, b_j > 0 (the plan must be 0 past it, as every primitive's is); a product whose
+    embeddings are None is not formed.
+
+    matrix: (B, n, m); row_factor, x_scale, a: (B, n); col_factor, y_scale, b: (B, m) (a factor
+    or scale None: 1); x (B, n, d), y (B, m, d); one float dtype, CPU.
+    """
+    if not native_dense_cost_available(matrix):
+        raise RuntimeError("the native CPU plan products are not available for this tensor")
+    if matrix.dim() != 3 or (x is None and y is None):
+        raise ValueError(f"matrix must be (B, n, m) and x or y given, got matrix of shape "
+                         f"{tuple(matrix.shape)}")
+    batch, n, m = matrix.shape
+    d = (x if y is None else y).shape[-1]
+    given = [(name, t, shape) for name, t, shape in (
+        ("row_factor", row_factor, (batch, n)), ("col_factor", col_factor, (batch, m)),
+        ("x", x, (batch, n, d)), ("x_scale", x_scale, (batch, n)), ("y", y, (batch, m, d)),
+        ("y_scale", y_scale, (batch, m)), ("a", a, (batch, n)), ("b", b, (batch, m)))
+        if t is not None]
+    check_buffers(matrix, given)
+    operands = {name: (_rows_contiguous(t) if name in ("x", "y") else t.contiguous())
+                for name, t, _ in given}  # alive through the call
+    matrix = matrix.contiguous()
+    p_y = None if y is None else matrix.new_empty(batch, n, d)
+    p_x = None if x is None else matrix.new_empty(batch, m, d)
+    rows, cols = matrix.new_empty(batch, n), matrix.new_empty(batch, m)
+
+    def address(t):
+        return 0 if t is None else t.data_ptr()
+
+    _dense_cost_cpu.plan_products(
+        matrix.data_ptr(), *(address(operands.get(name)) for name in (
+            "row_factor", "col_factor", "x", "x_scale", "y", "y_scale", "a", "b")),
+        0 if x is None else operands["x"].stride(0), 0 if y is None else operands["y"].stride(0),
+        address(p_y), address(p_x), rows.data_ptr(), cols.data_ptr(), batch, n, m, d,
+        matrix.dtype == torch.float64, torch.get_num_threads(),
+    )
+    return p_y, p_x, rows, cols

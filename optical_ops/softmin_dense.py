@@ -26,6 +26,7 @@ import torch
 from .costs import FactorisedCost
 from .dispatch import dense_domain
 from .kernels.cpu_dense_cost import dense_cost, native_dense_cost_available
+from .kernels.cpu_dense_cost import plan_products as native_plan_products
 from .kernels.cpu_scaling import native_scaling_available, scaling_iterate
 from .kernels.cpu_scaling import transport_cost as scaling_transport_cost
 from .kernels.cpu_stabilised import native_stabilised_available
@@ -48,6 +49,8 @@ class ShiftedLogPlan(SoftMin):
 
     def plan_products(self, f, g, x, y, x_scale, y_scale):
         p = self.plan(f, g)
+        if native_products_pay(p, x, y):
+            return native_plan_products(p, None, None, x, x_scale, y, y_scale, self.a, self.b)
         rows, cols = p.sum(2), p.sum(1)
         p_y = None if y is None else torch.bmm(p * y_scale[:, None, :], y)
         p_x = None if x is None else torch.bmm(p.transpose(1, 2) * x_scale[:, None, :], x)
@@ -171,8 +174,11 @@ class DenseScalingSoftMin(SoftMin):
     def plan_products(self, s, t, x, y, x_scale, y_scale):
         """P y' with P = diag(u) K diag(v): the diagonal scalings go on whichever operand of the
         product is smaller, K (B, n, m) or the embeddings (B, n + m, d); the only large
-        allocations are the two results."""
+        allocations are the two results. On the CPU, for a batch of small problems, one native
+        pass per problem over its block with mass (benchmarks/NOTES.md, O23)."""
         u, v = self.a / s, self.b / t
+        if native_products_pay(self.kernel, x, y):
+            return native_plan_products(self.kernel, u, v, x, x_scale, y, y_scale, self.a, self.b)
         k, kt = self.kernel, self.kernel.transpose(1, 2)
         rows, cols = self.marginals(s, t)
         n, m = k.shape[1:]
@@ -208,17 +214,32 @@ def sanitised_cost_range(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     return torch.where(valid, cost, lo[:, None, None]), lo, hi
 
 
-# The native cost pass runs one problem per thread and reads a problem's y (m d entries) again
-# for every four rows of x: it beats the batched product only with a problem for every thread
-# and that y resident in L2 (NOTES O15: through it, one W3 or W4 problem took 1.4-1.6x longer).
-NATIVE_COST_MAX_Y_BYTES = 512 * 1024
+# The native passes over a batch of problems (the cost, the plan's products) run one problem per
+# thread and read a problem's embeddings again for every four rows: they beat the batched
+# products only with a problem for every thread and those embeddings resident in L2 (NOTES O15:
+# through the cost pass, one W3 or W4 problem took 1.4-1.6x longer; O23).
+NATIVE_MAX_SIDE_BYTES = 512 * 1024
+
+
+def _native_pays(reference: torch.Tensor, *sides: torch.Tensor | None) -> bool:
+    """A native per-problem pass pays for embeddings ``sides`` (B, *, d) (None: not read) and
+    dense operands of ``reference``'s dtype."""
+    sides = [z for z in sides if z is not None]
+    return (native_dense_cost_available(reference) and bool(sides)
+            and all(z.dtype == reference.dtype for z in sides)
+            and sides[0].shape[0] >= torch.get_num_threads()
+            and max(z.shape[1] * z.shape[2] * z.element_size() for z in sides)
+            <= NATIVE_MAX_SIDE_BYTES)
+
+
+def native_products_pay(matrix: torch.Tensor, x: torch.Tensor | None,
+                        y: torch.Tensor | None) -> bool:
+    """The plan's products of a dense (B, n, m) ``matrix`` run natively (O23)."""
+    return _native_pays(matrix, x, y)
 
 
 def _native_cost_pays(fc: FactorisedCost, a: torch.Tensor) -> bool:
-    batch, m, d = fc.y.shape
-    return (native_dense_cost_available(fc.x) and fc.x.dtype == fc.y.dtype == a.dtype
-            and batch >= torch.get_num_threads()
-            and m * d * fc.y.element_size() <= NATIVE_COST_MAX_Y_BYTES)
+    return fc.x.dtype == a.dtype and _native_pays(fc.x, fc.y)
 
 
 def sanitised_dense_cost(fc: FactorisedCost, a: torch.Tensor, b: torch.Tensor,

@@ -1,5 +1,5 @@
-"""The native CPU dense cost equals the batched product and masking it replaces; its chain
-rule's row update equals the PyTorch ops."""
+"""The native CPU dense cost equals the batched product and masking it replaces; the plan's
+products and the chain rule's row update equal the PyTorch ops."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from optical_ops.kernels.cpu_dense_cost import (
     cost_row_gradients,
     dense_cost,
     native_dense_cost_available,
+    plan_products,
 )
 from optical_ops.softmin_dense import sanitised_cost_range
 
@@ -105,10 +106,17 @@ def test_only_batches_of_small_problems_take_the_native_pass():
     weights = torch.ones(threads, 32)
     assert softmin_dense._native_cost_pays(small, weights)
     assert not softmin_dense._native_cost_pays(one_large, torch.ones(1, 1024))
+    assert softmin_dense.native_products_pay(torch.ones(threads, 32, 32), small.x, None)
+    assert not softmin_dense.native_products_pay(torch.ones(1, 1024, 1024), one_large.x,
+                                                 one_large.y)
+    assert not softmin_dense.native_products_pay(torch.ones(threads, 32, 32), small.x,
+                                                 small.y.double())
     if threads > 1:
         few = factorise(torch.ones(threads - 1, 32, 384), torch.ones(threads - 1, 32, 384),
                         "cosine")
         assert not softmin_dense._native_cost_pays(few, weights[1:])
+        assert not softmin_dense.native_products_pay(torch.ones(threads - 1, 32, 32), few.x,
+                                                     few.y)
 
 
 def test_nan_at_a_pair_with_mass_makes_the_range_nan(gen):
@@ -151,6 +159,100 @@ def test_loss_and_gradients_equal_the_pytorch_cost(gen, monkeypatch, eps):
     assert calls  # the native pass ran
     monkeypatch.setattr(softmin_dense, "native_dense_cost_available", lambda x: False)
     torch.testing.assert_close(native, solve(), rtol=2e-5, atol=1e-7)
+
+
+def _products_reference(matrix, r, c, x, xs, y, ys):
+    """(P y', P^T x', P 1, P^T 1) for P = diag(r) M diag(c), as batched PyTorch products."""
+    plan = matrix * r[:, :, None] * c[:, None, :]
+    return (torch.bmm(plan, y * ys[:, :, None]),
+            torch.bmm(plan.transpose(1, 2), x * xs[:, :, None]), plan.sum(2), plan.sum(1))
+
+
+# The plan's products (O23): d below, at and past the three-vector chunks (3 x 8 floats) with
+# tails, row counts not multiples of four, ragged extents with holes, NaN past the extents (never
+# read), a batch-strided x, factors given or None, one side or both, one thread or two.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch,n,m,d", [(1, 1, 1, 1), (3, 7, 5, 17), (4, 13, 10, 50),
+                                         (8, 41, 37, 384)])
+@pytest.mark.parametrize("factors", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_plan_products_equal_the_batched_products(gen, dtype, batch, n, m, d, factors, threads):
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+    a = masked_weights(gen, batch, n, torch.randint(1, n + 1, (batch,), generator=gen),
+                       2).to(dtype)
+    b = masked_weights(gen, batch, m, torch.randint(1, m + 1, (batch,), generator=gen),
+                       2).to(dtype)
+    matrix, r, c = rand(batch, n, m), rand(batch, n) * (a > 0), rand(batch, m) * (b > 0)
+    x = torch.randn(batch, n + 3, d, generator=gen, dtype=torch.float64).to(dtype)[:, :n]
+    y = torch.randn(batch, m, d, generator=gen, dtype=torch.float64).to(dtype)
+    xs, ys = rand(batch, n), rand(batch, m)
+    expected = _products_reference(matrix, r, c, x, xs, y, ys)
+    past_x = torch.arange(n) >= ((a > 0) * torch.arange(1, n + 1)).amax(1, keepdim=True)
+    past_y = torch.arange(m) >= ((b > 0) * torch.arange(1, m + 1)).amax(1, keepdim=True)
+    matrix[past_x[:, :, None] | past_y[:, None, :]] = torch.nan
+    x[past_x], y[past_y] = torch.nan, torch.nan
+    if not factors:  # the plan written out (the log and stabilised domains)
+        matrix, r, c = matrix * r[:, :, None] * c[:, None, :], None, None
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        both = plan_products(matrix, r, c, x, xs, y, ys, a, b)
+        only_y = plan_products(matrix, r, c, None, None, y, ys, a, b)
+        only_x = plan_products(matrix, r, c, x, xs, None, None, a, b)
+    finally:
+        torch.set_num_threads(previous)
+    eps = torch.finfo(dtype).eps
+    for got, want in zip(both, expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=8 * eps * (max(n, m) * d) ** 0.5)
+    assert only_y[1] is None and only_x[0] is None
+    assert torch.equal(only_y[0], both[0]) and torch.equal(only_x[1], both[1])
+    assert torch.equal(only_y[2], both[2]) and torch.equal(only_x[3], both[3])
+
+
+def test_plan_products_reject_mismatched_buffers():
+    matrix, rows, cols = torch.ones(2, 3, 5), torch.ones(2, 3), torch.ones(2, 5)
+    x, y = torch.ones(2, 3, 4), torch.ones(2, 5, 4)
+    with pytest.raises(ValueError, match=r"y_scale must be torch\.float32 of shape \(2, 5\)"):
+        plan_products(matrix, rows, cols, x, rows, y, rows, rows, cols)
+    with pytest.raises(ValueError, match="x must be"):
+        plan_products(matrix, None, None, x.double(), rows, y, cols, rows, cols)
+    with pytest.raises(ValueError, match="x or y given"):
+        plan_products(matrix, None, None, None, None, None, None, rows, cols)
+
+
+@pytest.mark.parametrize("solver,eps", [("dense-scaling", 0.05), ("dense-stabilised", 0.01),
+                                        ("dense-log", 0.01)])
+@pytest.mark.parametrize("cost", ["cosine", "sqeuclidean"])
+def test_gradients_with_native_plan_products_equal_the_pytorch_products(gen, monkeypatch,
+                                                                        solver, eps, cost):
+    """Through the public op, each dense domain, a ragged batch: the gradients with the native
+    plan products and with the batched PyTorch products agree to round-off; a frozen teacher
+    takes the one-sided pass."""
+    x = torch.randn(6, 19, 40, generator=gen) / (4 if cost == "sqeuclidean" else 1)
+    y = torch.randn(6, 14, 40, generator=gen) / (4 if cost == "sqeuclidean" else 1)
+    mask_x = torch.arange(19) < torch.tensor([19, 3, 11, 8, 1, 16])[:, None]
+    mask_y = torch.arange(14) < torch.tensor([5, 14, 2, 9, 13, 7])[:, None]
+    mask_x[2, 4] = mask_y[1, 0] = False
+
+    def grads(teacher_grad):
+        xs, ys = x.clone().requires_grad_(), y.clone().requires_grad_(teacher_grad)
+        ot_distill_loss(xs, ys, mask_x, mask_y, eps=eps, n_iters=30, cost=cost, solver=solver,
+                        reduction="sum").backward()
+        return xs.grad, ys.grad
+
+    calls = []
+    native = softmin_dense.native_products_pay
+    monkeypatch.setattr(softmin_dense, "native_products_pay",
+                        lambda *args: calls.append(native(*args)) or calls[-1])
+    with_native, student_only = grads(True), grads(False)
+    assert calls and all(calls)
+    monkeypatch.setattr(softmin_dense, "native_products_pay", lambda *args: False)
+    reference = grads(True)
+    torch.testing.assert_close(with_native, reference, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(student_only[0], reference[0], rtol=1e-5, atol=1e-7)
+    assert student_only[1] is None
 
 
 # The chain rule's row update (costs._update_rows): native against its PyTorch ops, with z a

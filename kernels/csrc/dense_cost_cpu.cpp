@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include <omp.h>
 
@@ -185,6 +186,144 @@ void row_gradients(unsigned long long z, long long z_stride, unsigned long long 
                 d, rows * part / parts, rows * (part + 1) / parts);
 }
 
+// The plan's products for the gradient (optical_ops/costs.py: input_grads). Problem p has a plan
+// P_ij = r_i M_ij c_j (M (n, m) row-major; r or c null: 1), which is 0 past n_p and m_p, one past
+// the last row and column with positive weight a_i, b_j (every primitive's plan is 0 where a
+// weight is), so only the n_p x m_p block is read:
+//
+//   rows_i = sum_j P_ij,   cols_j = sum_i P_ij,
+//   p_y_i = sum_j P_ij ys_j y_j   (n, d),   p_x_j = sum_i P_ij xs_i x_i   (m, d),
+//
+// (xs, ys null: 1; p_y or p_x null: not formed), every row past the extents 0.
+
+// out[r] = sum_k A[r][k] B[k] for rows r < R of A (row stride lda) and rows k < inner of B
+// (n x d, row stride d): per chunk of three vectors of the d columns, R x 3 accumulators that
+// stay in registers while k runs (R = 4: twelve, with three loads of B per twelve FMAs).
+template <int R, typename T>
+INLINE void rows_times(const T* __restrict A, int64_t lda, const T* __restrict B, int64_t inner,
+                       int64_t d, T* __restrict out) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t kLanes = Vec<T>::kLanes;
+  int64_t k0 = 0;
+  for (; k0 + 3 * kLanes <= d; k0 += 3 * kLanes) {
+    V acc[R][3] = {};
+    for (int64_t k = 0; k < inner; ++k) {
+      V bv[3];
+      for (int c = 0; c < 3; ++c) __builtin_memcpy(&bv[c], B + k * d + k0 + c * kLanes, sizeof(V));
+      for (int r = 0; r < R; ++r) {
+        const T coef = A[r * lda + k];
+        for (int c = 0; c < 3; ++c) acc[r][c] += coef * bv[c];
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < 3; ++c) __builtin_memcpy(out + r * d + k0 + c * kLanes, &acc[r][c], sizeof(V));
+  }
+  for (; k0 + kLanes <= d; k0 += kLanes) {
+    V acc[R] = {};
+    for (int64_t k = 0; k < inner; ++k) {
+      V bv;
+      __builtin_memcpy(&bv, B + k * d + k0, sizeof(V));
+      for (int r = 0; r < R; ++r) acc[r] += A[r * lda + k] * bv;
+    }
+    for (int r = 0; r < R; ++r) __builtin_memcpy(out + r * d + k0, &acc[r], sizeof(V));
+  }
+  for (int r = 0; r < R; ++r)
+    for (int64_t t = k0; t < d; ++t) {
+      T sum = 0;
+      for (int64_t k = 0; k < inner; ++k) sum += A[r * lda + k] * B[k * d + t];
+      out[r * d + t] = sum;
+    }
+}
+
+// out (rows, d) = A (rows, inner) B (inner, d), four rows of A at a time.
+template <typename T>
+INLINE void matrix_product(const T* A, int64_t rows, int64_t inner, const T* B, int64_t d,
+                           T* out) {
+  int64_t i = 0;
+  for (; i + 4 <= rows; i += 4) rows_times<4>(A + i * inner, inner, B, inner, d, out + i * d);
+  for (; i < rows; ++i) rows_times<1>(A + i * inner, inner, B, inner, d, out + i * d);
+}
+
+template <typename T>
+struct PlanOperands {
+  const T *M, *r, *c, *x, *xs, *y, *ys, *a, *b;
+  T *p_y, *p_x, *rows, *cols;
+  int64_t x_stride, y_stride;  // batch strides of x and y (rows contiguous)
+};
+
+// One problem (pointers at its start, r, c, xs, ys never null); work buffers py_coef (n m) for
+// the scaled plan P_ij ys_j and px_coef (m n) for its transpose scaled by xs_i.
+template <typename T>
+PER_ISA void products_one(const PlanOperands<T>& o, int64_t n, int64_t m, int64_t d,
+                          T* py_coef, T* px_coef) {
+  int64_t np = n, mp = m;
+  while (np > 0 && !(o.a[np - 1] > 0)) --np;
+  while (mp > 0 && !(o.b[mp - 1] > 0)) --mp;
+  std::fill(o.cols, o.cols + m, T(0));
+  for (int64_t i = 0; i < np; ++i) {
+    const T *__restrict mi = o.M + i * m, *__restrict c = o.c;
+    const T ri = o.r[i];
+    T *__restrict coef = py_coef + i * mp, *__restrict cols = o.cols;
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < mp; ++j) {
+      const T p = ri * mi[j] * c[j];
+      sum += p;
+      cols[j] += p;
+      coef[j] = p;
+    }
+    o.rows[i] = sum;
+    if (o.p_x) {
+      const T xsi = o.xs[i];
+      for (int64_t j = 0; j < mp; ++j) px_coef[j * np + i] = coef[j] * xsi;
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < mp; ++j) coef[j] *= o.ys[j];
+  }
+  std::fill(o.rows + np, o.rows + n, T(0));
+  if (o.p_y) {
+    matrix_product(py_coef, np, mp, o.y, d, o.p_y);
+    std::fill(o.p_y + np * d, o.p_y + n * d, T(0));
+  }
+  if (o.p_x) {
+    matrix_product(px_coef, mp, np, o.x, d, o.p_x);
+    std::fill(o.p_x + mp * d, o.p_x + m * d, T(0));
+  }
+}
+
+template <typename T>
+void products_batch(PlanOperands<T> o, int64_t batch, int64_t n, int64_t m, int64_t d,
+                    int threads) {
+  const bool parallel = threads > 1 && batch > 1 && batch * n * m * d >= kParallelMinWork;
+  const std::vector<T> ones(std::max(n, m), T(1));  // for the absent r, c, xs, ys
+#pragma omp parallel num_threads(parallel ? threads : 1)
+  {
+    std::vector<T> py_coef(n * m), px_coef(n * m);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t p = 0; p < batch; ++p) {
+      PlanOperands<T> q = o;
+      q.M += p * n * m;
+      q.r = o.r ? o.r + p * n : ones.data();
+      q.c = o.c ? o.c + p * m : ones.data();
+      q.xs = o.xs ? o.xs + p * n : ones.data();
+      q.ys = o.ys ? o.ys + p * m : ones.data();
+      q.a += p * n;
+      q.b += p * m;
+      if (q.p_y) {
+        q.y += p * o.y_stride;
+        q.p_y += p * n * d;
+      }
+      if (q.p_x) {
+        q.x += p * o.x_stride;
+        q.p_x += p * m * d;
+      }
+      q.rows += p * n;
+      q.cols += p * m;
+      products_one(q, n, m, d, py_coef.data(), px_coef.data());
+    }
+  }
+}
+
 template <typename T>
 void run(unsigned long long x, unsigned long long y, long long x_stride, long long y_stride,
          const unsigned long long* factors, double scale, int clamp, long long batch, long long n,
@@ -252,11 +391,53 @@ PyObject* cost_row_gradients(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+// plan_products(M, r, c, x, xs, y, ys, a, b, x_stride, y_stride, p_y, p_x, rows, cols, batch,
+// n, m, d, is_double, threads): addresses of CPU buffers of one float dtype (0: absent for r, c,
+// xs, ys, p_y, p_x; x when p_x is absent, y when p_y is); x and y with contiguous rows and
+// batch strides x_stride, y_stride (entries); the others contiguous. Writes p_y (batch, n, d),
+// p_x (batch, m, d), rows (batch, n), cols (batch, m).
+PyObject* plan_products(PyObject*, PyObject* args) {
+  unsigned long long M, r, c, x, xs, y, ys, a, b, p_y, p_x, rows, cols;
+  long long x_stride, y_stride, batch, n, m, d;
+  int is_double, threads;
+  if (!PyArg_ParseTuple(args, "KKKKKKKKKLLKKKKLLLLpi", &M, &r, &c, &x, &xs, &y, &ys, &a, &b,
+                        &x_stride, &y_stride, &p_y, &p_x, &rows, &cols, &batch, &n, &m, &d,
+                        &is_double, &threads))
+    return nullptr;
+  if (batch < 1 || n < 1 || m < 1 || d < 1 || threads < 1) {
+    PyErr_SetString(PyExc_ValueError, "plan_products: sizes and threads must be >= 1");
+    return nullptr;
+  }
+  Py_BEGIN_ALLOW_THREADS
+  if (is_double)
+    products_batch(PlanOperands<double>{as_ptr<const double>(M), as_ptr<const double>(r),
+                                        as_ptr<const double>(c), as_ptr<const double>(x),
+                                        as_ptr<const double>(xs), as_ptr<const double>(y),
+                                        as_ptr<const double>(ys), as_ptr<const double>(a),
+                                        as_ptr<const double>(b), as_ptr<double>(p_y),
+                                        as_ptr<double>(p_x), as_ptr<double>(rows),
+                                        as_ptr<double>(cols), x_stride, y_stride},
+                   batch, n, m, d, threads);
+  else
+    products_batch(PlanOperands<float>{as_ptr<const float>(M), as_ptr<const float>(r),
+                                       as_ptr<const float>(c), as_ptr<const float>(x),
+                                       as_ptr<const float>(xs), as_ptr<const float>(y),
+                                       as_ptr<const float>(ys), as_ptr<const float>(a),
+                                       as_ptr<const float>(b), as_ptr<float>(p_y),
+                                       as_ptr<float>(p_x), as_ptr<float>(rows),
+                                       as_ptr<float>(cols), x_stride, y_stride},
+                   batch, n, m, d, threads);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
     {"dense_cost", dense_cost, METH_VARARGS,
      "Write the dense factorised cost and its masked range (see kernels/cpu_dense_cost.py)."},
     {"cost_row_gradients", cost_row_gradients, METH_VARARGS,
      "The cost's chain rule row by row, in place (see kernels/cpu_dense_cost.py)."},
+    {"plan_products", plan_products, METH_VARARGS,
+     "The plan's products for the gradient (see kernels/cpu_dense_cost.py)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_dense_cost_cpu",

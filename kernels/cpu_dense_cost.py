@@ -167,3 +167,23 @@ def plan_products(
         matrix.dtype == torch.float64, torch.get_num_threads(),
     )
     return p_y, p_x, rows, cols
+
+
+def row_norms(z: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, bool, bool]:
+    """(|z_i| (B, n), padding_not_finite, valid_not_safe) for z (B, n, d) with contiguous rows:
+    whether a row outside ``valid`` (B, n) bool (None: none is) has a non-finite norm, and
+    whether a row inside it has a norm whose square is not finite. One float dtype, CPU."""
+    if not native_dense_cost_available(z):
+        raise RuntimeError("the native CPU row norms are not available for this tensor")
+    if z.dim() != 3:
+        raise ValueError(f"z must be (B, n, d), got shape {tuple(z.shape)}")
+    batch, n, d = z.shape
+    if valid is not None and (valid.dtype != torch.bool or tuple(valid.shape) != (batch, n)):
+        raise ValueError(f"valid must be a bool tensor of shape {(batch, n)}")
+    z = _rows_contiguous(z)
+    valid = None if valid is None else valid.contiguous()
+    out = z.new_empty(batch, n)
+    padding, inside = _dense_cost_cpu.row_norms(
+        z.data_ptr(), z.stride(0), 0 if valid is None else valid.data_ptr(), out.data_ptr(),
+        batch, n, d, z.dtype == torch.float64, torch.get_num_threads())
+    return out, padding, inside

@@ -30,7 +30,9 @@ import torch
 from ._validation import check_choice, check_float_tensor, compute_dtype
 from .kernels.cpu_dense_cost import (
     cost_row_gradients,
+    native_dense_cost_available,
     native_row_gradients_available,
+    row_norms,
     separate_rows,
 )
 
@@ -78,6 +80,7 @@ class FactorisedCost:
     col_scale: torch.Tensor
     scale: float
     unit_scales: bool = False  # row_scale and col_scale are all ones: skip them
+    finite: bool = False  # known: every row with mass has finite factors (check_finite passes)
 
     def tile(self, rows: slice = slice(None), cols: slice = slice(None),
              out: torch.Tensor | None = None) -> torch.Tensor:
@@ -149,7 +152,10 @@ class FactorisedCost:
 
     def check_finite(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Raise unless the embeddings are finite at every token with mass (a_i > 0, b_j > 0);
-        one host sync for both sides (a second one only to word an error)."""
+        one host sync for both sides (a second one only to word an error), none when the
+        factorisation already knows (``finite``)."""
+        if self.finite:
+            return
         finite_x, finite_y = self.finite_rows()
         bad_x, bad_y = ~finite_x & (a > 0), ~finite_y & (b > 0)
         found = torch.stack([bad_x.any(), bad_y.any()]).tolist()
@@ -198,19 +204,29 @@ def _row_dots(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def _row_norms(z: torch.Tensor, valid: torch.Tensor | None, sync_ok: bool):
-    """(z, |z_i|) with |z_i| in the compute dtype: rows outside ``valid`` are zeroed when one of
-    them is not finite.
+    """(z, |z_i|, safe): |z_i| in the compute dtype, rows outside ``valid`` zeroed when one of
+    them is not finite; ``safe``: every row in ``valid`` is known to have a finite norm and
+    squared norm (False: not known).
 
     Padding with finite values needs no copy: it carries no mass, so its cost entries are
     replaced downstream and its gradient rows are zero. NaN or inf padding would poison the
     products, so those rows are zeroed: after one host sync to know whether any is, or, when
-    ``sync_ok`` is False, always (a copy of z, no sync).
+    ``sync_ok`` is False, always (a copy of z, no sync). On the CPU, outside autograd, one
+    native pass gives the norms and both answers.
     """
-    norm = torch.linalg.vector_norm(z, dim=-1, dtype=compute_dtype(z.dtype))
-    if valid is not None and (not sync_ok or bool((~torch.isfinite(norm) & ~valid).any())):
+    recorded = z.requires_grad and torch.is_grad_enabled()  # cost_matrix differentiates
+    if sync_ok and not recorded and z.shape[-1] > 0 and native_dense_cost_available(z):
+        norm, padding_not_finite, valid_not_safe = row_norms(z, valid)
+        safe = not valid_not_safe
+    else:
+        norm = torch.linalg.vector_norm(z, dim=-1, dtype=compute_dtype(z.dtype))
+        padding_not_finite = valid is not None and (
+            not sync_ok or bool((~torch.isfinite(norm) & ~valid).any()))
+        safe = False
+    if valid is not None and padding_not_finite:
         z = torch.where(valid[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
         norm = torch.where(valid, norm, torch.zeros((), dtype=norm.dtype, device=norm.device))
-    return z, norm
+    return z, norm, safe
 
 
 def factorise(
@@ -230,17 +246,17 @@ def factorise(
     """
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
-    x, norm_x = _row_norms(x, row_valid, sync_ok)
-    y, norm_y = _row_norms(y, col_valid, sync_ok)
+    x, norm_x, safe_x = _row_norms(x, row_valid, sync_ok)
+    y, norm_y, safe_y = _row_norms(y, col_valid, sync_ok)
     if cost == "cosine":
         return FactorisedCost(
             "cosine", x, y, torch.full_like(norm_x, 0.5), torch.full_like(norm_y, 0.5),
             norm_x.clamp_min(NORM_FLOOR).reciprocal(), norm_y.clamp_min(NORM_FLOOR).reciprocal(),
-            scale=1.0,
+            scale=1.0, finite=safe_x and safe_y,
         )
     return FactorisedCost(
         "sqeuclidean", x, y, norm_x * norm_x, norm_y * norm_y, torch.ones_like(norm_x),
-        torch.ones_like(norm_y), scale=2.0,
+        torch.ones_like(norm_y), scale=2.0, finite=safe_x and safe_y,
     )
 
 

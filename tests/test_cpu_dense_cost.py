@@ -1,5 +1,5 @@
-"""The native CPU dense cost equals the batched product and masking it replaces; the plan's
-products and the chain rule's row update equal the PyTorch ops."""
+"""The native CPU dense cost equals the batched product and masking it replaces; the row norms,
+the plan's products and the chain rule's row update equal the PyTorch ops."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from optical_ops.kernels.cpu_dense_cost import (
     dense_cost,
     native_dense_cost_available,
     plan_products,
+    row_norms,
 )
 from optical_ops.softmin_dense import sanitised_cost_range
 
@@ -159,6 +160,53 @@ def test_loss_and_gradients_equal_the_pytorch_cost(gen, monkeypatch, eps):
     assert calls  # the native pass ran
     monkeypatch.setattr(softmin_dense, "native_dense_cost_available", lambda x: False)
     torch.testing.assert_close(native, solve(), rtol=2e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch,n,d", [(1, 1, 1), (3, 7, 37), (4, 300, 384)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_row_norms_equal_vector_norm(gen, dtype, batch, n, d, threads):
+    """Norms of batch-strided rows (d past and below the vector chains, two threads on the
+    largest) and the two answers: a non-finite row outside ``valid``, a row inside it whose
+    squared norm is not finite (inf, NaN, or finite entries whose squares overflow)."""
+    z = torch.randn(batch, n + 2, d, generator=gen, dtype=torch.float64).to(dtype)[:, 1:-1]
+    valid = torch.rand(batch, n, generator=gen) < 0.7
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        norm, padding, inside = row_norms(z, valid)
+        tol = 16 * torch.finfo(dtype).eps
+        torch.testing.assert_close(norm, torch.linalg.vector_norm(z, dim=-1), rtol=tol, atol=0)
+        assert (padding, inside) == (False, False)
+        assert row_norms(z, None)[1:] == (False, False)
+        huge = 2 * torch.finfo(dtype).max ** 0.5  # finite entries whose squares overflow
+        for value in (torch.nan, torch.inf, huge):
+            for where, expected in ((~valid, (True, False)), (valid, (False, True))):
+                if not where.any():
+                    continue
+                marked = z.clone()
+                marked[tuple(where.nonzero()[0].tolist())] = value
+                assert row_norms(marked, valid)[1:] == expected
+                assert row_norms(marked, None)[2]
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_factorisation_knows_its_rows_are_finite(gen):
+    """The native norms let check_finite skip its own pass; a non-finite row with mass still
+    raises its error."""
+    x, y = torch.randn(2, 5, 8, generator=gen), torch.randn(2, 4, 8, generator=gen)
+    a, b = torch.ones(2, 5), torch.ones(2, 4)
+    a[1, 3:] = 0
+    x[1, 4] = torch.nan  # padding
+    fc = factorise(x, y, "cosine", a > 0, b > 0)
+    assert fc.finite and torch.isfinite(fc.x).all()
+    fc.check_finite(a, b)
+    y[0, 2, 0] = torch.inf
+    fc = factorise(x, y, "cosine", a > 0, b > 0)
+    assert not fc.finite
+    with pytest.raises(ValueError, match="teacher contains NaN or inf"):
+        fc.check_finite(a, b)
 
 
 def _products_reference(matrix, r, c, x, xs, y, ys):

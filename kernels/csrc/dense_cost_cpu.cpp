@@ -1,5 +1,5 @@
-// The dense factorised cost on the CPU, for the pairs that carry mass, with its range; and its
-// chain rule, row by row (cost_row_gradients, at the end).
+// The dense factorised cost on the CPU, for the pairs that carry mass, with its range; the row
+// norms it is factorised with; and its chain rule: the plan's products and the row update.
 //
 // Problem p has embeddings x (n, d) and y (m, d) (rows contiguous, problems batch-strided),
 // factors r, sigma (n) and c, tau (m), and weights a (n), b (m) (optical_ops/costs.py):
@@ -20,6 +20,7 @@
 #include <Python.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -324,6 +325,48 @@ void products_batch(PlanOperands<T> o, int64_t batch, int64_t n, int64_t m, int6
   }
 }
 
+// Rows [begin, end) of a batch of n-row problems z (rows contiguous, problems z_stride apart):
+// out_i = |z_i| = sqrt(<z_i, z_i>); flags[0] set when a row outside `valid` (null: none is) has a
+// non-finite norm, flags[1] when a row inside it has a norm whose square is not finite (the
+// squared Euclidean cost's offset; then the caller looks closer).
+template <typename T>
+PER_ISA void norm_rows(const T* z, int64_t z_stride, const bool* valid, int64_t n, int64_t d,
+                       int64_t begin, int64_t end, T* out, bool* flags) {
+  bool bad_padding = false, bad_valid = false;
+  for (int64_t row = begin; row < end; ++row) {
+    const T* zr = z + (row / n) * z_stride + (row % n) * d;
+    const T norm = std::sqrt(dot(zr, zr, d));
+    out[row] = norm;
+    const bool in = valid == nullptr || valid[row];
+    bad_padding = bad_padding || (!in && !std::isfinite(norm));
+    bad_valid = bad_valid || (in && !std::isfinite(norm * norm));
+  }
+  flags[0] = bad_padding;
+  flags[1] = bad_valid;
+}
+
+template <typename T>
+void norms(unsigned long long z, long long z_stride, unsigned long long valid,
+           unsigned long long out, long long batch, long long n, long long d, int threads,
+           bool* flags) {
+  const int64_t rows = batch * n;
+  const int parts = rows * d >= kRowPassParallelMinEntries ? std::max(1, threads) : 1;
+  std::vector<char> part_flags(2 * parts, 0);
+#pragma omp parallel for num_threads(parts)
+  for (int part = 0; part < parts; ++part) {
+    bool mine[2];
+    norm_rows(as_ptr<const T>(z), z_stride, as_ptr<const bool>(valid), n, d,
+              rows * part / parts, rows * (part + 1) / parts, as_ptr<T>(out), mine);
+    part_flags[2 * part] = mine[0];
+    part_flags[2 * part + 1] = mine[1];
+  }
+  flags[0] = flags[1] = false;
+  for (int part = 0; part < parts; ++part) {
+    flags[0] = flags[0] || part_flags[2 * part];
+    flags[1] = flags[1] || part_flags[2 * part + 1];
+  }
+}
+
 template <typename T>
 void run(unsigned long long x, unsigned long long y, long long x_stride, long long y_stride,
          const unsigned long long* factors, double scale, int clamp, long long batch, long long n,
@@ -431,11 +474,38 @@ PyObject* plan_products(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+// row_norms(z, z_stride, valid, out, batch, n, d, is_double, threads) -> (padding_not_finite,
+// valid_not_safe): addresses of CPU buffers; z (batch, n, d) of one float dtype with contiguous
+// rows and batch stride z_stride (entries); valid (batch, n) bool or 0 (every row); writes out
+// (batch, n) in z's dtype.
+PyObject* row_norms(PyObject*, PyObject* args) {
+  unsigned long long z, valid, out;
+  long long z_stride, batch, n, d;
+  int is_double, threads;
+  if (!PyArg_ParseTuple(args, "KLKKLLLpi", &z, &z_stride, &valid, &out, &batch, &n, &d,
+                        &is_double, &threads))
+    return nullptr;
+  if (batch < 0 || n < 0 || d < 1 || threads < 1) {
+    PyErr_SetString(PyExc_ValueError, "row_norms: bad sizes or threads");
+    return nullptr;
+  }
+  bool flags[2];
+  Py_BEGIN_ALLOW_THREADS
+  if (is_double)
+    norms<double>(z, z_stride, valid, out, batch, n, d, threads, flags);
+  else
+    norms<float>(z, z_stride, valid, out, batch, n, d, threads, flags);
+  Py_END_ALLOW_THREADS
+  return Py_BuildValue("(OO)", flags[0] ? Py_True : Py_False, flags[1] ? Py_True : Py_False);
+}
+
 PyMethodDef methods[] = {
     {"dense_cost", dense_cost, METH_VARARGS,
      "Write the dense factorised cost and its masked range (see kernels/cpu_dense_cost.py)."},
     {"cost_row_gradients", cost_row_gradients, METH_VARARGS,
      "The cost's chain rule row by row, in place (see kernels/cpu_dense_cost.py)."},
+    {"row_norms", row_norms, METH_VARARGS,
+     "Row norms and where they are not finite (see kernels/cpu_dense_cost.py)."},
     {"plan_products", plan_products, METH_VARARGS,
      "The plan's products for the gradient (see kernels/cpu_dense_cost.py)."},
     {nullptr, nullptr, 0, nullptr}};

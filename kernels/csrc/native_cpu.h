@@ -20,40 +20,52 @@ T* as_ptr(unsigned long long address) {
   return reinterpret_cast<T*>(static_cast<uintptr_t>(address));
 }
 
+// Columns [j0, j0 + W) of weighted_row_sum: four independent partial sums over rows i = 4k..4k+3
+// in W lanes, then acc.
+template <bool kAccumulate, int64_t W, typename T>
+INLINE void weighted_row_block(T* __restrict acc, const T* __restrict coef,
+                               const T* __restrict M, int64_t rows, int64_t len, int64_t j0) {
+  T p0[W] = {}, p1[W] = {}, p2[W] = {}, p3[W] = {};
+  int64_t i = 0;
+  for (; i + 4 <= rows; i += 4) {
+    const T* r = M + i * len + j0;
+    const T c0 = coef[i], c1 = coef[i + 1], c2 = coef[i + 2], c3 = coef[i + 3];
+#pragma omp simd
+    for (int64_t l = 0; l < W; ++l) {
+      p0[l] += c0 * r[l];
+      p1[l] += c1 * r[len + l];
+      p2[l] += c2 * r[2 * len + l];
+      p3[l] += c3 * r[3 * len + l];
+    }
+  }
+  for (; i < rows; ++i) {
+    const T* r = M + i * len + j0;
+#pragma omp simd
+    for (int64_t l = 0; l < W; ++l) p0[l] += coef[i] * r[l];
+  }
+#pragma omp simd
+  for (int64_t l = 0; l < W; ++l) {
+    const T total = (p0[l] + p1[l]) + (p2[l] + p3[l]);
+    acc[j0 + l] = kAccumulate ? acc[j0 + l] + total : total;
+  }
+}
+
 // acc[0:len] = sum_{i < rows} coef_i M[i, 0:len] (M row-major, row stride len), or with
 // kAccumulate acc[0:len] += that sum; rows with coef 0 add 0. Register blocked: per block of
-// kLanes columns, four independent partial sums over rows i = 4k..4k+3, so the accumulator is
-// loaded and stored once per block instead of once per row (a chain of store-to-load latencies
-// that otherwise bounds short rows). The one mat-vec of the scaling and stabilised loops.
+// kLanes columns (then one of half as many), four independent partial sums over rows, so the
+// accumulator is loaded and stored once per block instead of once per row (a chain of
+// store-to-load latencies that otherwise bounds short rows, and still bounds the last
+// len mod kLanes/2 columns). The one mat-vec of the scaling and stabilised loops.
 template <bool kAccumulate, typename T>
 INLINE void weighted_row_sum(T* __restrict acc, const T* __restrict coef,
                              const T* __restrict M, int64_t rows, int64_t len) {
   constexpr int64_t kLanes = 64 / sizeof(T);  // one AVX-512 register
   int64_t j0 = 0;
-  for (; j0 + kLanes <= len; j0 += kLanes) {
-    T p0[kLanes] = {}, p1[kLanes] = {}, p2[kLanes] = {}, p3[kLanes] = {};
-    int64_t i = 0;
-    for (; i + 4 <= rows; i += 4) {
-      const T* r = M + i * len + j0;
-      const T c0 = coef[i], c1 = coef[i + 1], c2 = coef[i + 2], c3 = coef[i + 3];
-#pragma omp simd
-      for (int64_t l = 0; l < kLanes; ++l) {
-        p0[l] += c0 * r[l];
-        p1[l] += c1 * r[len + l];
-        p2[l] += c2 * r[2 * len + l];
-        p3[l] += c3 * r[3 * len + l];
-      }
-    }
-    for (; i < rows; ++i) {
-      const T* r = M + i * len + j0;
-#pragma omp simd
-      for (int64_t l = 0; l < kLanes; ++l) p0[l] += coef[i] * r[l];
-    }
-#pragma omp simd
-    for (int64_t l = 0; l < kLanes; ++l) {
-      const T total = (p0[l] + p1[l]) + (p2[l] + p3[l]);
-      acc[j0 + l] = kAccumulate ? acc[j0 + l] + total : total;
-    }
+  for (; j0 + kLanes <= len; j0 += kLanes)
+    weighted_row_block<kAccumulate, kLanes>(acc, coef, M, rows, len, j0);
+  if (j0 + kLanes / 2 <= len) {
+    weighted_row_block<kAccumulate, kLanes / 2>(acc, coef, M, rows, len, j0);
+    j0 += kLanes / 2;
   }
   if (j0 == len) return;
   if (!kAccumulate) {

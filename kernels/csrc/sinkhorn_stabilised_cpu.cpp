@@ -15,7 +15,9 @@
 // leave [e^-absorb, e^absorb] the current potentials are absorbed. An absorption whose massful
 // exponents exceed hi puts the problem in the log domain for good (valid = 2). Rows and columns
 // with zero weight get coefficient exactly 0 and are never range-checked; after the last
-// iteration their potentials are recomputed by log-sum-exp (exact_massless).
+// iteration their potentials are recomputed by log-sum-exp (exact_massless). So the iterations
+// run on the block up to the last row and column with mass only: a padded batch pays for its
+// real tokens.
 //
 // Both mat-vecs are sums of rows (of K~ for the columns, of a transposed copy for the rows),
 // register blocked and vectorised along the rows, with no horizontal reduction. Column
@@ -362,22 +364,26 @@ INLINE T massless_softmin(const T* w, const T* pot, int64_t len, const Limits& L
   return -T(L.lam) * T(L.eps) * (top + std::log(sum));
 }
 
+// Rows [0, n) and columns [0, m) of the full problem, whose cost is C (n, m): the loop ran on
+// its block up to the last row and column with mass, P, and every row and column past it is
+// massless too.
 template <typename T>
-INLINE void exact_massless(Problem<T>& P, const Limits& L, const T* f_prev, T* f, T* g) {
+INLINE void exact_massless(Problem<T>& P, const Limits& L, const T* f_prev, T* f, T* g,
+                           const T* C, int64_t n, int64_t m) {
   int64_t row = -1, col = -1;  // a massless row and column, if any
-  for (int64_t i = 0; i < P.n && row < 0; ++i)
+  for (int64_t i = 0; i < n && row < 0; ++i)
     if (!(P.a[i] > 0)) row = i;
-  for (int64_t j = 0; j < P.m && col < 0; ++j)
+  for (int64_t j = 0; j < m && col < 0; ++j)
     if (!(P.b[j] > 0)) col = j;
   const T lam = T(L.lam);
   if (col >= 0) {
-    const T value = massless_softmin(P.a, f_prev, P.n, L) + lam * P.C[col];
-    for (int64_t j = 0; j < P.m; ++j)
+    const T value = massless_softmin(P.a, f_prev, P.n, L) + lam * C[col];
+    for (int64_t j = 0; j < m; ++j)
       if (!(P.b[j] > 0)) g[j] = value;
   }
   if (row >= 0) {
-    const T value = massless_softmin(P.b, g, P.m, L) + lam * P.C[row * P.m];
-    for (int64_t i = 0; i < P.n; ++i)
+    const T value = massless_softmin(P.b, g, P.m, L) + lam * C[row * m];
+    for (int64_t i = 0; i < n; ++i)
       if (!(P.a[i] > 0)) f[i] = value;
   }
 }
@@ -420,11 +426,12 @@ INLINE double column_error(Problem<T>& P, const Limits& L, const T* f, const T* 
 }
 
 // All iterations of one problem; with tol >= 0, in blocks of `every` iterations, stopping after
-// the first block whose plan has column error <= tol (ran, converged: what it did).
+// the first block whose plan has column error <= tol (ran, converged: what it did). P is the
+// block with mass of the full problem (cost C (n, m)), f_io and g_out the full potentials.
 template <typename T>
 PER_ISA void solve_problem(Problem<T>& P, const Limits& L, T* f_io, T* g_out, T* f_prev,
                            int iters, double tol, int norm, int every, int64_t* ran,
-                           uint8_t* converged) {
+                           uint8_t* converged, const T* C, int64_t n, int64_t m) {
   const FlushDenormals flush;
   if (tol < 0) {
     run_iterations(P, L, f_io, g_out, f_prev, iters);
@@ -440,7 +447,7 @@ PER_ISA void solve_problem(Problem<T>& P, const Limits& L, T* f_io, T* g_out, T*
     *ran = done;
     *converged = reached;
   }
-  exact_massless(P, L, f_prev, f_io, g_out);
+  exact_massless(P, L, f_prev, f_io, g_out, C, n, m);
 }
 
 // A call runs on several threads only when its total work pays for the fork and join
@@ -454,22 +461,42 @@ void iterate(const T* C, const T* a, const T* b, T* f, T* g, T* K, T* fbar, T* g
              uint8_t* converged) {
   const int64_t work = batch * n * m * iters;
   const int use = (threads > 1 && batch >= 2 && work >= kParallelMinWork) ? threads : 1;
+  constexpr int64_t kBlock = 32 / sizeof(T);  // weighted_row_sum's smallest vector block
   int64_t absorptions = 0, log_updates = 0;
 #pragma omp parallel num_threads(use) reduction(+ : absorptions, log_updates)
   {
     const int64_t big = std::max(n, m);
-    std::vector<T> u(n), v(m), coef(big), sum(big), fw(n), gw(m), top(big), f_prev(n);
+    std::vector<T> u(n), v(m), coef(big), sum(big), fw(n), gw(m), top(big), f_prev(n), block;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t p = 0; p < batch; ++p) {
-      Problem<T> P{C + p * n * m, a + p * n, b + p * m, K + p * n * m, fbar + p * n,
-                   gbar + p * m, valid + p, n, m, K + (batch + p) * n * m, u.data(), v.data(),
-                   coef.data(), sum.data(), fw.data(), gw.data(), top.data()};
+      const T *Cp = C + p * n * m, *ap = a + p * n, *bp = b + p * m;
+      // The block up to the last row and column with mass (all of it for a problem without
+      // any), rounded up to whole vector blocks of the mat-vecs within the problem (a ragged
+      // tail runs a row at a time: slower than the padding it saves, NOTES O25), copied out
+      // when it is not the whole cost; K~ and its transpose are kept in that block's layout
+      // (the same on every call: the weights do not change).
+      int64_t rows = n, cols = m;
+      while (rows > 0 && !(ap[rows - 1] > 0)) --rows;
+      while (cols > 0 && !(bp[cols - 1] > 0)) --cols;
+      if (rows == 0 || cols == 0) rows = n, cols = m;
+      rows = std::min(n, (rows + kBlock - 1) / kBlock * kBlock);
+      cols = std::min(m, (cols + kBlock - 1) / kBlock * kBlock);
+      const T* Cb = Cp;
+      if (rows < n || cols < m) {
+        block.resize(rows * cols);
+        for (int64_t i = 0; i < rows; ++i)
+          std::copy(Cp + i * m, Cp + i * m + cols, block.data() + i * cols);
+        Cb = block.data();
+      }
+      Problem<T> P{Cb, ap, bp, K + p * n * m, fbar + p * n, gbar + p * m, valid + p, rows, cols,
+                   K + (batch + p) * n * m, u.data(), v.data(), coef.data(), sum.data(),
+                   fw.data(), gw.data(), top.data()};
       P.accurate_lo = std::exp(-L.accurate);
       P.accurate_hi = std::exp(L.accurate);
       P.absorb_lo = std::exp(-L.absorb);
       P.absorb_hi = std::exp(L.absorb);
       solve_problem(P, L, f + p * n, g + p * m, f_prev.data(), iters, tol, norm, every,
-                    ran + p, converged + p);
+                    ran + p, converged + p, Cp, n, m);
       absorptions += P.absorptions;
       log_updates += P.log_updates;
     }

@@ -187,3 +187,13 @@ def row_norms(z: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor
         z.data_ptr(), z.stride(0), 0 if valid is None else valid.data_ptr(), out.data_ptr(),
         batch, n, d, z.dtype == torch.float64, torch.get_num_threads())
     return out, padding, inside
+
+
+def extents(weights: torch.Tensor) -> list[int]:
+    """One past the last index with positive weight, per row of ``weights`` (B, n): float32 or
+    float64, CPU."""
+    if not native_dense_cost_available(weights) or weights.dim() != 2:
+        raise ValueError("extents takes (B, n) float32 or float64 CPU weights")
+    weights = weights.contiguous()
+    return _dense_cost_cpu.extents(weights.data_ptr(), weights.shape[0], weights.shape[1],
+                                   weights.dtype == torch.float64)

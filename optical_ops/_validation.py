@@ -147,13 +147,13 @@ def marginal(
     carry no mass. The ``*_name`` arguments are the user-facing names used in errors.
     """
     expected = (batch, size)
-    w = torch.ones(expected, dtype=dtype, device=device)
+    w = None  # None: all ones
     given = []
     if mask is not None:
         mask = _check_shape(mask_name, mask, expected, device)
         if mask.dtype != torch.bool and check_values and bool(((mask != 0) & (mask != 1)).any()):
             raise ValueError(f"{mask_name} must be bool or contain only 0 and 1")
-        w = w * (mask != 0).to(dtype)
+        w = (mask if mask.dtype == torch.bool else mask != 0).to(dtype)
         given.append(mask_name)
     if weights is not None:
         weights = _check_shape(weights_name, weights, expected, device)
@@ -172,18 +172,18 @@ def marginal(
             # finite; the normalisation below removes the scale.
             top = weights.detach().abs().amax(dim=1, keepdim=True)
             weights = weights / torch.where(top > 0, top, torch.ones_like(top))
-        w = w * weights.to(dtype)
+        weights = weights.to(dtype)
+        w = weights if w is None else w * weights
         given.append(weights_name)
     if not given:
-        return w / size
+        return torch.full(expected, 1.0 / size, dtype=dtype, device=device)
     total = w.sum(dim=1, keepdim=True)
-    if check_values:
-        empty = (total[:, 0] <= 0).nonzero().flatten().tolist()
-        if empty:
-            raise ValueError(
-                f"{' and '.join(given)} leave no mass in problem(s) at batch index {empty}: "
-                "every problem needs at least one token with positive weight"
-            )
+    if check_values and not bool(total.min() > 0):  # one host sync; the indices only to word it
+        empty = (~(total[:, 0] > 0)).nonzero().flatten().tolist()
+        raise ValueError(
+            f"{' and '.join(given)} leave no mass in problem(s) at batch index {empty}: "
+            "every problem needs at least one token with positive weight"
+        )
     return w / total
 
 

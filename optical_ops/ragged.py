@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .kernels.cpu_dense_cost import extents as native_extents
+from .kernels.cpu_dense_cost import native_dense_cost_available
+
 # At most this many groups, only when they save at least this fraction of the padded work; each
 # group costs about as much fixed work (launches, gathers) as this many cost entries.
 MAX_BUCKETS = 8
@@ -46,10 +49,18 @@ class Bucket:
         return self.index is None and (self.n, self.m) == (n, m)
 
 
-def extents(weights: torch.Tensor) -> torch.Tensor:
-    """(B,) one past the last index with positive weight, per problem."""
-    positions = torch.arange(1, weights.shape[1] + 1, device=weights.device)
-    return ((weights > 0) * positions).amax(dim=1)
+def host_extents(a: torch.Tensor, b: torch.Tensor) -> tuple[list[int], list[int]]:
+    """One past the last index with positive weight, per problem, of a (B, n) and b (B, m),
+    on the host: a native scan of the CPU weights, else three ops per side and one sync."""
+    if native_dense_cost_available(a) and native_dense_cost_available(b):
+        return native_extents(a), native_extents(b)
+
+    def extents(weights):
+        positions = torch.arange(1, weights.shape[1] + 1, device=weights.device)
+        return ((weights > 0) * positions).amax(dim=1)
+
+    rows, cols = torch.stack([extents(a), extents(b)]).tolist()
+    return rows, cols
 
 
 def length_buckets(a: torch.Tensor, b: torch.Tensor) -> list[Bucket]:
@@ -65,7 +76,7 @@ def length_buckets(a: torch.Tensor, b: torch.Tensor) -> list[Bucket]:
     once.
     """
     batch = a.shape[0]
-    rows, cols = torch.stack([extents(a), extents(b)]).tolist()
+    rows, cols = host_extents(a, b)
     whole = Bucket(None, max(rows), max(cols))
     budget = (1.0 - MIN_SAVING) * batch * whole.n * whole.m
     # No split pads less than the real entries: skip the search when even they are too many.

@@ -1,10 +1,12 @@
-"""The length-bucket search against an exhaustive statement of its rule."""
+"""The length-bucket search against an exhaustive statement of its rule, and the extents it
+reads."""
 
 import itertools
 
 import pytest
 import torch
 
+import optical_ops.ragged as ragged
 from optical_ops.ragged import BUCKET_OVERHEAD, MAX_BUCKETS, MIN_SAVING, length_buckets
 
 
@@ -46,3 +48,16 @@ def test_search_matches_its_definition(seed):
     found = [(list(range(batch)) if k.index is None else k.index.tolist(), k.n, k.m)
              for k in length_buckets(weights(rows, n), weights(cols, m))]
     assert found == buckets_by_definition(rows, cols)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_host_extents_native_equal_the_torch_ops(monkeypatch, dtype):
+    """One past the last positive weight per problem, holes and a problem without mass
+    included, natively and as PyTorch ops."""
+    a = torch.tensor([[1, 0, 1, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 2]],
+                     dtype=dtype)
+    b = torch.tensor([[0, 3], [1, 0], [1, 1], [0, 0]], dtype=dtype)
+    expected = ([3, 0, 5, 5], [2, 1, 2, 0])
+    assert ragged.host_extents(a, b) == expected
+    monkeypatch.setattr(ragged, "native_dense_cost_available", lambda t: False)
+    assert ragged.host_extents(a, b) == expected

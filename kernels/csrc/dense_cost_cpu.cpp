@@ -499,11 +499,40 @@ PyObject* row_norms(PyObject*, PyObject* args) {
   return Py_BuildValue("(OO)", flags[0] ? Py_True : Py_False, flags[1] ? Py_True : Py_False);
 }
 
+// extents(w, batch, n, is_double) -> list: one past the last index with w > 0 in each row of w
+// (batch, n), a contiguous CPU buffer of one float dtype (what every pass above trims to).
+template <typename T>
+PyObject* row_extents(const T* w, long long batch, long long n) {
+  PyObject* out = PyList_New(batch);
+  if (out == nullptr) return nullptr;
+  for (long long p = 0; p < batch; ++p) {
+    long long last = n;
+    while (last > 0 && !(w[p * n + last - 1] > 0)) --last;
+    PyList_SET_ITEM(out, p, PyLong_FromLongLong(last));
+  }
+  return out;
+}
+
+PyObject* extents(PyObject*, PyObject* args) {
+  unsigned long long w;
+  long long batch, n;
+  int is_double;
+  if (!PyArg_ParseTuple(args, "KLLp", &w, &batch, &n, &is_double)) return nullptr;
+  if (batch < 0 || n < 0) {
+    PyErr_SetString(PyExc_ValueError, "extents: bad sizes");
+    return nullptr;
+  }
+  return is_double ? row_extents(as_ptr<const double>(w), batch, n)
+                   : row_extents(as_ptr<const float>(w), batch, n);
+}
+
 PyMethodDef methods[] = {
     {"dense_cost", dense_cost, METH_VARARGS,
      "Write the dense factorised cost and its masked range (see kernels/cpu_dense_cost.py)."},
     {"cost_row_gradients", cost_row_gradients, METH_VARARGS,
      "The cost's chain rule row by row, in place (see kernels/cpu_dense_cost.py)."},
+    {"extents", extents, METH_VARARGS,
+     "One past the last positive weight of each row (see kernels/cpu_dense_cost.py)."},
     {"row_norms", row_norms, METH_VARARGS,
      "Row norms and where they are not finite (see kernels/cpu_dense_cost.py)."},
     {"plan_products", plan_products, METH_VARARGS,

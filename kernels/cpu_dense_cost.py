@@ -88,12 +88,15 @@ def separate_rows(g: torch.Tensor) -> bool:
 
 
 def cost_row_gradients(z: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor,
-                       beta: torch.Tensor | None, gamma: torch.Tensor | None) -> torch.Tensor:
+                       beta: torch.Tensor | None, gamma: torch.Tensor | None,
+                       mass: torch.Tensor | None = None) -> torch.Tensor:
     """g_i <- alpha_i (g_i + beta_i <z_i, g_i> z_i) + gamma_i z_i for every row, in place;
-    ``beta`` or ``gamma`` None: 0 (no dot product without beta).
+    ``beta`` or ``gamma`` None: 0 (no dot product without beta). With ``mass`` (the plan's
+    marginal on this side), rows where it is 0 are left as they are: their plan row is 0, so
+    g_i is, and so is the update (z finite there).
 
     z, g: (B, n, d) with contiguous rows (g the solver's own product buffer); alpha, beta,
-    gamma: (B, n); one float dtype, CPU. Returns g.
+    gamma, mass: (B, n); one float dtype, CPU. Returns g.
     """
     if not native_row_gradients_available(z, g):
         raise RuntimeError("the native CPU row gradients are not available for these tensors")
@@ -104,12 +107,12 @@ def cost_row_gradients(z: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor,
     z = _rows_contiguous(z)
     if alpha is None:
         raise ValueError("alpha is required")
-    given = [(name, t, (batch, n)) for name, t in (("alpha", alpha), ("beta", beta),
-                                                    ("gamma", gamma)) if t is not None]
+    names = ("alpha", "beta", "gamma", "mass")
+    given = [(name, t, (batch, n)) for name, t in zip(names, (alpha, beta, gamma, mass))
+             if t is not None]
     check_buffers(g, given)
     coefficients = {name: t.contiguous() for name, t, _ in given}  # alive through the call
-    addresses = [coefficients[name].data_ptr() if name in coefficients else 0
-                 for name in ("alpha", "beta", "gamma")]
+    addresses = [coefficients[name].data_ptr() if name in coefficients else 0 for name in names]
     _dense_cost_cpu.cost_row_gradients(
         z.data_ptr(), z.stride(0), g.data_ptr(), g.stride(0), *addresses, batch, n, d,
         g.dtype == torch.float64, torch.get_num_threads(),

@@ -125,17 +125,18 @@ class FactorisedCost:
         w = grad_loss.to((g_y if g_y is not None else g_x).dtype)[:, None]
         if self.kind == "cosine":
             # dL/dz = -s w sigma (g - sigma^2 <z, g> z)  for z = x (g = g_y) or z = y (g = g_x)
-            def grad(z, sigma, g):
+            def grad(z, sigma, g, mass):
                 # A zero vector (|z| at the floor) has a constant cost row, cos = 0 whatever
                 # y: its gradient is taken as 0, not the 1/NORM_FLOOR of the formula (inf in fp16).
                 coef = torch.where(sigma < 1.0 / NORM_FLOOR, -self.scale * w * sigma, 0.0)
-                return _update_rows(z, g, coef, -sigma * sigma, None)
-            dx = grad(self.x, self.row_scale, g_y) if need_x else None
-            dy = grad(self.y, self.col_scale, g_x) if need_y else None
+                return _update_rows(z, g, coef, -sigma * sigma, None, mass)
+            dx = grad(self.x, self.row_scale, g_y, rows) if need_x else None
+            dy = grad(self.y, self.col_scale, g_x, cols) if need_y else None
         else:
             # dL/dz = w (2 z (P 1) - s P y)
             def grad(z, mass, g):
-                return _update_rows(z, g, (-self.scale * w).expand_as(mass), None, 2.0 * w * mass)
+                return _update_rows(z, g, (-self.scale * w).expand_as(mass), None, 2.0 * w * mass,
+                                    mass)
             dx = grad(self.x, rows, g_y) if need_x else None
             dy = grad(self.y, cols, g_x) if need_y else None
         return dx, dy
@@ -172,14 +173,17 @@ class FactorisedCost:
 
 
 def _update_rows(z: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor,
-                 beta: torch.Tensor | None, gamma: torch.Tensor | None) -> torch.Tensor:
+                 beta: torch.Tensor | None, gamma: torch.Tensor | None,
+                 mass: torch.Tensor | None = None) -> torch.Tensor:
     """g_i <- alpha_i (g_i + beta_i <z_i, g_i> z_i) + gamma_i z_i in place, for rows z_i, g_i
     of z, g (B, n, d) and coefficients (B, n) (``beta``/``gamma`` None: 0). alpha multiplies
     beta's term last: for the cosine cost alpha beta would reach s w sigma^3 and overflow near
     the norm floor. On the CPU one native pass, each row in L1 between its dot and its update
-    (benchmarks/NOTES.md, O19)."""
+    (benchmarks/NOTES.md, O19), that skips the rows whose plan marginal ``mass`` (B, n) is 0
+    (their g and update are 0: O27)."""
     if g.dim() == 3 and separate_rows(g) and native_row_gradients_available(z, g):
-        return cost_row_gradients(z, g, alpha, beta, gamma)
+        mass = mass if mass is not None and mass.dtype == g.dtype else None
+        return cost_row_gradients(z, g, alpha, beta, gamma, mass)
     along = 0 if beta is None else alpha * (beta * _row_dots(z, g))
     along = along if gamma is None else along + gamma
     return g.mul_(alpha[..., None]).addcmul_(z, along[..., None])

@@ -152,7 +152,9 @@ void cost_batch(const T* x, const T* y, int64_t x_stride, int64_t y_stride, Fact
 }
 
 // Rows [begin, end) of a batch of n-row problems: g_i <- alpha_i (g_i + beta_i <z_i, g_i> z_i)
-// + gamma_i z_i, beta or gamma null for 0. The order keeps the intermediates finite: for the
+// + gamma_i z_i, beta or gamma null for 0; with mass, rows whose plan marginal mass_i is 0 are
+// left as they are (their plan row is 0, so g_i is, and so is the update of a finite z_i: the
+// padding of a ragged batch is never read). The order keeps the intermediates finite: for the
 // cosine cost (alpha = -s w sigma, beta = -sigma^2) alpha (beta <z, g>) stays near s w sigma^2
 // |g|, where the product alpha beta, formed first, would reach s w sigma^3 and overflow for
 // rows near the norm floor.
@@ -160,9 +162,10 @@ void cost_batch(const T* x, const T* y, int64_t x_stride, int64_t y_stride, Fact
 // between its dot and its update.
 template <typename T>
 PER_ISA void update_rows(const T* z, int64_t z_stride, T* g, int64_t g_stride, const T* alpha,
-                         const T* beta, const T* gamma, int64_t n, int64_t d, int64_t begin,
-                         int64_t end) {
+                         const T* beta, const T* gamma, const T* mass, int64_t n, int64_t d,
+                         int64_t begin, int64_t end) {
   for (int64_t row = begin; row < end; ++row) {
+    if (mass && mass[row] == T(0)) continue;
     const T* zr = z + (row / n) * z_stride + (row % n) * d;
     T* __restrict gr = g + (row / n) * g_stride + (row % n) * d;
     const T keep = alpha[row];
@@ -180,11 +183,11 @@ void row_gradients(unsigned long long z, long long z_stride, unsigned long long 
   const int64_t rows = batch * n;
   const int parts = rows * d >= kRowPassParallelMinEntries ? std::max(1, threads) : 1;
   const T *alpha = as_ptr<const T>(coefficients[0]), *beta = as_ptr<const T>(coefficients[1]),
-          *gamma = as_ptr<const T>(coefficients[2]);
+          *gamma = as_ptr<const T>(coefficients[2]), *mass = as_ptr<const T>(coefficients[3]);
 #pragma omp parallel for num_threads(parts)
   for (int part = 0; part < parts; ++part)
-    update_rows(as_ptr<const T>(z), z_stride, as_ptr<T>(g), g_stride, alpha, beta, gamma, n,
-                d, rows * part / parts, rows * (part + 1) / parts);
+    update_rows(as_ptr<const T>(z), z_stride, as_ptr<T>(g), g_stride, alpha, beta, gamma, mass,
+                n, d, rows * part / parts, rows * (part + 1) / parts);
 }
 
 // The plan's products for the gradient (optical_ops/costs.py: input_grads). Problem p has a plan
@@ -409,17 +412,17 @@ PyObject* dense_cost(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
-// cost_row_gradients(z, z_stride, g, g_stride, alpha, beta, gamma, batch, n, d, is_double,
-// threads): addresses of CPU buffers of one float dtype; z and g (batch, n, d) with contiguous
-// rows and batch strides z_stride, g_stride (g updated in place); alpha, beta, gamma (batch, n)
-// contiguous, beta and gamma 0 when absent.
+// cost_row_gradients(z, z_stride, g, g_stride, alpha, beta, gamma, mass, batch, n, d,
+// is_double, threads): addresses of CPU buffers of one float dtype; z and g (batch, n, d) with
+// contiguous rows and batch strides z_stride, g_stride (g updated in place); alpha, beta, gamma,
+// mass (batch, n) contiguous, beta, gamma and mass 0 when absent.
 PyObject* cost_row_gradients(PyObject*, PyObject* args) {
-  unsigned long long z, g, coefficients[3];
+  unsigned long long z, g, coefficients[4];
   long long z_stride, g_stride, batch, n, d;
   int is_double, threads;
-  if (!PyArg_ParseTuple(args, "KLKLKKKLLLpi", &z, &z_stride, &g, &g_stride, &coefficients[0],
-                        &coefficients[1], &coefficients[2], &batch, &n, &d, &is_double,
-                        &threads))
+  if (!PyArg_ParseTuple(args, "KLKLKKKKLLLpi", &z, &z_stride, &g, &g_stride, &coefficients[0],
+                        &coefficients[1], &coefficients[2], &coefficients[3], &batch, &n, &d,
+                        &is_double, &threads))
     return nullptr;
   if (batch < 0 || n < 0 || d < 1 || threads < 1) {
     PyErr_SetString(PyExc_ValueError, "cost_row_gradients: bad sizes or threads");

@@ -13,7 +13,8 @@
 // Small problems (K and a copy of K^T fit in L2 together) are cache-resident, so traffic does not
 // matter but the horizontal sum that ends each short row dot does: they copy K^T once and run
 // both updates as register-blocked sums of rows (s = sum_j v_j K^T_j, t = sum_i u_i K_i),
-// vectorised along rows with no horizontal reduction.
+// vectorised along rows with no horizontal reduction, on the block of the problem that holds
+// its mass (a padded batch pays for its real tokens).
 //
 // Parallelism: many problems -> one problem per thread at a time, no synchronisation; few large
 // problems -> the rows of each problem are split among threads, each keeps a partial t', and
@@ -71,19 +72,39 @@ INLINE void row_pass(const T* K, int64_t m, const T* a, const T* v, T* s, T* nex
 // Largest K (bytes) solved by solve_small: K and K^T then take at most half of a 1 MiB L2.
 constexpr int64_t kSmallBytes = 256 * 1024;
 
-// All iterations of one small problem on one thread; work buffers kt (m * n), u (n), v (m).
+// All iterations of one small problem on one thread, on its block up to the last row and
+// column with mass rounded up to whole 8-lane blocks of the mat-vec (rows past it have
+// u_i = a_i / s_i = 0, columns past it v_j = 0: they add nothing to the states inside), then
+// the states past the block as the whole loop has them: s_i = <K_i, v> from the final v and
+// t_j = sum_i u_i K_ij from the last u. Work buffers kb and kt (n * m each), u (n), v (m).
 template <typename T>
 PER_ISA void solve_small(const T* K, const T* a, const T* b, T* s, T* t, int64_t n, int64_t m,
-                         int iters, T* kt, T* u, T* v) {
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < m; ++j) kt[j * n + i] = K[i * m + j];
+                         int iters, T* kb, T* kt, T* u, T* v) {
+  constexpr int64_t kBlock = 32 / sizeof(T);  // weighted_row_sum's smallest vector block
+  int64_t rows = n, cols = m;
+  while (rows > 0 && !(a[rows - 1] > 0)) --rows;
+  while (cols > 0 && !(b[cols - 1] > 0)) --cols;
+  if (rows == 0 || cols == 0) rows = n, cols = m;
+  rows = std::min(n, (rows + kBlock - 1) / kBlock * kBlock);
+  cols = std::min(m, (cols + kBlock - 1) / kBlock * kBlock);
+  const T* block = K;
+  if (cols < m) {
+    for (int64_t i = 0; i < rows; ++i) std::copy(K + i * m, K + i * m + cols, kb + i * cols);
+    block = kb;
+  }
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) kt[j * rows + i] = block[i * cols + j];
   for (int it = 0; it < iters; ++it) {
-    for (int64_t i = 0; i < n; ++i) u[i] = a[i] / s[i];
-    std::fill(t, t + m, T(0));
-    weighted_row_sum<true>(t, u, K, n, m);
-    for (int64_t j = 0; j < m; ++j) v[j] = b[j] / t[j];
-    std::fill(s, s + n, T(0));
-    weighted_row_sum<true>(s, v, kt, m, n);
+    for (int64_t i = 0; i < rows; ++i) u[i] = a[i] / s[i];
+    weighted_row_sum<false>(t, u, block, rows, cols);
+    for (int64_t j = 0; j < cols; ++j) v[j] = b[j] / t[j];
+    weighted_row_sum<false>(s, v, kt, cols, rows);
+  }
+  for (int64_t i = rows; i < n; ++i) s[i] = dot(K + i * m, v, cols);
+  for (int64_t j = cols; j < m; ++j) {
+    T sum = 0;
+    for (int64_t i = 0; i < rows; ++i) sum += u[i] * K[i * m + j];
+    t[j] = sum;
   }
 }
 
@@ -148,13 +169,13 @@ void solve_batch(const T* K, const T* a, const T* b, T* s, T* t, int64_t batch, 
   const bool small = n * m * static_cast<int64_t>(sizeof(T)) <= kSmallBytes;
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<T> v(m), t2(m), u(small ? n : 0), kt(small ? n * m : 0);
+    std::vector<T> v(m), t2(m), u(small ? n : 0), kb(small ? n * m : 0), kt(small ? n * m : 0);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t p = 0; p < batch; ++p) {
       const T* kp = K + p * n * m;
       if (small)
-        solve_small(kp, a + p * n, b + p * m, s + p * n, t + p * m, n, m, iters, kt.data(),
-                    u.data(), v.data());
+        solve_small(kp, a + p * n, b + p * m, s + p * n, t + p * m, n, m, iters, kb.data(),
+                    kt.data(), u.data(), v.data());
       else
         solve_one(kp, a + p * n, b + p * m, s + p * n, t + p * m, n, m, iters, v.data(),
                   t2.data());

@@ -13,6 +13,9 @@ from types import ModuleType
 import torch
 
 NATIVE_DTYPES = (torch.float32, torch.float64)
+# The arguments the native exp takes (exp_in_range, csrc/native_cpu.h): below the floor a plan
+# entry or kernel entry is 0 or the floor's value, above the ceiling capped.
+EXP_RANGE = {torch.float32: (-87.0, 50.0), torch.float64: (-700.0, 350.0)}
 
 
 def load(name: str) -> ModuleType | None:

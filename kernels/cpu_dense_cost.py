@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ._native import check_buffers, load, runs_on
+from ._native import EXP_RANGE, check_buffers, load, runs_on
 
 _dense_cost_cpu = load("_dense_cost_cpu")  # None when not built: callers use PyTorch ops
 
@@ -130,20 +130,25 @@ def plan_products(
     y_scale: torch.Tensor | None,
     a: torch.Tensor,
     b: torch.Tensor,
+    log_scale: float | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """(P y', P^T x', P 1, P^T 1) for the plan P_ij = r_i M_ij c_j, y'_j = ys_j y_j and
-    x'_i = xs_i x_i, reading only the block up to each problem's last row and column with
-    a_i > 0, b_j > 0 (the plan must be 0 past it, as every primitive's is); a product whose
-    embeddings are None is not formed.
+    """(P y', P^T x', P 1, P^T 1) for the plan P_ij = r_i M_ij c_j, or with ``log_scale`` k
+    P_ij = exp(r_i + c_j + k M_ij) (exponents below :data:`EXP_RANGE`'s floor give 0, above
+    its ceiling are capped), y'_j = ys_j y_j and x'_i = xs_i x_i, reading only the block up
+    to each problem's last row and column with a_i > 0, b_j > 0 (the plan must be 0 past it,
+    as every primitive's is); a product whose embeddings are None is not formed.
 
     matrix: (B, n, m); row_factor, x_scale, a: (B, n); col_factor, y_scale, b: (B, m) (a factor
-    or scale None: 1); x (B, n, d), y (B, m, d); one float dtype, CPU.
+    or scale None: 1; both factors given with ``log_scale``); x (B, n, d), y (B, m, d); one
+    float dtype, CPU.
     """
     if not native_dense_cost_available(matrix):
         raise RuntimeError("the native CPU plan products are not available for this tensor")
     if matrix.dim() != 3 or (x is None and y is None):
         raise ValueError(f"matrix must be (B, n, m) and x or y given, got matrix of shape "
                          f"{tuple(matrix.shape)}")
+    if log_scale is not None and (row_factor is None or col_factor is None):
+        raise ValueError("the log form (log_scale) takes both row_factor and col_factor")
     batch, n, m = matrix.shape
     d = (x if y is None else y).shape[-1]
     given = [(name, t, shape) for name, t, shape in (
@@ -167,6 +172,7 @@ def plan_products(
             "row_factor", "col_factor", "x", "x_scale", "y", "y_scale", "a", "b")),
         0 if x is None else operands["x"].stride(0), 0 if y is None else operands["y"].stride(0),
         address(p_y), address(p_x), rows.data_ptr(), cols.data_ptr(), batch, n, m, d,
+        log_scale is not None, float(log_scale or 0.0), *EXP_RANGE[matrix.dtype],
         matrix.dtype == torch.float64, torch.get_num_threads(),
     )
     return p_y, p_x, rows, cols

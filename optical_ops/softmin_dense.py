@@ -36,10 +36,17 @@ from .sinkhorn_loop import SoftMin
 
 class ShiftedLogPlan(SoftMin):
     """A dense primitive whose states are the potentials f and g - shift (``shift`` (B,): the
-    cost's minimum, subtracted once) and whose :meth:`plan` is dense: the shift and the plan's
-    products for the gradient, shared by the log and stabilised domains."""
+    cost's minimum, subtracted once) and whose plan is P_ij = exp(r_i + c_j + k M_ij) for its
+    :meth:`log_terms` (M, k, r, c): the shift, the plan and its products for the gradient,
+    shared by the log and stabilised domains."""
 
     shift: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+
+    def log_terms(self, f, g) -> tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]:
+        """(M (B, n, m), k, r (B, n), c (B, m)) of the plan at states f, g."""
+        raise NotImplementedError
 
     def potentials(self, f, g):
         return f, g + self.shift[:, None]
@@ -47,10 +54,18 @@ class ShiftedLogPlan(SoftMin):
     def states(self, f, g):
         return f, g - self.shift[:, None]
 
+    def plan(self, f, g):
+        matrix, k, row, col = self.log_terms(f, g)
+        return torch.mul(matrix, k).add_(row[:, :, None]).add_(col[:, None, :]).exp_()
+
     def plan_products(self, f, g, x, y, x_scale, y_scale):
+        """On the CPU, for a batch of small problems, one native pass per problem that forms
+        the plan on its block with mass (benchmarks/NOTES.md, O23, O29)."""
+        matrix, k, row, col = self.log_terms(f, g)
+        if native_products_pay(matrix, x, y):
+            return native_plan_products(matrix, row, col, x, x_scale, y, y_scale, self.a,
+                                        self.b, log_scale=k)
         p = self.plan(f, g)
-        if native_products_pay(p, x, y):
-            return native_plan_products(p, None, None, x, x_scale, y, y_scale, self.a, self.b)
         rows, cols = p.sum(2), p.sum(1)
         p_y = None if y is None else torch.bmm(p * y_scale[:, None, :], y)
         p_x = None if x is None else torch.bmm(p.transpose(1, 2) * x_scale[:, None, :], x)
@@ -95,10 +110,8 @@ class DenseLogSoftMin(ShiftedLogPlan):
     def update_rows(self, g: torch.Tensor) -> torch.Tensor:
         return self._softmin((self.log_b + g / self.eps)[:, None, :], dim=2)
 
-    def plan(self, f, g):
-        row = self.log_a + f / self.eps
-        col = self.log_b + g / self.eps
-        return torch.exp(self.neg_cost_eps + row[:, :, None] + col[:, None, :])
+    def log_terms(self, f, g):
+        return self.neg_cost_eps, 1.0, self.log_a + f / self.eps, self.log_b + g / self.eps
 
     def loss(self, f, g):
         plan = self.plan(f, g)

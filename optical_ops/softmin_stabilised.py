@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import torch
 
+from .kernels._native import EXP_RANGE
 from .kernels.cpu_stabilised import (
     native_stabilised_available,
     stabilised_iterate,
@@ -75,7 +76,6 @@ ABSORB = {torch.float32: 20.0, torch.float64: 300.0}
 ACCURATE = {torch.float32: 30.0, torch.float64: 330.0}
 # Clamp of the exponent of K~: fp32 floor -87 is the smallest normal exp; ceiling keeps
 # n e^(ABSORB + ceiling) finite for n < 2^20.
-EXP_RANGE = {torch.float32: (-87.0, 50.0), torch.float64: (-700.0, 350.0)}
 
 
 class StabilisedSoftMin(ShiftedLogPlan):
@@ -277,13 +277,8 @@ class StabilisedSoftMin(ShiftedLogPlan):
 
     # ----- what the loss and the gradient need -----
 
-    def _log_plan(self, f, g):
-        row = self.log_a + f / self.eps
-        col = self.log_b + g / self.eps
-        return (self.cost / -self.eps).add_(row[:, :, None]).add_(col[:, None, :])
-
-    def plan(self, f, g):
-        return self._log_plan(f, g).exp_()
+    def log_terms(self, f, g):
+        return self.cost, -1.0 / self.eps, self.log_a + f / self.eps, self.log_b + g / self.eps
 
     def loss(self, f, g):
         """<P, C - lo> + lo sum(a): after a row update P's mass is sum(a) exactly (balanced; lo = 0

@@ -222,9 +222,9 @@ def _products_reference(matrix, r, c, x, xs, y, ys):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("batch,n,m,d", [(1, 1, 1, 1), (3, 7, 5, 17), (4, 13, 10, 50),
                                          (8, 41, 37, 384)])
-@pytest.mark.parametrize("factors", [True, False])
+@pytest.mark.parametrize("form", ["factors", "plan", "log"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_plan_products_equal_the_batched_products(gen, dtype, batch, n, m, d, factors, threads):
+def test_plan_products_equal_the_batched_products(gen, dtype, batch, n, m, d, form, threads):
     def rand(*shape):
         return torch.rand(*shape, generator=gen, dtype=torch.float64).to(dtype)
 
@@ -241,19 +241,24 @@ def test_plan_products_equal_the_batched_products(gen, dtype, batch, n, m, d, fa
     past_y = torch.arange(m) >= ((b > 0) * torch.arange(1, m + 1)).amax(1, keepdim=True)
     matrix[past_x[:, :, None] | past_y[:, None, :]] = torch.nan
     x[past_x], y[past_y] = torch.nan, torch.nan
-    if not factors:  # the plan written out (the log and stabilised domains)
+    log_scale = None
+    if form == "plan":  # the plan written out
         matrix, r, c = matrix * r[:, :, None] * c[:, None, :], None, None
+    elif form == "log":  # P = exp(log r + log c + k M') with M' = log M / k (O29)
+        log_scale = -1 / 0.05
+        matrix, r, c = matrix.log() / log_scale, r.log(), c.log()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        both = plan_products(matrix, r, c, x, xs, y, ys, a, b)
-        only_y = plan_products(matrix, r, c, None, None, y, ys, a, b)
-        only_x = plan_products(matrix, r, c, x, xs, None, None, a, b)
+        both = plan_products(matrix, r, c, x, xs, y, ys, a, b, log_scale)
+        only_y = plan_products(matrix, r, c, None, None, y, ys, a, b, log_scale)
+        only_x = plan_products(matrix, r, c, x, xs, None, None, a, b, log_scale)
     finally:
         torch.set_num_threads(previous)
     eps = torch.finfo(dtype).eps
+    rounding = 8 * eps * (max(n, m) * d) ** 0.5 * (32 if form == "log" else 1)  # exponents ~20
     for got, want in zip(both, expected):
-        torch.testing.assert_close(got, want, rtol=0, atol=8 * eps * (max(n, m) * d) ** 0.5)
+        torch.testing.assert_close(got, want, rtol=0, atol=rounding)
     assert only_y[1] is None and only_x[0] is None
     assert torch.equal(only_y[0], both[0]) and torch.equal(only_x[1], both[1])
     assert torch.equal(only_y[2], both[2]) and torch.equal(only_x[3], both[3])
@@ -268,6 +273,8 @@ def test_plan_products_reject_mismatched_buffers():
         plan_products(matrix, None, None, x.double(), rows, y, cols, rows, cols)
     with pytest.raises(ValueError, match="x or y given"):
         plan_products(matrix, None, None, None, None, None, None, rows, cols)
+    with pytest.raises(ValueError, match="log form"):
+        plan_products(matrix, rows, None, x, rows, y, cols, rows, cols, log_scale=-2.0)
 
 
 @pytest.mark.parametrize("solver,eps", [("dense-scaling", 0.05), ("dense-stabilised", 0.01),
@@ -276,10 +283,13 @@ def test_plan_products_reject_mismatched_buffers():
 def test_gradients_with_native_plan_products_equal_the_pytorch_products(gen, monkeypatch,
                                                                         solver, eps, cost):
     """Through the public op, each dense domain, a ragged batch: the gradients with the native
-    plan products and with the batched PyTorch products agree to round-off; a frozen teacher
-    takes the one-sided pass."""
-    x = torch.randn(6, 19, 40, generator=gen) / (4 if cost == "sqeuclidean" else 1)
-    y = torch.randn(6, 14, 40, generator=gen) / (4 if cost == "sqeuclidean" else 1)
+    plan products (which form the log domains' plan themselves) and with the batched PyTorch
+    products agree to round-off; a frozen teacher takes the one-sided pass. In float64: the
+    plan's exponents reach R / eps ~ 500 here, whose float32 rounding alone is ~3e-5 of each
+    entry."""
+    x = torch.randn(6, 19, 40, generator=gen, dtype=torch.float64)
+    y = torch.randn(6, 14, 40, generator=gen, dtype=torch.float64)
+    x, y = (x / 4, y / 4) if cost == "sqeuclidean" else (x, y)
     mask_x = torch.arange(19) < torch.tensor([19, 3, 11, 8, 1, 16])[:, None]
     mask_y = torch.arange(14) < torch.tensor([5, 14, 2, 9, 13, 7])[:, None]
     mask_x[2, 4] = mask_y[1, 0] = False
@@ -298,8 +308,8 @@ def test_gradients_with_native_plan_products_equal_the_pytorch_products(gen, mon
     assert calls and all(calls)
     monkeypatch.setattr(softmin_dense, "native_products_pay", lambda *args: False)
     reference = grads(True)
-    torch.testing.assert_close(with_native, reference, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(student_only[0], reference[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(with_native, reference, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(student_only[0], reference[0], rtol=1e-10, atol=1e-13)
     assert student_only[1] is None
 
 

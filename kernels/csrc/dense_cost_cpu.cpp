@@ -191,7 +191,9 @@ void row_gradients(unsigned long long z, long long z_stride, unsigned long long 
 }
 
 // The plan's products for the gradient (optical_ops/costs.py: input_grads). Problem p has a plan
-// P_ij = r_i M_ij c_j (M (n, m) row-major; r or c null: 1), which is 0 past n_p and m_p, one past
+// P_ij = r_i M_ij c_j (M (n, m) row-major; r or c null: 1) or, in the log form, P_ij =
+// exp(r_i + c_j + k M_ij) (exponents below lo give 0, above hi are capped, NaN stays NaN: the
+// range of exp_in_range), which is 0 past n_p and m_p, one past
 // the last row and column with positive weight a_i, b_j (every primitive's plan is 0 where a
 // weight is), so only the n_p x m_p block is read:
 //
@@ -253,6 +255,8 @@ struct PlanOperands {
   const T *M, *r, *c, *x, *xs, *y, *ys, *a, *b;
   T *p_y, *p_x, *rows, *cols;
   int64_t x_stride, y_stride;  // batch strides of x and y (rows contiguous)
+  bool log_form;               // P_ij = exp(r_i + c_j + k M_ij), with exp_lo, exp_hi
+  T k, exp_lo, exp_hi;
 };
 
 // One problem (pointers at its start, r, c, xs, ys never null); work buffers py_coef (n m) for
@@ -269,12 +273,24 @@ PER_ISA void products_one(const PlanOperands<T>& o, int64_t n, int64_t m, int64_
     const T ri = o.r[i];
     T *__restrict coef = py_coef + i * mp, *__restrict cols = o.cols;
     T sum = 0;
+    if (o.log_form) {
+      const T k = o.k, lo = o.exp_lo, hi = o.exp_hi;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < mp; ++j) {
-      const T p = ri * mi[j] * c[j];
-      sum += p;
-      cols[j] += p;
-      coef[j] = p;
+      for (int64_t j = 0; j < mp; ++j) {
+        const T z = ri + c[j] + k * mi[j];
+        const T p = z < lo ? T(0) : exp_in_range(z > hi ? hi : z);
+        sum += p;
+        cols[j] += p;
+        coef[j] = p;
+      }
+    } else {
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < mp; ++j) {
+        const T p = ri * mi[j] * c[j];
+        sum += p;
+        cols[j] += p;
+        coef[j] = p;
+      }
     }
     o.rows[i] = sum;
     if (o.p_x) {
@@ -438,20 +454,23 @@ PyObject* cost_row_gradients(PyObject*, PyObject* args) {
 }
 
 // plan_products(M, r, c, x, xs, y, ys, a, b, x_stride, y_stride, p_y, p_x, rows, cols, batch,
-// n, m, d, is_double, threads): addresses of CPU buffers of one float dtype (0: absent for r, c,
-// xs, ys, p_y, p_x; x when p_x is absent, y when p_y is); x and y with contiguous rows and
-// batch strides x_stride, y_stride (entries); the others contiguous. Writes p_y (batch, n, d),
-// p_x (batch, m, d), rows (batch, n), cols (batch, m).
+// n, m, d, log_form, k, exp_lo, exp_hi, is_double, threads): addresses of CPU buffers of one
+// float dtype (0: absent for r, c, xs, ys, p_y, p_x; x when p_x is absent, y when p_y is; r and
+// c present in the log form); x and y with contiguous rows and batch strides x_stride, y_stride
+// (entries); the others contiguous. Writes p_y (batch, n, d), p_x (batch, m, d), rows
+// (batch, n), cols (batch, m).
 PyObject* plan_products(PyObject*, PyObject* args) {
   unsigned long long M, r, c, x, xs, y, ys, a, b, p_y, p_x, rows, cols;
   long long x_stride, y_stride, batch, n, m, d;
-  int is_double, threads;
-  if (!PyArg_ParseTuple(args, "KKKKKKKKKLLKKKKLLLLpi", &M, &r, &c, &x, &xs, &y, &ys, &a, &b,
-                        &x_stride, &y_stride, &p_y, &p_x, &rows, &cols, &batch, &n, &m, &d,
-                        &is_double, &threads))
+  int log_form, is_double, threads;
+  double k, exp_lo, exp_hi;
+  if (!PyArg_ParseTuple(args, "KKKKKKKKKLLKKKKLLLLpdddpi", &M, &r, &c, &x, &xs, &y, &ys, &a,
+                        &b, &x_stride, &y_stride, &p_y, &p_x, &rows, &cols, &batch, &n, &m, &d,
+                        &log_form, &k, &exp_lo, &exp_hi, &is_double, &threads))
     return nullptr;
-  if (batch < 1 || n < 1 || m < 1 || d < 1 || threads < 1) {
-    PyErr_SetString(PyExc_ValueError, "plan_products: sizes and threads must be >= 1");
+  if (batch < 1 || n < 1 || m < 1 || d < 1 || threads < 1 || (log_form && (!r || !c))) {
+    PyErr_SetString(PyExc_ValueError,
+                    "plan_products: sizes and threads must be >= 1, r and c given in log form");
     return nullptr;
   }
   Py_BEGIN_ALLOW_THREADS
@@ -462,7 +481,8 @@ PyObject* plan_products(PyObject*, PyObject* args) {
                                         as_ptr<const double>(ys), as_ptr<const double>(a),
                                         as_ptr<const double>(b), as_ptr<double>(p_y),
                                         as_ptr<double>(p_x), as_ptr<double>(rows),
-                                        as_ptr<double>(cols), x_stride, y_stride},
+                                        as_ptr<double>(cols), x_stride, y_stride,
+                                        log_form != 0, k, exp_lo, exp_hi},
                    batch, n, m, d, threads);
   else
     products_batch(PlanOperands<float>{as_ptr<const float>(M), as_ptr<const float>(r),
@@ -471,7 +491,8 @@ PyObject* plan_products(PyObject*, PyObject* args) {
                                        as_ptr<const float>(ys), as_ptr<const float>(a),
                                        as_ptr<const float>(b), as_ptr<float>(p_y),
                                        as_ptr<float>(p_x), as_ptr<float>(rows),
-                                       as_ptr<float>(cols), x_stride, y_stride},
+                                       as_ptr<float>(cols), x_stride, y_stride, log_form != 0,
+                                       float(k), float(exp_lo), float(exp_hi)},
                    batch, n, m, d, threads);
   Py_END_ALLOW_THREADS
   Py_RETURN_NONE;

@@ -22,9 +22,9 @@
 // Both mat-vecs are sums of rows (of K~ for the columns, of a transposed copy for the rows),
 // register blocked and vectorised along the rows, with no horizontal reduction. Column
 // log-sum-exps also sweep rows (a running max and then a sum per column), so C is only ever
-// read row by row. exp: see exp_clamped below. Results that would be denormal are flushed to
-// zero (MXCSR.FTZ, set per worker and restored): K~ entries are >= e^lo (normal), and any
-// product that small is below the accuracy bound anyway.
+// read row by row. exp: exp_in_range (native_cpu.h). Results that would be denormal are
+// flushed to zero (MXCSR.FTZ, set per worker and restored): K~ entries are >= e^lo (normal),
+// and any product that small is below the accuracy bound anyway.
 //
 // Parallelism: one problem per thread at a time (dynamic schedule), when the call has enough
 // work to pay for the fork; otherwise one thread. No PyTorch header: the Python side
@@ -40,75 +40,10 @@
 #include <vector>
 
 #include <omp.h>
-#if defined(__SSE2__)
-#include <xmmintrin.h>
-#endif
 
 #include "native_cpu.h"
 
 namespace {
-
-// exp(x) for x already clamped to the finite range the callers use (fp32 [-87, 50], fp64
-// [-700, 350]): x = k ln2 + r, |r| <= ln2/2, e^r by a Taylor polynomial (degree 7 for float,
-// 13 for double: truncation below half an ulp), 2^k built in the exponent field. Rounding k by
-// the add-and-subtract of 1.5 * 2^mantissa keeps every step vectorisable (no floor, no
-// float-to-int64 conversion).
-template <typename T>
-struct ExpConst;
-template <>
-struct ExpConst<float> {
-  using Int = int32_t;
-  static constexpr float kMagic = 12582912.0f, kInvLn2 = 1.44269504088896341f;
-  static constexpr float kLn2A = 0.693359375f, kLn2B = -2.12194440e-4f;
-  static constexpr int kTerms = 7, kShift = 23, kBias = 127;
-};
-template <>
-struct ExpConst<double> {
-  using Int = int64_t;
-  static constexpr double kMagic = 6755399441055744.0, kInvLn2 = 1.44269504088896340736;
-  static constexpr double kLn2A = 6.93147180369123816490e-01;
-  static constexpr double kLn2B = 1.90821492927058770002e-10;
-  static constexpr int kTerms = 13, kShift = 52, kBias = 1023;
-};
-
-// The Taylor coefficients 1/i!, i = 0..N, as a table built at compile time (a constexpr
-// function called in the loop is not reliably folded, and a call stops vectorisation).
-template <typename T, int N>
-struct InverseFactorials {
-  T c[N + 1];
-  constexpr InverseFactorials() : c() {
-    c[0] = 1;
-    for (int i = 1; i <= N; ++i) c[i] = c[i - 1] / T(i);
-  }
-};
-
-template <typename T>
-INLINE T exp_in_range(T x) {
-  using E = ExpConst<T>;
-  const T rounded = std::fma(x, E::kInvLn2, E::kMagic);
-  const T k = rounded - E::kMagic;
-  const T r = std::fma(-k, E::kLn2B, std::fma(-k, E::kLn2A, x));
-  // Horner over the Taylor coefficients 1/i!, highest first.
-  static constexpr InverseFactorials<T, E::kTerms> kCoef{};
-  T poly = kCoef.c[E::kTerms];
-#pragma GCC unroll 16
-  for (int i = E::kTerms - 1; i >= 0; --i) poly = std::fma(poly, r, kCoef.c[i]);
-  const auto k_int = __builtin_bit_cast(typename E::Int, rounded) -
-                     __builtin_bit_cast(typename E::Int, E::kMagic);
-  const auto scale = __builtin_bit_cast(T, (k_int + E::kBias) << E::kShift);
-  return poly * scale;
-}
-
-// Denormal results flushed to zero (MXCSR.FTZ) for the lifetime of the object, on this thread.
-struct FlushDenormals {
-#if defined(__SSE2__)
-  const unsigned csr = _mm_getcsr();
-  FlushDenormals() { _mm_setcsr(csr | 0x8000); }
-  ~FlushDenormals() { _mm_setcsr(csr); }
-#else
-  FlushDenormals() {}
-#endif
-};
 
 template <typename T>
 INLINE T clamp(T x, T lo, T hi) {

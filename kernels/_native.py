@@ -14,7 +14,9 @@ import torch
 
 NATIVE_DTYPES = (torch.float32, torch.float64)
 # The arguments the native exp takes (exp_in_range, csrc/native_cpu.h): below the floor a plan
-# entry or kernel entry is 0 or the floor's value, above the ceiling capped.
+# entry or kernel entry is 0 or the floor's value, above the ceiling capped. The clamp of the
+# exponent of K~ (optical_ops/softmin_stabilised.py): the fp32 floor -87 is the smallest normal
+# exp; the ceiling keeps n e^(ABSORB + ceiling) finite for n < 2^20.
 EXP_RANGE = {torch.float32: (-87.0, 50.0), torch.float64: (-700.0, 350.0)}
 
 

@@ -178,7 +178,7 @@ def marginal(
     if not given:
         return torch.full(expected, 1.0 / size, dtype=dtype, device=device)
     total = w.sum(dim=1, keepdim=True)
-    if check_values and not bool(total.min() > 0):  # one host sync; the indices only to word it
+    if check_values and not bool((total > 0).all()):  # one sync; the indices only to word it
         empty = (~(total[:, 0] > 0)).nonzero().flatten().tolist()
         raise ValueError(
             f"{' and '.join(given)} leave no mass in problem(s) at batch index {empty}: "

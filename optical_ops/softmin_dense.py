@@ -56,7 +56,9 @@ class ShiftedLogPlan(SoftMin):
 
     def plan(self, f, g):
         matrix, k, row, col = self.log_terms(f, g)
-        return torch.mul(matrix, k).add_(row[:, :, None]).add_(col[:, None, :]).exp_()
+        z = torch.add(matrix, row[:, :, None]) if k == 1 else torch.mul(matrix, k).add_(
+            row[:, :, None])
+        return z.add_(col[:, None, :]).exp_()
 
     def plan_products(self, f, g, x, y, x_scale, y_scale):
         """On the CPU, for a batch of small problems, one native pass per problem that forms

@@ -74,8 +74,6 @@ from .softmin_dense import ShiftedLogPlan, damping, sanitised_cost_range
 ABSORB = {torch.float32: 20.0, torch.float64: 300.0}
 # |log T| above which a sum is not trusted and its half-iteration runs in the log domain.
 ACCURATE = {torch.float32: 30.0, torch.float64: 330.0}
-# Clamp of the exponent of K~: fp32 floor -87 is the smallest normal exp; ceiling keeps
-# n e^(ABSORB + ceiling) finite for n < 2^20.
 
 
 class StabilisedSoftMin(ShiftedLogPlan):

@@ -25,6 +25,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.fixture
+def two_threads():
+    """torch on two threads (restored after): the native passes need a problem per thread, so
+    a test of them must not depend on the machine's core count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _both(x, y, a, b, cost):
     fc = factorise(x, y, cost, a > 0, b > 0)
     native = dense_cost(fc.x, fc.y, fc.row_offset, fc.col_offset, fc.row_scale, fc.col_scale,
@@ -139,7 +149,7 @@ def test_rejects_mismatched_buffers():
 
 
 @pytest.mark.parametrize("eps", [0.05, 0.01])
-def test_loss_and_gradients_equal_the_pytorch_cost(gen, monkeypatch, eps):
+def test_loss_and_gradients_equal_the_pytorch_cost(gen, monkeypatch, two_threads, eps):
     """Through the public op: a ragged bf16-free batch solved with the native cost and with
     the PyTorch product agrees to round-off, forward and backward."""
     x = torch.randn(6, 19, 48, generator=gen)
@@ -281,7 +291,8 @@ def test_plan_products_reject_mismatched_buffers():
                                         ("dense-log", 0.01)])
 @pytest.mark.parametrize("cost", ["cosine", "sqeuclidean"])
 def test_gradients_with_native_plan_products_equal_the_pytorch_products(gen, monkeypatch,
-                                                                        solver, eps, cost):
+                                                                        two_threads, solver, eps,
+                                                                        cost):
     """Through the public op, each dense domain, a ragged batch: the gradients with the native
     plan products (which form the log domains' plan themselves) and with the batched PyTorch
     products agree to round-off; a frozen teacher takes the one-sided pass. In float64: the
@@ -340,6 +351,28 @@ def test_row_update_equals_the_pytorch_ops(gen, monkeypatch, dtype, batch, n, d,
     eps = torch.finfo(dtype).eps
     scale = reference.abs().max().item()
     torch.testing.assert_close(native, reference, rtol=0, atol=64 * eps * scale)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_row_update_leaves_rows_without_mass_as_they_are(gen, threads):
+    """Rows whose plan marginal is 0 are not touched (whatever g holds there); the others get
+    the update that the pass without ``mass`` gives them."""
+    z = torch.randn(3, 300, 384, generator=gen)
+    g = torch.randn(3, 300, 384, generator=gen)
+    alpha, beta = torch.randn(3, 300, generator=gen), torch.randn(3, 300, generator=gen)
+    mass = torch.rand(3, 300, generator=gen)
+    mass[0, 5:40], mass[2, 299], mass[1, 0] = 0.0, 0.0, 0.0
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        skipped = cost_row_gradients(z, g.clone(), alpha, beta, None, mass)
+        updated = cost_row_gradients(z, g.clone(), alpha, beta, None)
+    finally:
+        torch.set_num_threads(previous)
+    without = mass == 0
+    assert torch.equal(skipped[without], g[without])
+    assert torch.equal(skipped[~without], updated[~without])
+    assert not torch.equal(updated[without], g[without])
 
 
 def test_row_update_rejects_mismatched_buffers():

@@ -46,11 +46,12 @@ def test_native_loop_equals_torch_ops(gen, batch, n, m, dtype, threads, n_iters)
 
 
 # Ragged batches (prefixes with holes): small problems iterate on their block with mass and
-# give the rows and columns past it the states of the whole loop (NOTES O28).
-@pytest.mark.parametrize("batch,n,m", [(12, 32, 32), (5, 45, 37), (3, 17, 9), (4, 8, 40)])
+# give the rows and columns past it the states of the whole loop (NOTES O28); the last shape
+# has the work (B n m iters >= 2^22) to run problems on two threads at once.
+@pytest.mark.parametrize("batch,n,m,n_iters", [(12, 32, 32, 1), (5, 45, 37, 17), (3, 17, 9, 17),
+                                               (4, 8, 40, 17), (64, 32, 32, 80)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("n_iters", [1, 17])
 def test_ragged_small_problems_equal_torch_ops(gen, batch, n, m, dtype, threads, n_iters):
     cost = torch.rand(batch, n, m, generator=gen, dtype=torch.float64) * 2
     a = masked_weights(gen, batch, n, torch.randint(1, n + 1, (batch,), generator=gen), 2)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from reference import random_tokens
 
+import optical_ops.softmin_dense as softmin_dense
 from optical_ops import (
     SOLVERS,
     OTDistillLoss,
@@ -113,7 +114,9 @@ def test_no_host_sync_on_the_pytorch_backend(gen, options, monkeypatch):
 
 def test_callers_tf32_switch_does_not_reach_the_op(gen, monkeypatch):
     """set_float32_matmul_precision("high") (TF32 on CUDA) is lifted inside the op's products,
-    forward and backward, and restored after."""
+    forward and backward, and restored after. The batched products are the ones TF32 could
+    reach: the native CPU passes (which it cannot) are switched off."""
+    monkeypatch.setattr(softmin_dense, "_native_pays", lambda *args: False)
     seen = []
     bmm, baddbmm = torch.bmm, torch.baddbmm
 
@@ -225,6 +228,9 @@ def test_empty_batch_returns_what_torch_losses_return():
     mean.backward()  # connected to the graph, like torch losses
     res = sinkhorn(torch.rand(0, 3, 4))
     assert res.plan.shape == (0, 3, 4) and res.f.shape == (0, 3) and res.loss.shape == (0,)
+    masks = torch.ones(0, 5, dtype=torch.bool), torch.ones(0, 5, dtype=torch.long)
+    assert ot_distill_loss(x, x, *masks, teacher_weights=torch.ones(0, 5),
+                           reduction="none").shape == (0,)
 
 
 def test_options_accept_numpy_scalars_and_reject_bools():

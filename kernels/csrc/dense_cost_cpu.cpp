@@ -318,7 +318,7 @@ void products_batch(PlanOperands<T> o, int64_t batch, int64_t n, int64_t m, int6
   const std::vector<T> ones(std::max(n, m), T(1));  // for the absent r, c, xs, ys
 #pragma omp parallel num_threads(parallel ? threads : 1)
   {
-    std::vector<T> py_coef(n * m), px_coef(n * m);
+    std::vector<T> py_coef(n * m), px_coef(o.p_x ? n * m : 0);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t p = 0; p < batch; ++p) {
       PlanOperands<T> q = o;
@@ -532,7 +532,12 @@ PyObject* row_extents(const T* w, long long batch, long long n) {
   for (long long p = 0; p < batch; ++p) {
     long long last = n;
     while (last > 0 && !(w[p * n + last - 1] > 0)) --last;
-    PyList_SET_ITEM(out, p, PyLong_FromLongLong(last));
+    PyObject* item = PyLong_FromLongLong(last);
+    if (item == nullptr) {
+      Py_DECREF(out);
+      return nullptr;
+    }
+    PyList_SET_ITEM(out, p, item);
   }
   return out;
 }

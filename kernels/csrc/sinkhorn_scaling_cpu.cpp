@@ -73,7 +73,7 @@ INLINE void row_pass(const T* K, int64_t m, const T* a, const T* v, T* s, T* nex
 constexpr int64_t kSmallBytes = 256 * 1024;
 
 // All iterations of one small problem on one thread, on its block up to the last row and
-// column with mass rounded up to whole 8-lane blocks of the mat-vec (rows past it have
+// column with mass rounded up to whole 32-byte blocks of the mat-vec (rows past it have
 // u_i = a_i / s_i = 0, columns past it v_j = 0: they add nothing to the states inside), then
 // the states past the block as the whole loop has them: s_i = <K_i, v> from the final v and
 // t_j = sum_i u_i K_ij from the last u. Work buffers kb and kt (n * m each), u (n), v (m).

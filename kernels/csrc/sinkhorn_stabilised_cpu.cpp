@@ -408,8 +408,8 @@ void iterate(const T* C, const T* a, const T* b, T* f, T* g, T* K, T* fbar, T* g
       // The block up to the last row and column with mass (all of it for a problem without
       // any), rounded up to whole vector blocks of the mat-vecs within the problem (a ragged
       // tail runs a row at a time: slower than the padding it saves, NOTES O25), copied out
-      // when it is not the whole cost; K~ and its transpose are kept in that block's layout
-      // (the same on every call: the weights do not change).
+      // when its rows are shorter than the cost's; K~ and its transpose are kept in that
+      // block's layout (the same on every call: the weights do not change).
       int64_t rows = n, cols = m;
       while (rows > 0 && !(ap[rows - 1] > 0)) --rows;
       while (cols > 0 && !(bp[cols - 1] > 0)) --cols;
@@ -417,7 +417,7 @@ void iterate(const T* C, const T* a, const T* b, T* f, T* g, T* K, T* fbar, T* g
       rows = std::min(n, (rows + kBlock - 1) / kBlock * kBlock);
       cols = std::min(m, (cols + kBlock - 1) / kBlock * kBlock);
       const T* Cb = Cp;
-      if (rows < n || cols < m) {
+      if (cols < m) {
         block.resize(rows * cols);
         for (int64_t i = 0; i < rows; ++i)
           std::copy(Cp + i * m, Cp + i * m + cols, block.data() + i * cols);

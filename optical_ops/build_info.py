@@ -19,7 +19,7 @@ NATIVE_CPU_EXTENSIONS = {
     "optical_ops.kernels._sinkhorn_cpu": "dense scaling-domain Sinkhorn loop",
     "optical_ops.kernels._streaming_cpu": "streaming log-sum-exp passes",
     "optical_ops.kernels._stabilised_cpu": "stabilised scaling-domain loop",
-    "optical_ops.kernels._dense_cost_cpu": "dense cost and its masked range",
+    "optical_ops.kernels._dense_cost_cpu": "dense cost, row norms, plan products, row update",
 }
 
 

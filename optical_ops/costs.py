@@ -182,7 +182,6 @@ def _update_rows(z: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor,
     (benchmarks/NOTES.md, O19), that skips the rows whose plan marginal ``mass`` (B, n) is 0
     (their g and update are 0: O27)."""
     if g.dim() == 3 and separate_rows(g) and native_row_gradients_available(z, g):
-        mass = mass if mass is not None and mass.dtype == g.dtype else None
         return cost_row_gradients(z, g, alpha, beta, gamma, mass)
     along = 0 if beta is None else alpha * (beta * _row_dots(z, g))
     along = along if gamma is None else along + gamma

@@ -24,10 +24,30 @@ pytestmark = pytest.mark.skipif(
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("n_iters", [1, 2, 17])
 def test_native_loop_equals_torch_ops(gen, batch, n, m, dtype, threads, n_iters):
-    cost = torch.rand(batch, n, m, generator=gen, dtype=torch.float64) * 2
     a = random_weights(gen, batch, n, zeros=min(2, n - 1))
     b = random_weights(gen, batch, m, zeros=min(1, m - 1))
-    a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+    _assert_native_loop_equals_torch_ops(gen, a / a.sum(1, keepdim=True),
+                                         b / b.sum(1, keepdim=True), dtype, threads, n_iters)
+
+
+# Ragged batches (prefixes with holes): small problems iterate on their block with mass and
+# give the rows and columns past it the states of the whole loop (NOTES O28); the last shape
+# has the work (B n m iters >= 2^22) to run problems on two threads at once.
+@pytest.mark.parametrize("batch,n,m,n_iters", [(12, 32, 32, 1), (5, 45, 37, 17), (3, 17, 9, 17),
+                                               (4, 8, 40, 17), (64, 32, 32, 80)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_ragged_small_problems_equal_torch_ops(gen, batch, n, m, dtype, threads, n_iters):
+    a = masked_weights(gen, batch, n, torch.randint(1, n + 1, (batch,), generator=gen), 2)
+    b = masked_weights(gen, batch, m, torch.randint(1, m + 1, (batch,), generator=gen), 1)
+    _assert_native_loop_equals_torch_ops(gen, a, b, dtype, threads, n_iters)
+
+
+def _assert_native_loop_equals_torch_ops(gen, a, b, dtype, threads, n_iters):
+    """The native loop from a random state on a random cost with weights a (B, n), b (B, m)
+    equals the op-by-op iterations, and leaves its input state alone."""
+    (batch, n), m = a.shape, b.shape[1]
+    cost = torch.rand(batch, n, m, generator=gen, dtype=torch.float64) * 2
     op = DenseScalingSoftMin(cost.to(dtype), a.to(dtype), b.to(dtype), 0.1,
                              shift=cost.amin((1, 2)).to(dtype))
     s0 = torch.rand(batch, n, generator=gen, dtype=torch.float64).to(dtype) + 0.5
@@ -43,32 +63,6 @@ def test_native_loop_equals_torch_ops(gen, batch, n, m, dtype, threads, n_iters)
     torch.testing.assert_close(s, s_ref, rtol=rtol, atol=0)
     torch.testing.assert_close(t, t_ref, rtol=rtol, atol=0)
     assert torch.equal(s0, s0_before)  # the input state is not modified
-
-
-# Ragged batches (prefixes with holes): small problems iterate on their block with mass and
-# give the rows and columns past it the states of the whole loop (NOTES O28); the last shape
-# has the work (B n m iters >= 2^22) to run problems on two threads at once.
-@pytest.mark.parametrize("batch,n,m,n_iters", [(12, 32, 32, 1), (5, 45, 37, 17), (3, 17, 9, 17),
-                                               (4, 8, 40, 17), (64, 32, 32, 80)])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("threads", [1, 2])
-def test_ragged_small_problems_equal_torch_ops(gen, batch, n, m, dtype, threads, n_iters):
-    cost = torch.rand(batch, n, m, generator=gen, dtype=torch.float64) * 2
-    a = masked_weights(gen, batch, n, torch.randint(1, n + 1, (batch,), generator=gen), 2)
-    b = masked_weights(gen, batch, m, torch.randint(1, m + 1, (batch,), generator=gen), 1)
-    op = DenseScalingSoftMin(cost.to(dtype), a.to(dtype), b.to(dtype), 0.1,
-                             shift=cost.amin((1, 2)).to(dtype))
-    s0 = torch.rand(batch, n, generator=gen, dtype=torch.float64).to(dtype) + 0.5
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        s, t = scaling_iterate(op.kernel, op.a, op.b, s0, n_iters)
-    finally:
-        torch.set_num_threads(previous)
-    s_ref, t_ref = SoftMin.iterate(op, s0, n_iters)
-    rtol = 1e-12 if dtype == torch.float64 else 2e-5
-    torch.testing.assert_close(s, s_ref, rtol=rtol, atol=0)
-    torch.testing.assert_close(t, t_ref, rtol=rtol, atol=0)
 
 
 # Shapes and iteration counts that reach each threaded path of the native loop with 2 threads:

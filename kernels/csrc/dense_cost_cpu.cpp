@@ -83,9 +83,7 @@ INLINE void dots(const T* x, const T* y, int64_t d, int64_t rows, int64_t cols, 
 template <typename T>
 PER_ISA void cost_one(const T* x, const T* y, const Factors<T>& f, int64_t n, int64_t m,
                       int64_t d, T* out, T* lo_out, T* hi_out) {
-  int64_t rows = n, cols = m;
-  while (rows > 0 && !(f.a[rows - 1] > 0)) --rows;
-  while (cols > 0 && !(f.b[cols - 1] > 0)) --cols;
+  const int64_t rows = extent(f.a, n), cols = extent(f.b, m);
   T lo = std::numeric_limits<T>::infinity(), hi = -lo;
   bool nan = false;
   for (int64_t i = 0; i < rows; i += 4) {
@@ -264,9 +262,7 @@ struct PlanOperands {
 template <typename T>
 PER_ISA void products_one(const PlanOperands<T>& o, int64_t n, int64_t m, int64_t d,
                           T* py_coef, T* px_coef) {
-  int64_t np = n, mp = m;
-  while (np > 0 && !(o.a[np - 1] > 0)) --np;
-  while (mp > 0 && !(o.b[mp - 1] > 0)) --mp;
+  const int64_t np = extent(o.a, n), mp = extent(o.b, m);
   std::fill(o.cols, o.cols + m, T(0));
   for (int64_t i = 0; i < np; ++i) {
     const T *__restrict mi = o.M + i * m, *__restrict c = o.c;
@@ -344,14 +340,30 @@ void products_batch(PlanOperands<T> o, int64_t batch, int64_t n, int64_t m, int6
   }
 }
 
+// products_batch on the buffers at these addresses, typed T.
+template <typename T>
+void run_products(unsigned long long M, unsigned long long r, unsigned long long c,
+                  unsigned long long x, unsigned long long xs, unsigned long long y,
+                  unsigned long long ys, unsigned long long a, unsigned long long b,
+                  long long x_stride, long long y_stride, unsigned long long p_y,
+                  unsigned long long p_x, unsigned long long rows, unsigned long long cols,
+                  long long batch, long long n, long long m, long long d, int log_form, double k,
+                  double exp_lo, double exp_hi, int threads) {
+  const PlanOperands<T> o{as_ptr<const T>(M), as_ptr<const T>(r), as_ptr<const T>(c),
+                          as_ptr<const T>(x), as_ptr<const T>(xs), as_ptr<const T>(y),
+                          as_ptr<const T>(ys), as_ptr<const T>(a), as_ptr<const T>(b),
+                          as_ptr<T>(p_y), as_ptr<T>(p_x), as_ptr<T>(rows), as_ptr<T>(cols),
+                          x_stride, y_stride, log_form != 0, T(k), T(exp_lo), T(exp_hi)};
+  products_batch(o, batch, n, m, d, threads);
+}
+
 // Rows [begin, end) of a batch of n-row problems z (rows contiguous, problems z_stride apart):
-// out_i = |z_i| = sqrt(<z_i, z_i>); flags[0] set when a row outside `valid` (null: none is) has a
-// non-finite norm, flags[1] when a row inside it has a norm whose square is not finite (the
-// squared Euclidean cost's offset; then the caller looks closer).
+// out_i = |z_i| = sqrt(<z_i, z_i>); bad_padding set when a row outside `valid` (null: none is)
+// has a non-finite norm, bad_valid when a row inside it has a norm whose square is not finite
+// (the squared Euclidean cost's offset; then the caller looks closer).
 template <typename T>
 PER_ISA void norm_rows(const T* z, int64_t z_stride, const bool* valid, int64_t n, int64_t d,
-                       int64_t begin, int64_t end, T* out, bool* flags) {
-  bool bad_padding = false, bad_valid = false;
+                       int64_t begin, int64_t end, T* out, bool& bad_padding, bool& bad_valid) {
   for (int64_t row = begin; row < end; ++row) {
     const T* zr = z + (row / n) * z_stride + (row % n) * d;
     const T norm = std::sqrt(dot(zr, zr, d));
@@ -360,8 +372,6 @@ PER_ISA void norm_rows(const T* z, int64_t z_stride, const bool* valid, int64_t 
     bad_padding = bad_padding || (!in && !std::isfinite(norm));
     bad_valid = bad_valid || (in && !std::isfinite(norm * norm));
   }
-  flags[0] = bad_padding;
-  flags[1] = bad_valid;
 }
 
 template <typename T>
@@ -370,20 +380,14 @@ void norms(unsigned long long z, long long z_stride, unsigned long long valid,
            bool* flags) {
   const int64_t rows = batch * n;
   const int parts = rows * d >= kRowPassParallelMinEntries ? std::max(1, threads) : 1;
-  std::vector<char> part_flags(2 * parts, 0);
-#pragma omp parallel for num_threads(parts)
-  for (int part = 0; part < parts; ++part) {
-    bool mine[2];
+  bool bad_padding = false, bad_valid = false;
+#pragma omp parallel for num_threads(parts) reduction(|| : bad_padding, bad_valid)
+  for (int part = 0; part < parts; ++part)
     norm_rows(as_ptr<const T>(z), z_stride, as_ptr<const bool>(valid), n, d,
-              rows * part / parts, rows * (part + 1) / parts, as_ptr<T>(out), mine);
-    part_flags[2 * part] = mine[0];
-    part_flags[2 * part + 1] = mine[1];
-  }
-  flags[0] = flags[1] = false;
-  for (int part = 0; part < parts; ++part) {
-    flags[0] = flags[0] || part_flags[2 * part];
-    flags[1] = flags[1] || part_flags[2 * part + 1];
-  }
+              rows * part / parts, rows * (part + 1) / parts, as_ptr<T>(out), bad_padding,
+              bad_valid);
+  flags[0] = bad_padding;
+  flags[1] = bad_valid;
 }
 
 template <typename T>
@@ -475,25 +479,11 @@ PyObject* plan_products(PyObject*, PyObject* args) {
   }
   Py_BEGIN_ALLOW_THREADS
   if (is_double)
-    products_batch(PlanOperands<double>{as_ptr<const double>(M), as_ptr<const double>(r),
-                                        as_ptr<const double>(c), as_ptr<const double>(x),
-                                        as_ptr<const double>(xs), as_ptr<const double>(y),
-                                        as_ptr<const double>(ys), as_ptr<const double>(a),
-                                        as_ptr<const double>(b), as_ptr<double>(p_y),
-                                        as_ptr<double>(p_x), as_ptr<double>(rows),
-                                        as_ptr<double>(cols), x_stride, y_stride,
-                                        log_form != 0, k, exp_lo, exp_hi},
-                   batch, n, m, d, threads);
+    run_products<double>(M, r, c, x, xs, y, ys, a, b, x_stride, y_stride, p_y, p_x, rows, cols,
+                         batch, n, m, d, log_form, k, exp_lo, exp_hi, threads);
   else
-    products_batch(PlanOperands<float>{as_ptr<const float>(M), as_ptr<const float>(r),
-                                       as_ptr<const float>(c), as_ptr<const float>(x),
-                                       as_ptr<const float>(xs), as_ptr<const float>(y),
-                                       as_ptr<const float>(ys), as_ptr<const float>(a),
-                                       as_ptr<const float>(b), as_ptr<float>(p_y),
-                                       as_ptr<float>(p_x), as_ptr<float>(rows),
-                                       as_ptr<float>(cols), x_stride, y_stride, log_form != 0,
-                                       float(k), float(exp_lo), float(exp_hi)},
-                   batch, n, m, d, threads);
+    run_products<float>(M, r, c, x, xs, y, ys, a, b, x_stride, y_stride, p_y, p_x, rows, cols,
+                        batch, n, m, d, log_form, k, exp_lo, exp_hi, threads);
   Py_END_ALLOW_THREADS
   Py_RETURN_NONE;
 }
@@ -530,9 +520,7 @@ PyObject* row_extents(const T* w, long long batch, long long n) {
   PyObject* out = PyList_New(batch);
   if (out == nullptr) return nullptr;
   for (long long p = 0; p < batch; ++p) {
-    long long last = n;
-    while (last > 0 && !(w[p * n + last - 1] > 0)) --last;
-    PyObject* item = PyLong_FromLongLong(last);
+    PyObject* item = PyLong_FromLongLong(extent(w + p * n, n));
     if (item == nullptr) {
       Py_DECREF(out);
       return nullptr;

@@ -1,6 +1,7 @@
 // Shared by the native CPU extensions (kernels/csrc/*.cpp).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -22,6 +23,36 @@
 template <typename T>
 T* as_ptr(unsigned long long address) {
   return reinterpret_cast<T*>(static_cast<uintptr_t>(address));
+}
+
+// One past the last index i < len with w_i > 0 (the extent of a padded problem's mass).
+template <typename T>
+INLINE int64_t extent(const T* w, int64_t len) {
+  while (len > 0 && !(w[len - 1] > 0)) --len;
+  return len;
+}
+
+// The block of a problem (n, m) with weights a, b that holds its mass: its extents rounded up
+// to whole half blocks of weighted_row_sum (32 bytes) within (n, m) (a mat-vec's ragged tail
+// costs more than the padding it saves, benchmarks/NOTES.md O25), or the whole problem when a
+// side has no mass.
+template <typename T>
+INLINE void mass_block(const T* a, const T* b, int64_t n, int64_t m, int64_t* rows,
+                       int64_t* cols) {
+  constexpr int64_t block = 32 / sizeof(T);
+  const int64_t r = extent(a, n), c = extent(b, m);
+  if (r == 0 || c == 0) {
+    *rows = n, *cols = m;
+    return;
+  }
+  *rows = std::min(n, (r + block - 1) / block * block);
+  *cols = std::min(m, (c + block - 1) / block * block);
+}
+
+// dst (rows, cols), row-major = the top-left rows x cols block of src (row stride ld).
+template <typename T>
+INLINE void copy_block(const T* src, int64_t ld, int64_t rows, int64_t cols, T* dst) {
+  for (int64_t i = 0; i < rows; ++i) std::copy(src + i * ld, src + i * ld + cols, dst + i * cols);
 }
 
 // Columns [j0, j0 + W) of weighted_row_sum: four independent partial sums over rows i = 4k..4k+3
@@ -158,8 +189,9 @@ INLINE void four_dots(const T* __restrict M, const T* __restrict x, int64_t len,
 }
 
 // exp(x) for x already clamped to the finite range the callers use (fp32 [-87, 50], fp64
-// [-700, 350]: kernels/_native.py's EXP_RANGE): x = k ln2 + r, |r| <= ln2/2, e^r by a Taylor polynomial (degree 7 for float,
-// 13 for double: truncation below half an ulp), 2^k built in the exponent field. Rounding k by
+// [-700, 350]: kernels/_native.py's EXP_RANGE): x = k ln2 + r, |r| <= ln2/2, e^r by a Taylor
+// polynomial (degree 7 for float, 13 for double: truncation below half an ulp), 2^k built in
+// the exponent field. Rounding k by
 // the add-and-subtract of 1.5 * 2^mantissa keeps every step vectorisable (no floor, no
 // float-to-int64 conversion).
 template <typename T>

@@ -80,16 +80,11 @@ constexpr int64_t kSmallBytes = 256 * 1024;
 template <typename T>
 PER_ISA void solve_small(const T* K, const T* a, const T* b, T* s, T* t, int64_t n, int64_t m,
                          int iters, T* kb, T* kt, T* u, T* v) {
-  constexpr int64_t kBlock = 32 / sizeof(T);  // weighted_row_sum's smallest vector block
-  int64_t rows = n, cols = m;
-  while (rows > 0 && !(a[rows - 1] > 0)) --rows;
-  while (cols > 0 && !(b[cols - 1] > 0)) --cols;
-  if (rows == 0 || cols == 0) rows = n, cols = m;
-  rows = std::min(n, (rows + kBlock - 1) / kBlock * kBlock);
-  cols = std::min(m, (cols + kBlock - 1) / kBlock * kBlock);
+  int64_t rows, cols;
+  mass_block(a, b, n, m, &rows, &cols);
   const T* block = K;
   if (cols < m) {
-    for (int64_t i = 0; i < rows; ++i) std::copy(K + i * m, K + i * m + cols, kb + i * cols);
+    copy_block(K, m, rows, cols, kb);
     block = kb;
   }
   for (int64_t i = 0; i < rows; ++i)

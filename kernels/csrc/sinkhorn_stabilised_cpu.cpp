@@ -396,7 +396,6 @@ void iterate(const T* C, const T* a, const T* b, T* f, T* g, T* K, T* fbar, T* g
              uint8_t* converged) {
   const int64_t work = batch * n * m * iters;
   const int use = (threads > 1 && batch >= 2 && work >= kParallelMinWork) ? threads : 1;
-  constexpr int64_t kBlock = 32 / sizeof(T);  // weighted_row_sum's smallest vector block
   int64_t absorptions = 0, log_updates = 0;
 #pragma omp parallel num_threads(use) reduction(+ : absorptions, log_updates)
   {
@@ -405,22 +404,15 @@ void iterate(const T* C, const T* a, const T* b, T* f, T* g, T* K, T* fbar, T* g
 #pragma omp for schedule(dynamic, 1)
     for (int64_t p = 0; p < batch; ++p) {
       const T *Cp = C + p * n * m, *ap = a + p * n, *bp = b + p * m;
-      // The block up to the last row and column with mass (all of it for a problem without
-      // any), rounded up to whole vector blocks of the mat-vecs within the problem (a ragged
-      // tail runs a row at a time: slower than the padding it saves, NOTES O25), copied out
-      // when its rows are shorter than the cost's; K~ and its transpose are kept in that
-      // block's layout (the same on every call: the weights do not change).
-      int64_t rows = n, cols = m;
-      while (rows > 0 && !(ap[rows - 1] > 0)) --rows;
-      while (cols > 0 && !(bp[cols - 1] > 0)) --cols;
-      if (rows == 0 || cols == 0) rows = n, cols = m;
-      rows = std::min(n, (rows + kBlock - 1) / kBlock * kBlock);
-      cols = std::min(m, (cols + kBlock - 1) / kBlock * kBlock);
+      // The block with mass, copied out when its rows are shorter than the cost's; K~ and its
+      // transpose are kept in that block's layout (the same on every call: the weights do not
+      // change).
+      int64_t rows, cols;
+      mass_block(ap, bp, n, m, &rows, &cols);
       const T* Cb = Cp;
       if (cols < m) {
         block.resize(rows * cols);
-        for (int64_t i = 0; i < rows; ++i)
-          std::copy(Cp + i * m, Cp + i * m + cols, block.data() + i * cols);
+        copy_block(Cp, m, rows, cols, block.data());
         Cb = block.data();
       }
       Problem<T> P{Cb, ap, bp, K + p * n * m, fbar + p * n, gbar + p * m, valid + p, rows, cols,

@@ -142,26 +142,75 @@ def plan_products(
     or scale None: 1; both factors given with ``log_scale``); x (B, n, d), y (B, m, d); one
     float dtype, CPU.
     """
+    if x is None and y is None:
+        raise ValueError("plan_products: x or y must be given")
+    return _products(matrix, row_factor, col_factor, x, x_scale, y, y_scale, a, b, log_scale,
+                     y is not None, x is not None, None, None)
+
+
+RowUpdate = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
+
+def plan_gradients(
+    matrix: torch.Tensor,
+    row_factor: torch.Tensor | None,
+    col_factor: torch.Tensor | None,
+    x: torch.Tensor,
+    x_scale: torch.Tensor | None,
+    y: torch.Tensor,
+    y_scale: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    log_scale: float | None,
+    x_update: RowUpdate | None,
+    y_update: RowUpdate | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(dx, dy): :func:`plan_products`' P y' and P^T x' turned into gradients by the chain
+    rule's row update inside the same pass, while each problem is in cache: for an update
+    (alpha, beta, gamma) of (B, n) coefficients (beta, gamma None: 0)
+
+        dx_i = alpha_i ((P y')_i + beta_i <x_i, (P y')_i> x_i) + gamma_i (P 1)_i x_i
+
+    on the rows with plan mass (the others 0), and dy likewise from P^T x', y and P^T 1 with
+    ``y_update`` ((B, m) coefficients). A side whose update is None is not formed.
+    """
+    if x is None or y is None or (x_update is None and y_update is None):
+        raise ValueError("plan_gradients: x and y must be given, and an update for one side")
+    p_y, p_x, _, _ = _products(matrix, row_factor, col_factor, x, x_scale, y, y_scale, a, b,
+                               log_scale, x_update is not None, y_update is not None, x_update,
+                               y_update)
+    return p_y, p_x
+
+
+def _products(matrix, row_factor, col_factor, x, x_scale, y, y_scale, a, b, log_scale,
+              form_p_y: bool, form_p_x: bool, x_update: RowUpdate | None,
+              y_update: RowUpdate | None):
     if not native_dense_cost_available(matrix):
         raise RuntimeError("the native CPU plan products are not available for this tensor")
-    if matrix.dim() != 3 or (x is None and y is None):
-        raise ValueError(f"matrix must be (B, n, m) and x or y given, got matrix of shape "
-                         f"{tuple(matrix.shape)}")
+    if matrix.dim() != 3:
+        raise ValueError(f"matrix must be (B, n, m), got shape {tuple(matrix.shape)}")
     if log_scale is not None and (row_factor is None or col_factor is None):
         raise ValueError("the log form (log_scale) takes both row_factor and col_factor")
     batch, n, m = matrix.shape
     d = (x if y is None else y).shape[-1]
+    coefficients = []
+    for side, update, length in (("x", x_update, n), ("y", y_update, m)):
+        if update is not None:
+            if update[0] is None:
+                raise ValueError(f"{side}_update needs alpha")
+            coefficients += [(f"{side}_{part}", t, (batch, length))
+                             for part, t in zip(("alpha", "beta", "gamma"), update)]
     given = [(name, t, shape) for name, t, shape in (
         ("row_factor", row_factor, (batch, n)), ("col_factor", col_factor, (batch, m)),
         ("x", x, (batch, n, d)), ("x_scale", x_scale, (batch, n)), ("y", y, (batch, m, d)),
-        ("y_scale", y_scale, (batch, m)), ("a", a, (batch, n)), ("b", b, (batch, m)))
-        if t is not None]
+        ("y_scale", y_scale, (batch, m)), ("a", a, (batch, n)), ("b", b, (batch, m)),
+        *coefficients) if t is not None]
     check_buffers(matrix, given)
     operands = {name: (_rows_contiguous(t) if name in ("x", "y") else t.contiguous())
                 for name, t, _ in given}  # alive through the call
     matrix = matrix.contiguous()
-    p_y = None if y is None else matrix.new_empty(batch, n, d)
-    p_x = None if x is None else matrix.new_empty(batch, m, d)
+    p_y = matrix.new_empty(batch, n, d) if form_p_y else None
+    p_x = matrix.new_empty(batch, m, d) if form_p_x else None
     rows, cols = matrix.new_empty(batch, n), matrix.new_empty(batch, m)
 
     def address(t):
@@ -171,8 +220,10 @@ def plan_products(
         matrix.data_ptr(), *(address(operands.get(name)) for name in (
             "row_factor", "col_factor", "x", "x_scale", "y", "y_scale", "a", "b")),
         0 if x is None else operands["x"].stride(0), 0 if y is None else operands["y"].stride(0),
-        address(p_y), address(p_x), rows.data_ptr(), cols.data_ptr(), batch, n, m, d,
-        log_scale is not None, float(log_scale or 0.0), *EXP_RANGE[matrix.dtype],
+        address(p_y), address(p_x), rows.data_ptr(), cols.data_ptr(),
+        *(address(operands.get(f"{side}_{part}")) for side in "xy"
+          for part in ("alpha", "beta", "gamma")),
+        batch, n, m, d, log_scale is not None, float(log_scale or 0.0), *EXP_RANGE[matrix.dtype],
         matrix.dtype == torch.float64, torch.get_num_threads(),
     )
     return p_y, p_x, rows, cols

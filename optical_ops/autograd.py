@@ -194,12 +194,8 @@ class EmbeddingOTFunction(torch.autograd.Function):
                 weight = grad_loss if bucket.index is None else grad_loss[bucket.index]
                 parts = [None] * 4
                 if needs[0] or needs[1]:
-                    products = state.op.plan_products(state.f, state.g,
-                                                      fc.x if needs[1] else None,
-                                                      fc.y if needs[0] else None,
-                                                      fc.row_scale, fc.col_scale)
-                    parts[:2] = fc.input_grads(*products, weight,
-                                               needs[0], needs[1])
+                    parts[:2] = state.op.input_grads(state.f, state.g, fc, weight, needs[0],
+                                                     needs[1])
                 if needs[2] or needs[3]:
                     f, g = state.op.potentials(state.f, state.g)
                     parts[2:] = weight[:, None] * f, weight[:, None] * g

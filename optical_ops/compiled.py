@@ -62,9 +62,7 @@ def ot_value_backward(grad: Tensor, x: Tensor, y: Tensor, a: Tensor, b: Tensor, 
         fc = embedding_factors(solver, x, y, a, b, cost, sync_ok=False)
         op = embedding_primitives(solver, fc, a, b, tau, sync_ok=False)(eps)
         f_state, g_state = op.states(f, g)
-        products = op.plan_products(f_state, g_state, fc.x if need_y else None,
-                                    fc.y if need_x else None, fc.row_scale, fc.col_scale)
-        dx, dy = fc.input_grads(*products, grad, need_x, need_y)
+        dx, dy = op.input_grads(f_state, g_state, fc, grad, need_x, need_y)
     return (dx.to(x.dtype) if need_x else x.new_empty(0),
             dy.to(y.dtype) if need_y else y.new_empty(0))
 

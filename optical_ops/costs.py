@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -40,6 +41,15 @@ COSTS = ("cosine", "sqeuclidean")
 
 # Same floor as torch.nn.functional.normalize: a zero vector maps to zero.
 NORM_FLOOR = 1e-12
+
+
+class RowUpdate(NamedTuple):
+    """The chain rule's coefficients (B, n) for one side (:meth:`FactorisedCost.row_updates`);
+    beta or gamma None: 0."""
+
+    alpha: torch.Tensor
+    beta: torch.Tensor | None
+    gamma: torch.Tensor | None
 
 
 @contextmanager
@@ -115,31 +125,42 @@ class FactorisedCost:
             torch.ones_like(self.col_scale), self.scale, unit_scales=True,
         )
 
+    def row_updates(self, grad_loss: torch.Tensor, dtype: torch.dtype, need_x: bool,
+                    need_y: bool) -> tuple[RowUpdate | None, RowUpdate | None]:
+        """The chain rule's coefficients per side (None for a side not needed), in ``dtype``:
+        with G = P y' (or P^T x'), z = x (or y) and mass = P 1 (or P^T 1), each problem's
+        gradient row is
+
+            dL/dz_i = alpha_i (G_i + beta_i <z_i, G_i> z_i) + gamma_i mass_i z_i,
+
+        with w the upstream gradient of the problem's loss: cosine, alpha = -s w sigma and
+        beta = -sigma^2 (dL/dz = -s w sigma (G - sigma^2 <z, G> z)); squared Euclidean,
+        alpha = -s w and gamma = 2 w (dL/dz = w (2 z mass - s G)).
+        """
+        w = grad_loss.to(dtype)[:, None]
+        sides = ((need_x, self.row_scale), (need_y, self.col_scale))
+        if self.kind == "cosine":
+            # A zero vector (|z| at the floor) has a constant cost row, cos = 0 whatever y: its
+            # gradient is taken as 0, not the 1/NORM_FLOOR of the formula (inf in fp16).
+            return tuple(
+                RowUpdate(torch.where(sigma < 1.0 / NORM_FLOOR, -self.scale * w * sigma, 0.0),
+                          -sigma * sigma, None) if need else None
+                for need, sigma in sides)
+        return tuple(RowUpdate((-self.scale * w).expand_as(sigma), None,
+                               (2.0 * w).expand_as(sigma)) if need else None
+                     for need, sigma in sides)
+
     def input_grads(self, g_y, g_x, rows, cols, grad_loss, need_x: bool, need_y: bool):
         """(dL/dx, dL/dy) from P's products g_y = P y', g_x = P^T x', rows = P 1,
         cols = P^T 1 and the upstream gradient grad_loss (B,) of the per-problem losses, taken
-        in the products' dtype (a product not needed may be None).
+        in the products' dtype (a product not needed may be None): :meth:`row_updates`.
 
         g_y and g_x are the solver's own buffers: the gradients are formed in them, in place.
         """
-        w = grad_loss.to((g_y if g_y is not None else g_x).dtype)[:, None]
-        if self.kind == "cosine":
-            # dL/dz = -s w sigma (g - sigma^2 <z, g> z)  for z = x (g = g_y) or z = y (g = g_x)
-            def grad(z, sigma, g, mass):
-                # A zero vector (|z| at the floor) has a constant cost row, cos = 0 whatever
-                # y: its gradient is taken as 0, not the 1/NORM_FLOOR of the formula (inf in fp16).
-                coef = torch.where(sigma < 1.0 / NORM_FLOOR, -self.scale * w * sigma, 0.0)
-                return _update_rows(z, g, coef, -sigma * sigma, None, mass)
-            dx = grad(self.x, self.row_scale, g_y, rows) if need_x else None
-            dy = grad(self.y, self.col_scale, g_x, cols) if need_y else None
-        else:
-            # dL/dz = w (2 z (P 1) - s P y)
-            def grad(z, mass, g):
-                return _update_rows(z, g, (-self.scale * w).expand_as(mass), None, 2.0 * w * mass,
-                                    mass)
-            dx = grad(self.x, rows, g_y) if need_x else None
-            dy = grad(self.y, cols, g_x) if need_y else None
-        return dx, dy
+        dtype = (g_y if g_y is not None else g_x).dtype
+        x_update, y_update = self.row_updates(grad_loss, dtype, need_x, need_y)
+        return (_update_rows(self.x, g_y, x_update, rows) if need_x else None,
+                _update_rows(self.y, g_x, y_update, cols) if need_y else None)
 
     def finite_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, n) and (B, m) masks of the embeddings with no NaN or inf entry.
@@ -172,15 +193,16 @@ class FactorisedCost:
             raise ValueError(f"{name} contains NaN or inf at unmasked positions")
 
 
-def _update_rows(z: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor,
-                 beta: torch.Tensor | None, gamma: torch.Tensor | None,
-                 mass: torch.Tensor | None = None) -> torch.Tensor:
-    """g_i <- alpha_i (g_i + beta_i <z_i, g_i> z_i) + gamma_i z_i in place, for rows z_i, g_i
-    of z, g (B, n, d) and coefficients (B, n) (``beta``/``gamma`` None: 0). alpha multiplies
-    beta's term last: for the cosine cost alpha beta would reach s w sigma^3 and overflow near
-    the norm floor. On the CPU one native pass, each row in L1 between its dot and its update
-    (benchmarks/NOTES.md, O19), that skips the rows whose plan marginal ``mass`` (B, n) is 0
-    (their g and update are 0: O27)."""
+def _update_rows(z: torch.Tensor, g: torch.Tensor, update: RowUpdate,
+                 mass: torch.Tensor) -> torch.Tensor:
+    """g_i <- alpha_i (g_i + beta_i <z_i, g_i> z_i) + gamma_i mass_i z_i in place, for rows
+    z_i, g_i of z, g (B, n, d), the ``update``'s coefficients and the plan marginal ``mass``
+    (B, n) (beta or gamma None: 0). alpha multiplies beta's term last: for the cosine cost
+    alpha beta would reach s w sigma^3 and overflow near the norm floor. On the CPU one native
+    pass, each row in L1 between its dot and its update (benchmarks/NOTES.md, O19), that skips
+    the rows whose ``mass`` is 0 (their g and update are 0: O27)."""
+    alpha, beta, gamma = update
+    gamma = None if gamma is None else gamma * mass
     if g.dim() == 3 and separate_rows(g) and native_row_gradients_available(z, g):
         return cost_row_gradients(z, g, alpha, beta, gamma, mass)
     along = 0 if beta is None else alpha * (beta * _row_dots(z, g))

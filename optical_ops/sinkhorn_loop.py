@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .costs import FactorisedCost
+
 # With ``tol`` set, convergence is checked every CHECK_EVERY iterations (one host sync each),
 # like POT; iteration counts are then multiples of it (or n_iters).
 CHECK_EVERY = 10
@@ -106,6 +108,16 @@ class SoftMin(ABC):
         for P^T x' (a frozen teacher needs one product, not two). The marginal of a side not
         asked for (P 1 without P y', P^T 1 without P^T x') may come back None too.
         """
+
+    def input_grads(self, f_state: torch.Tensor, g_state: torch.Tensor, fc: FactorisedCost,
+                    grad_loss: torch.Tensor, need_x: bool,
+                    need_y: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(dL/dx, dL/dy) of the losses weighted by ``grad_loss`` (B,), through the cost
+        ``fc``: the plan's products, then the cost's chain rule (``FactorisedCost.input_grads``).
+        Primitives that can apply the chain rule inside their products pass override this."""
+        products = self.plan_products(f_state, g_state, fc.x if need_y else None,
+                                      fc.y if need_x else None, fc.row_scale, fc.col_scale)
+        return fc.input_grads(*products, grad_loss, need_x, need_y)
 
     def marginals(
         self, f_state: torch.Tensor, g_state: torch.Tensor

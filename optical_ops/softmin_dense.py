@@ -20,12 +20,14 @@ soft-min sum lies in [e^{-2R/eps}, m e^{2R/eps}]: inside the dtype's range for R
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 
 import torch
 
 from .costs import FactorisedCost
 from .dispatch import dense_domain
 from .kernels.cpu_dense_cost import dense_cost, native_dense_cost_available
+from .kernels.cpu_dense_cost import plan_gradients as native_plan_gradients
 from .kernels.cpu_dense_cost import plan_products as native_plan_products
 from .kernels.cpu_scaling import native_scaling_available, scaling_iterate
 from .kernels.cpu_scaling import transport_cost as scaling_transport_cost
@@ -34,19 +36,47 @@ from .logsumexp import logsumexp_
 from .sinkhorn_loop import SoftMin
 
 
-class ShiftedLogPlan(SoftMin):
-    """A dense primitive whose states are the potentials f and g - shift (``shift`` (B,): the
-    cost's minimum, subtracted once) and whose plan is P_ij = exp(r_i + c_j + k M_ij) for its
-    :meth:`log_terms` (M, k, r, c): the shift, the plan and its products for the gradient,
-    shared by the log and stabilised domains."""
+class DensePlan(SoftMin):
+    """A dense primitive whose plan is P_ij = r_i M_ij c_j or, in the log form, P_ij =
+    exp(r_i + c_j + k M_ij) for its :meth:`plan_factors` (M, r, c, k). On the CPU, for a batch
+    of small problems, the plan's products run as one native pass per problem that reads only
+    its block with mass (benchmarks/NOTES.md, O23, O29), and the gradient's chain rule inside
+    that pass (O31)."""
 
-    shift: torch.Tensor
     a: torch.Tensor
     b: torch.Tensor
 
-    def log_terms(self, f, g) -> tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]:
-        """(M (B, n, m), k, r (B, n), c (B, m)) of the plan at states f, g."""
-        raise NotImplementedError
+    @abstractmethod
+    def plan_factors(self, f, g) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float | None]:
+        """(M (B, n, m), r (B, n), c (B, m), k): the plan at states f, g; k None for the
+        product form, the scale of M in the exponent for the log form."""
+
+    @abstractmethod
+    def batched_plan_products(self, f, g, x, y, x_scale, y_scale):
+        """:meth:`plan_products` as batched PyTorch products (any device, any size)."""
+
+    def plan_products(self, f, g, x, y, x_scale, y_scale):
+        matrix, row, col, k = self.plan_factors(f, g)
+        if native_products_pay(matrix, x, y):
+            return native_plan_products(matrix, row, col, x, x_scale, y, y_scale, self.a,
+                                        self.b, log_scale=k)
+        return self.batched_plan_products(f, g, x, y, x_scale, y_scale)
+
+    def input_grads(self, f, g, fc, grad_loss, need_x, need_y):
+        matrix, row, col, k = self.plan_factors(f, g)
+        if not native_products_pay(matrix, fc.x, fc.y):
+            return super().input_grads(f, g, fc, grad_loss, need_x, need_y)
+        x_update, y_update = fc.row_updates(grad_loss, matrix.dtype, need_x, need_y)
+        return native_plan_gradients(matrix, row, col, fc.x, fc.row_scale, fc.y, fc.col_scale,
+                                     self.a, self.b, k, x_update, y_update)
+
+
+class ShiftedLogPlan(DensePlan):
+    """A dense primitive in the log form whose states are the potentials f and g - shift
+    (``shift`` (B,): the cost's minimum, subtracted once): the shift, the plan and its
+    products for the gradient, shared by the log and stabilised domains."""
+
+    shift: torch.Tensor
 
     def potentials(self, f, g):
         return f, g + self.shift[:, None]
@@ -55,18 +85,12 @@ class ShiftedLogPlan(SoftMin):
         return f, g - self.shift[:, None]
 
     def plan(self, f, g):
-        matrix, k, row, col = self.log_terms(f, g)
+        matrix, row, col, k = self.plan_factors(f, g)
         z = torch.add(matrix, row[:, :, None]) if k == 1 else torch.mul(matrix, k).add_(
             row[:, :, None])
         return z.add_(col[:, None, :]).exp_()
 
-    def plan_products(self, f, g, x, y, x_scale, y_scale):
-        """On the CPU, for a batch of small problems, one native pass per problem that forms
-        the plan on its block with mass (benchmarks/NOTES.md, O23, O29)."""
-        matrix, k, row, col = self.log_terms(f, g)
-        if native_products_pay(matrix, x, y):
-            return native_plan_products(matrix, row, col, x, x_scale, y, y_scale, self.a,
-                                        self.b, log_scale=k)
+    def batched_plan_products(self, f, g, x, y, x_scale, y_scale):
         p = self.plan(f, g)
         rows, cols = p.sum(2), p.sum(1)
         p_y = None if y is None else torch.bmm(p * y_scale[:, None, :], y)
@@ -112,8 +136,8 @@ class DenseLogSoftMin(ShiftedLogPlan):
     def update_rows(self, g: torch.Tensor) -> torch.Tensor:
         return self._softmin((self.log_b + g / self.eps)[:, None, :], dim=2)
 
-    def log_terms(self, f, g):
-        return self.neg_cost_eps, 1.0, self.log_a + f / self.eps, self.log_b + g / self.eps
+    def plan_factors(self, f, g):
+        return self.neg_cost_eps, self.log_a + f / self.eps, self.log_b + g / self.eps, 1.0
 
     def loss(self, f, g):
         plan = self.plan(f, g)
@@ -122,7 +146,7 @@ class DenseLogSoftMin(ShiftedLogPlan):
         return terms.sum((1, 2)) * -self.eps + self.shift * plan.sum((1, 2))
 
 
-class DenseScalingSoftMin(SoftMin):
+class DenseScalingSoftMin(DensePlan):
     """Scaling-domain updates with K = exp(-(C - shift) / eps) stored once.
 
     States: s = K v (B, n) and t = K^T u (B, m), with u = a / s and v = b / t the scalings
@@ -186,14 +210,14 @@ class DenseScalingSoftMin(SoftMin):
         return (u * torch.bmm(self.kernel, v[:, :, None])[:, :, 0],
                 v * torch.bmm(self.kernel.transpose(1, 2), u[:, :, None])[:, :, 0])
 
-    def plan_products(self, s, t, x, y, x_scale, y_scale):
+    def plan_factors(self, s, t):
+        return self.kernel, self.a / s, self.b / t, None
+
+    def batched_plan_products(self, s, t, x, y, x_scale, y_scale):
         """P y' with P = diag(u) K diag(v): the diagonal scalings go on whichever operand of the
         product is smaller, K (B, n, m) or the embeddings (B, n + m, d); the only large
-        allocations are the two results. On the CPU, for a batch of small problems, one native
-        pass per problem over its block with mass (benchmarks/NOTES.md, O23)."""
+        allocations are the two results."""
         u, v = self.a / s, self.b / t
-        if native_products_pay(self.kernel, x, y):
-            return native_plan_products(self.kernel, u, v, x, x_scale, y, y_scale, self.a, self.b)
         k, kt = self.kernel, self.kernel.transpose(1, 2)
         rows, cols = self.marginals(s, t)
         n, m = k.shape[1:]

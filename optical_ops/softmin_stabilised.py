@@ -275,8 +275,8 @@ class StabilisedSoftMin(ShiftedLogPlan):
 
     # ----- what the loss and the gradient need -----
 
-    def log_terms(self, f, g):
-        return self.cost, -1.0 / self.eps, self.log_a + f / self.eps, self.log_b + g / self.eps
+    def plan_factors(self, f, g):
+        return self.cost, self.log_a + f / self.eps, self.log_b + g / self.eps, -1.0 / self.eps
 
     def loss(self, f, g):
         """<P, C - lo> + lo sum(a): after a row update P's mass is sum(a) exactly (balanced; lo = 0

@@ -13,6 +13,7 @@ from optical_ops import ot_distill_loss
 from optical_ops.costs import factorise
 from optical_ops.kernels.cpu_dense_cost import (
     cost_row_gradients,
+    plan_gradients,
     dense_cost,
     native_dense_cost_available,
     plan_products,
@@ -281,10 +282,66 @@ def test_plan_products_reject_mismatched_buffers():
         plan_products(matrix, rows, cols, x, rows, y, rows, rows, cols)
     with pytest.raises(ValueError, match="x must be"):
         plan_products(matrix, None, None, x.double(), rows, y, cols, rows, cols)
-    with pytest.raises(ValueError, match="x or y given"):
+    with pytest.raises(ValueError, match="x or y must be given"):
         plan_products(matrix, None, None, None, None, None, None, rows, cols)
     with pytest.raises(ValueError, match="log form"):
         plan_products(matrix, rows, None, x, rows, y, cols, rows, cols, log_scale=-2.0)
+
+
+# The chain rule inside the products pass (O31): the pass's gradients against its products
+# followed by the row update as PyTorch ops in float64; ragged extents with holes (rows with no
+# mass keep 0), both update forms, one side or both, one thread or two.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("form", ["dot", "offset"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_plan_gradients_equal_the_products_then_the_row_update(gen, dtype, form, threads):
+    batch, n, m, d = 6, 13, 10, 50
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+    a = masked_weights(gen, batch, n, torch.randint(1, n + 1, (batch,), generator=gen),
+                       2).to(dtype)
+    b = masked_weights(gen, batch, m, torch.randint(1, m + 1, (batch,), generator=gen),
+                       2).to(dtype)
+    matrix, r, c = rand(batch, n, m), rand(batch, n) * (a > 0), rand(batch, m) * (b > 0)
+    x = torch.randn(batch, n, d, generator=gen, dtype=torch.float64).to(dtype)
+    y = torch.randn(batch, m, d, generator=gen, dtype=torch.float64).to(dtype)
+    xs, ys = rand(batch, n), rand(batch, m)
+
+    def update(length):
+        alpha, beta, gamma = (rand(batch, length) - 0.5 for _ in range(3))
+        return (alpha, beta, None) if form == "dot" else (alpha, None, gamma)
+
+    x_update, y_update = update(n), update(m)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        dx, dy = plan_gradients(matrix, r, c, x, xs, y, ys, a, b, None, x_update, y_update)
+        only_dx = plan_gradients(matrix, r, c, x, xs, y, ys, a, b, None, x_update, None)
+        only_dy = plan_gradients(matrix, r, c, x, xs, y, ys, a, b, None, None, y_update)
+    finally:
+        torch.set_num_threads(previous)
+    p_y, p_x, rows, cols = (t.double() for t in _products_reference(
+        *(t.double() for t in (matrix, r, c, x, xs, y, ys))))
+
+    def expected(z, g, coefficients, mass):
+        alpha, beta, gamma = (None if t is None else t.double() for t in coefficients)
+        along = (0.0 if beta is None else alpha * beta * (z.double() * g).sum(-1)) + (
+            0.0 if gamma is None else gamma * mass)
+        return torch.where((mass > 0)[..., None], alpha[..., None] * g + along[..., None] *
+                           z.double(), 0.0)
+
+    rounding = 64 * torch.finfo(dtype).eps * (max(n, m) * d) ** 0.5
+    for got, want in ((dx, expected(x, p_y, x_update, rows)),
+                      (dy, expected(y, p_x, y_update, cols))):
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=rounding * want.abs().max())
+    assert torch.equal(only_dx[0], dx) and only_dx[1] is None
+    assert torch.equal(only_dy[1], dy) and only_dy[0] is None
+    with pytest.raises(ValueError, match="x_update needs alpha"):
+        plan_gradients(matrix, r, c, x, xs, y, ys, a, b, None, (None, None, None), None)
+    with pytest.raises(ValueError, match="an update for one side"):
+        plan_gradients(matrix, r, c, x, xs, y, ys, a, b, None, None, None)
 
 
 @pytest.mark.parametrize("solver,eps", [("dense-scaling", 0.05), ("dense-stabilised", 0.01),
@@ -341,9 +398,10 @@ def test_row_update_equals_the_pytorch_ops(gen, monkeypatch, dtype, batch, n, d,
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        native = costs._update_rows(z, g.clone(), alpha, beta, gamma)
+        update, mass = costs.RowUpdate(alpha, beta, gamma), torch.rand(batch, n).to(dtype) + 0.5
+        native = costs._update_rows(z, g.clone(), update, mass)
         monkeypatch.setattr(costs, "native_row_gradients_available", lambda z, g: False)
-        reference = costs._update_rows(z, g.clone(), alpha, beta, gamma)
+        reference = costs._update_rows(z, g.clone(), update, mass)
     finally:
         torch.set_num_threads(previous)
     # Both sum the dot in another order: errors relative to the largest entry (|beta <z, g>|
@@ -391,6 +449,7 @@ def test_cosine_gradient_stays_finite_near_the_norm_floor(gen, monkeypatch, nati
     weight of 400 (a loss scale): the chain rule's intermediates stay finite in float32."""
     if not native:
         monkeypatch.setattr(costs, "native_row_gradients_available", lambda z, g: False)
+        monkeypatch.setattr(softmin_dense, "native_products_pay", lambda *args: False)
     x = torch.randn(2, 5, 16, generator=gen)
     x[1, 3] *= 1.05e-12 / x[1, 3].norm()
     x.requires_grad_()

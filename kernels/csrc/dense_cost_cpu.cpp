@@ -149,13 +149,22 @@ void cost_batch(const T* x, const T* y, int64_t x_stride, int64_t y_stride, Fact
   }
 }
 
+// g <- alpha (g + beta <z, g> z) + gamma z for one row of d entries (beta null: no dot). The
+// order keeps the intermediates finite: for the cosine cost (alpha = -s w sigma, beta =
+// -sigma^2) alpha (beta <z, g>) stays near s w sigma^2 |g|, where the product alpha beta, formed
+// first, would reach s w sigma^3 and overflow for rows near the norm floor.
+template <typename T>
+INLINE void update_row(const T* __restrict z, T* __restrict g, int64_t d, T alpha, const T* beta,
+                       T gamma) {
+  const T along = (beta ? alpha * (*beta * dot(z, g, d)) : T(0)) + gamma;
+#pragma omp simd
+  for (int64_t k = 0; k < d; ++k) g[k] = alpha * g[k] + along * z[k];
+}
+
 // Rows [begin, end) of a batch of n-row problems: g_i <- alpha_i (g_i + beta_i <z_i, g_i> z_i)
 // + gamma_i z_i, beta or gamma null for 0; with mass, rows whose plan marginal mass_i is 0 are
 // left as they are (their plan row is 0, so g_i is, and so is the update of a finite z_i: the
-// padding of a ragged batch is never read). The order keeps the intermediates finite: for the
-// cosine cost (alpha = -s w sigma, beta = -sigma^2) alpha (beta <z, g>) stays near s w sigma^2
-// |g|, where the product alpha beta, formed first, would reach s w sigma^3 and overflow for
-// rows near the norm floor.
+// padding of a ragged batch is never read).
 // Problems are z_stride and g_stride entries apart, rows contiguous; each row stays in L1
 // between its dot and its update.
 template <typename T>
@@ -164,13 +173,8 @@ PER_ISA void update_rows(const T* z, int64_t z_stride, T* g, int64_t g_stride, c
                          int64_t begin, int64_t end) {
   for (int64_t row = begin; row < end; ++row) {
     if (mass && mass[row] == T(0)) continue;
-    const T* zr = z + (row / n) * z_stride + (row % n) * d;
-    T* __restrict gr = g + (row / n) * g_stride + (row % n) * d;
-    const T keep = alpha[row];
-    const T along = (beta ? keep * (beta[row] * dot(zr, gr, d)) : T(0)) +
-                    (gamma ? gamma[row] : T(0));
-#pragma omp simd
-    for (int64_t k = 0; k < d; ++k) gr[k] = keep * gr[k] + along * zr[k];
+    update_row(z + (row / n) * z_stride + (row % n) * d, g + (row / n) * g_stride + (row % n) * d,
+               d, alpha[row], beta ? beta + row : nullptr, gamma ? gamma[row] : T(0));
   }
 }
 
@@ -198,7 +202,10 @@ void row_gradients(unsigned long long z, long long z_stride, unsigned long long 
 //   rows_i = sum_j P_ij,   cols_j = sum_i P_ij,
 //   p_y_i = sum_j P_ij ys_j y_j   (n, d),   p_x_j = sum_i P_ij xs_i x_i   (m, d),
 //
-// (xs, ys null: 1; p_y or p_x null: not formed), every row past the extents 0.
+// (xs, ys null: 1; p_y or p_x null: not formed), every row past the extents 0. With the chain
+// rule's coefficients for a side (RowUpdate), its product becomes that side's gradient while the
+// problem is in L2: p_y_i <- alpha_i (p_y_i + beta_i <x_i, p_y_i> x_i) + gamma_i rows_i x_i for
+// the rows with mass, and the same for p_x with y and cols (benchmarks/NOTES.md, O31).
 
 // out[r] = sum_k A[r][k] B[k] for rows r < R of A (row stride lda) and rows k < inner of B
 // (n x d, row stride d): per chunk of three vectors of the d columns, R x 3 accumulators that
@@ -248,12 +255,32 @@ INLINE void matrix_product(const T* A, int64_t rows, int64_t inner, const T* B, 
   for (; i < rows; ++i) rows_times<1>(A + i * inner, inner, B, inner, d, out + i * d);
 }
 
+// The coefficients (one per row) of update_row for one side, gamma per unit of plan mass; alpha
+// null: no update; beta or gamma null: 0.
+template <typename T>
+struct RowUpdate {
+  const T *alpha, *beta, *gamma;
+};
+
+// g_i <- update_row for the rows i < len with mass_i > 0 of a problem (z, g (len, d)), when
+// the update is given.
+template <typename T>
+INLINE void update_problem_rows(const RowUpdate<T>& u, const T* z, T* g, const T* mass,
+                                int64_t len, int64_t d) {
+  if (!u.alpha) return;
+  for (int64_t i = 0; i < len; ++i)
+    if (mass[i] != T(0))
+      update_row(z + i * d, g + i * d, d, u.alpha[i], u.beta ? u.beta + i : nullptr,
+                 u.gamma ? u.gamma[i] * mass[i] : T(0));
+}
+
 template <typename T>
 struct PlanOperands {
   const T *M, *r, *c, *x, *xs, *y, *ys, *a, *b;
   T *p_y, *p_x, *rows, *cols;
-  int64_t x_stride, y_stride;  // batch strides of x and y (rows contiguous)
-  bool log_form;               // P_ij = exp(r_i + c_j + k M_ij), with exp_lo, exp_hi
+  RowUpdate<T> x_update, y_update;  // of p_y (with x) and of p_x (with y)
+  int64_t x_stride, y_stride;       // batch strides of x and y (rows contiguous)
+  bool log_form;                    // P_ij = exp(r_i + c_j + k M_ij), with exp_lo, exp_hi
   T k, exp_lo, exp_hi;
 };
 
@@ -299,10 +326,12 @@ PER_ISA void products_one(const PlanOperands<T>& o, int64_t n, int64_t m, int64_
   std::fill(o.rows + np, o.rows + n, T(0));
   if (o.p_y) {
     matrix_product(py_coef, np, mp, o.y, d, o.p_y);
+    update_problem_rows(o.x_update, o.x, o.p_y, o.rows, np, d);
     std::fill(o.p_y + np * d, o.p_y + n * d, T(0));
   }
   if (o.p_x) {
     matrix_product(px_coef, mp, np, o.x, d, o.p_x);
+    update_problem_rows(o.y_update, o.y, o.p_x, o.cols, mp, d);
     std::fill(o.p_x + mp * d, o.p_x + m * d, T(0));
   }
 }
@@ -325,13 +354,15 @@ void products_batch(PlanOperands<T> o, int64_t batch, int64_t n, int64_t m, int6
       q.ys = o.ys ? o.ys + p * m : ones.data();
       q.a += p * n;
       q.b += p * m;
-      if (q.p_y) {
-        q.y += p * o.y_stride;
-        q.p_y += p * n * d;
-      }
-      if (q.p_x) {
-        q.x += p * o.x_stride;
-        q.p_x += p * m * d;
+      if (q.x) q.x += p * o.x_stride;
+      if (q.y) q.y += p * o.y_stride;
+      if (q.p_y) q.p_y += p * n * d;
+      if (q.p_x) q.p_x += p * m * d;
+      for (RowUpdate<T>* u : {&q.x_update, &q.y_update}) {
+        const int64_t len = u == &q.x_update ? n : m;
+        if (u->alpha) u->alpha += p * len;
+        if (u->beta) u->beta += p * len;
+        if (u->gamma) u->gamma += p * len;
       }
       q.rows += p * n;
       q.cols += p * m;
@@ -347,12 +378,17 @@ void run_products(unsigned long long M, unsigned long long r, unsigned long long
                   unsigned long long ys, unsigned long long a, unsigned long long b,
                   long long x_stride, long long y_stride, unsigned long long p_y,
                   unsigned long long p_x, unsigned long long rows, unsigned long long cols,
-                  long long batch, long long n, long long m, long long d, int log_form, double k,
-                  double exp_lo, double exp_hi, int threads) {
+                  const unsigned long long* updates, long long batch, long long n, long long m,
+                  long long d, int log_form, double k, double exp_lo, double exp_hi,
+                  int threads) {
   const PlanOperands<T> o{as_ptr<const T>(M), as_ptr<const T>(r), as_ptr<const T>(c),
                           as_ptr<const T>(x), as_ptr<const T>(xs), as_ptr<const T>(y),
                           as_ptr<const T>(ys), as_ptr<const T>(a), as_ptr<const T>(b),
                           as_ptr<T>(p_y), as_ptr<T>(p_x), as_ptr<T>(rows), as_ptr<T>(cols),
+                          {as_ptr<const T>(updates[0]), as_ptr<const T>(updates[1]),
+                           as_ptr<const T>(updates[2])},
+                          {as_ptr<const T>(updates[3]), as_ptr<const T>(updates[4]),
+                           as_ptr<const T>(updates[5])},
                           x_stride, y_stride, log_form != 0, T(k), T(exp_lo), T(exp_hi)};
   products_batch(o, batch, n, m, d, threads);
 }
@@ -457,33 +493,38 @@ PyObject* cost_row_gradients(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
-// plan_products(M, r, c, x, xs, y, ys, a, b, x_stride, y_stride, p_y, p_x, rows, cols, batch,
-// n, m, d, log_form, k, exp_lo, exp_hi, is_double, threads): addresses of CPU buffers of one
-// float dtype (0: absent for r, c, xs, ys, p_y, p_x; x when p_x is absent, y when p_y is; r and
-// c present in the log form); x and y with contiguous rows and batch strides x_stride, y_stride
-// (entries); the others contiguous. Writes p_y (batch, n, d), p_x (batch, m, d), rows
-// (batch, n), cols (batch, m).
+// plan_products(M, r, c, x, xs, y, ys, a, b, x_stride, y_stride, p_y, p_x, rows, cols, x_alpha,
+// x_beta, x_gamma, y_alpha, y_beta, y_gamma, batch, n, m, d, log_form, k, exp_lo, exp_hi,
+// is_double, threads): addresses of CPU buffers of one float dtype (0: absent for r, c, xs, ys,
+// p_y, p_x and the update coefficients; x when neither p_x nor x's update is asked for, y when
+// neither p_y nor y's; r and c present in the log form); x and y with contiguous rows and batch
+// strides x_stride, y_stride (entries); the others contiguous. Writes p_y (batch, n, d), p_x
+// (batch, m, d), rows (batch, n), cols (batch, m); p_y updated with x_alpha.. when x_alpha is
+// given, p_x with y_alpha.. likewise.
 PyObject* plan_products(PyObject*, PyObject* args) {
-  unsigned long long M, r, c, x, xs, y, ys, a, b, p_y, p_x, rows, cols;
+  unsigned long long M, r, c, x, xs, y, ys, a, b, p_y, p_x, rows, cols, updates[6];
   long long x_stride, y_stride, batch, n, m, d;
   int log_form, is_double, threads;
   double k, exp_lo, exp_hi;
-  if (!PyArg_ParseTuple(args, "KKKKKKKKKLLKKKKLLLLpdddpi", &M, &r, &c, &x, &xs, &y, &ys, &a,
-                        &b, &x_stride, &y_stride, &p_y, &p_x, &rows, &cols, &batch, &n, &m, &d,
-                        &log_form, &k, &exp_lo, &exp_hi, &is_double, &threads))
+  if (!PyArg_ParseTuple(args, "KKKKKKKKKLLKKKKKKKKKKLLLLpdddpi", &M, &r, &c, &x, &xs, &y, &ys,
+                        &a, &b, &x_stride, &y_stride, &p_y, &p_x, &rows, &cols, &updates[0],
+                        &updates[1], &updates[2], &updates[3], &updates[4], &updates[5], &batch,
+                        &n, &m, &d, &log_form, &k, &exp_lo, &exp_hi, &is_double, &threads))
     return nullptr;
-  if (batch < 1 || n < 1 || m < 1 || d < 1 || threads < 1 || (log_form && (!r || !c))) {
+  if (batch < 1 || n < 1 || m < 1 || d < 1 || threads < 1 || (log_form && (!r || !c)) ||
+      (updates[0] && (!p_y || !x)) || (updates[3] && (!p_x || !y))) {
     PyErr_SetString(PyExc_ValueError,
-                    "plan_products: sizes and threads must be >= 1, r and c given in log form");
+                    "plan_products: sizes and threads must be >= 1, r and c given in log form, "
+                    "an update with its product and embeddings");
     return nullptr;
   }
   Py_BEGIN_ALLOW_THREADS
   if (is_double)
     run_products<double>(M, r, c, x, xs, y, ys, a, b, x_stride, y_stride, p_y, p_x, rows, cols,
-                         batch, n, m, d, log_form, k, exp_lo, exp_hi, threads);
+                         updates, batch, n, m, d, log_form, k, exp_lo, exp_hi, threads);
   else
     run_products<float>(M, r, c, x, xs, y, ys, a, b, x_stride, y_stride, p_y, p_x, rows, cols,
-                        batch, n, m, d, log_form, k, exp_lo, exp_hi, threads);
+                        updates, batch, n, m, d, log_form, k, exp_lo, exp_hi, threads);
   Py_END_ALLOW_THREADS
   Py_RETURN_NONE;
 }

@@ -13,9 +13,9 @@ from optical_ops import ot_distill_loss
 from optical_ops.costs import factorise
 from optical_ops.kernels.cpu_dense_cost import (
     cost_row_gradients,
-    plan_gradients,
     dense_cost,
     native_dense_cost_available,
+    plan_gradients,
     plan_products,
     row_norms,
 )

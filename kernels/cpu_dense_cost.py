@@ -11,11 +11,23 @@ round-off.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from ._native import EXP_RANGE, check_buffers, load, runs_on
 
 _dense_cost_cpu = load("_dense_cost_cpu")  # None when not built: callers use PyTorch ops
+
+
+class RowUpdate(NamedTuple):
+    """The cost's chain-rule coefficients (B, n) for one side of the row update
+    g_i <- alpha_i (g_i + beta_i <z_i, g_i> z_i) + gamma_i mass_i z_i (beta or gamma None: 0;
+    ``optical_ops.costs.FactorisedCost.row_updates``)."""
+
+    alpha: torch.Tensor
+    beta: torch.Tensor | None
+    gamma: torch.Tensor | None
 
 
 def native_dense_cost_available(x: torch.Tensor) -> bool:
@@ -146,9 +158,6 @@ def plan_products(
         raise ValueError("plan_products: x or y must be given")
     return _products(matrix, row_factor, col_factor, x, x_scale, y, y_scale, a, b, log_scale,
                      y is not None, x is not None, None, None)
-
-
-RowUpdate = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 
 
 def plan_gradients(

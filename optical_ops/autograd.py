@@ -136,7 +136,8 @@ class EmbeddingOTFunction(torch.autograd.Function):
     the solver planned for its extents. Backward: G = grad_loss * P enters through
     (G y', G^T x', G 1, G^T 1), which each bucket's primitive computes from its final
     potentials, and the hand-derived chain rule of the cost
-    (:meth:`~optical_ops.costs.FactorisedCost.input_grads`).
+    (:meth:`~optical_ops.costs.FactorisedCost.row_updates`), both in the primitive's
+    ``input_grads`` (on the CPU's dense path one native pass per problem).
     """
 
     @staticmethod

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
 from ._validation import check_choice, check_float_tensor, compute_dtype
 from .kernels.cpu_dense_cost import (
+    RowUpdate,
     cost_row_gradients,
     native_dense_cost_available,
     native_row_gradients_available,
@@ -41,15 +41,6 @@ COSTS = ("cosine", "sqeuclidean")
 
 # Same floor as torch.nn.functional.normalize: a zero vector maps to zero.
 NORM_FLOOR = 1e-12
-
-
-class RowUpdate(NamedTuple):
-    """The chain rule's coefficients (B, n) for one side (:meth:`FactorisedCost.row_updates`);
-    beta or gamma None: 0."""
-
-    alpha: torch.Tensor
-    beta: torch.Tensor | None
-    gamma: torch.Tensor | None
 
 
 @contextmanager
@@ -200,7 +191,8 @@ def _update_rows(z: torch.Tensor, g: torch.Tensor, update: RowUpdate,
     (B, n) (beta or gamma None: 0). alpha multiplies beta's term last: for the cosine cost
     alpha beta would reach s w sigma^3 and overflow near the norm floor. On the CPU one native
     pass, each row in L1 between its dot and its update (benchmarks/NOTES.md, O19), that skips
-    the rows whose ``mass`` is 0 (their g and update are 0: O27)."""
+    the rows whose ``mass`` is 0 (their g and update are 0: O27); the PyTorch ops update them
+    too, to 0."""
     alpha, beta, gamma = update
     gamma = None if gamma is None else gamma * mass
     if g.dim() == 3 and separate_rows(g) and native_row_gradients_available(z, g):

@@ -29,10 +29,12 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from .costs import FactorisedCost
+if TYPE_CHECKING:
+    from .costs import FactorisedCost
 
 # With ``tol`` set, convergence is checked every CHECK_EVERY iterations (one host sync each),
 # like POT; iteration counts are then multiples of it (or n_iters).

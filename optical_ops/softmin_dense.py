@@ -64,6 +64,8 @@ class DensePlan(SoftMin):
 
     def input_grads(self, f, g, fc, grad_loss, need_x, need_y):
         matrix, row, col, k = self.plan_factors(f, g)
+        # The fused pass reads both sides whichever gradient is asked for (one side's product,
+        # the other's rows for its update), so both must suit it.
         if not native_products_pay(matrix, fc.x, fc.y):
             return super().input_grads(f, g, fc, grad_loss, need_x, need_y)
         x_update, y_update = fc.row_updates(grad_loss, matrix.dtype, need_x, need_y)
@@ -73,8 +75,8 @@ class DensePlan(SoftMin):
 
 class ShiftedLogPlan(DensePlan):
     """A dense primitive in the log form whose states are the potentials f and g - shift
-    (``shift`` (B,): the cost's minimum, subtracted once): the shift, the plan and its
-    products for the gradient, shared by the log and stabilised domains."""
+    (``shift`` (B,): the cost's minimum, subtracted once): the shift, the plan from
+    :meth:`plan_factors` and its batched products, shared by the log and stabilised domains."""
 
     shift: torch.Tensor
 

@@ -288,15 +288,19 @@ def test_plan_products_reject_mismatched_buffers():
         plan_products(matrix, rows, None, x, rows, y, cols, rows, cols, log_scale=-2.0)
 
 
-# The chain rule inside the products pass (O31): the pass's gradients against its products
-# followed by the row update as PyTorch ops in float64; ragged extents with holes (rows with no
-# mass keep 0), both update forms, one side or both, one thread or two.
+# The chain rule inside the products pass (O31): the pass's gradients against the reference
+# products followed by the row update as PyTorch ops in float64; ragged extents with holes, NaN
+# past the extents (never read), a batch-strided x, the product and the log form of the plan,
+# both update forms, one side or both, one thread or two (the larger shape has the work to run
+# problems on both).
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("form", ["dot", "offset"])
+@pytest.mark.parametrize("batch,n,m,d", [(6, 13, 10, 50), (8, 41, 37, 384)])
+@pytest.mark.parametrize("plan_form", ["factors", "log"])
+@pytest.mark.parametrize("update_form", ["dot", "offset"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_plan_gradients_equal_the_products_then_the_row_update(gen, dtype, form, threads):
-    batch, n, m, d = 6, 13, 10, 50
-
+def test_plan_gradients_equal_the_products_then_the_row_update(gen, dtype, batch, n, m, d,
+                                                               plan_form, update_form,
+                                                               threads):
     def rand(*shape):
         return torch.rand(*shape, generator=gen, dtype=torch.float64).to(dtype)
 
@@ -305,25 +309,17 @@ def test_plan_gradients_equal_the_products_then_the_row_update(gen, dtype, form,
     b = masked_weights(gen, batch, m, torch.randint(1, m + 1, (batch,), generator=gen),
                        2).to(dtype)
     matrix, r, c = rand(batch, n, m), rand(batch, n) * (a > 0), rand(batch, m) * (b > 0)
-    x = torch.randn(batch, n, d, generator=gen, dtype=torch.float64).to(dtype)
+    x = torch.randn(batch, n + 3, d, generator=gen, dtype=torch.float64).to(dtype)[:, :n]
     y = torch.randn(batch, m, d, generator=gen, dtype=torch.float64).to(dtype)
     xs, ys = rand(batch, n), rand(batch, m)
 
     def update(length):
         alpha, beta, gamma = (rand(batch, length) - 0.5 for _ in range(3))
-        return (alpha, beta, None) if form == "dot" else (alpha, None, gamma)
+        return (alpha, beta, None) if update_form == "dot" else (alpha, None, gamma)
 
     x_update, y_update = update(n), update(m)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        dx, dy = plan_gradients(matrix, r, c, x, xs, y, ys, a, b, None, x_update, y_update)
-        only_dx = plan_gradients(matrix, r, c, x, xs, y, ys, a, b, None, x_update, None)
-        only_dy = plan_gradients(matrix, r, c, x, xs, y, ys, a, b, None, None, y_update)
-    finally:
-        torch.set_num_threads(previous)
-    p_y, p_x, rows, cols = (t.double() for t in _products_reference(
-        *(t.double() for t in (matrix, r, c, x, xs, y, ys))))
+    p_y, p_x, rows, cols = _products_reference(*(t.double() for t in (matrix, r, c, x, xs, y,
+                                                                      ys)))
 
     def expected(z, g, coefficients, mass):
         alpha, beta, gamma = (None if t is None else t.double() for t in coefficients)
@@ -332,16 +328,33 @@ def test_plan_gradients_equal_the_products_then_the_row_update(gen, dtype, form,
         return torch.where((mass > 0)[..., None], alpha[..., None] * g + along[..., None] *
                            z.double(), 0.0)
 
-    rounding = 64 * torch.finfo(dtype).eps * (max(n, m) * d) ** 0.5
-    for got, want in ((dx, expected(x, p_y, x_update, rows)),
-                      (dy, expected(y, p_x, y_update, cols))):
+    want_dx, want_dy = expected(x, p_y, x_update, rows), expected(y, p_x, y_update, cols)
+    past_x = torch.arange(n) >= ((a > 0) * torch.arange(1, n + 1)).amax(1, keepdim=True)
+    past_y = torch.arange(m) >= ((b > 0) * torch.arange(1, m + 1)).amax(1, keepdim=True)
+    matrix[past_x[:, :, None] | past_y[:, None, :]] = torch.nan
+    x[past_x], y[past_y] = torch.nan, torch.nan
+    log_scale = None
+    if plan_form == "log":  # P = exp(log r + log c + k M') with M' = log M / k (O29)
+        log_scale = -1 / 0.05
+        matrix, r, c = matrix.log() / log_scale, r.log(), c.log()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        dx, dy = plan_gradients(matrix, r, c, x, xs, y, ys, a, b, log_scale, x_update, y_update)
+        only_dx = plan_gradients(matrix, r, c, x, xs, y, ys, a, b, log_scale, x_update, None)
+        only_dy = plan_gradients(matrix, r, c, x, xs, y, ys, a, b, log_scale, None, y_update)
+    finally:
+        torch.set_num_threads(previous)
+    rounding = 64 * torch.finfo(dtype).eps * (max(n, m) * d) ** 0.5 * (
+        32 if plan_form == "log" else 1)  # exponents ~20
+    for got, want in ((dx, want_dx), (dy, want_dy)):
         torch.testing.assert_close(got.double(), want, rtol=0, atol=rounding * want.abs().max())
     assert torch.equal(only_dx[0], dx) and only_dx[1] is None
     assert torch.equal(only_dy[1], dy) and only_dy[0] is None
     with pytest.raises(ValueError, match="x_update needs alpha"):
-        plan_gradients(matrix, r, c, x, xs, y, ys, a, b, None, (None, None, None), None)
+        plan_gradients(matrix, r, c, x, xs, y, ys, a, b, log_scale, (None, None, None), None)
     with pytest.raises(ValueError, match="an update for one side"):
-        plan_gradients(matrix, r, c, x, xs, y, ys, a, b, None, None, None)
+        plan_gradients(matrix, r, c, x, xs, y, ys, a, b, log_scale, None, None)
 
 
 @pytest.mark.parametrize("solver,eps", [("dense-scaling", 0.05), ("dense-stabilised", 0.01),
@@ -350,11 +363,11 @@ def test_plan_gradients_equal_the_products_then_the_row_update(gen, dtype, form,
 def test_gradients_with_native_plan_products_equal_the_pytorch_products(gen, monkeypatch,
                                                                         two_threads, solver, eps,
                                                                         cost):
-    """Through the public op, each dense domain, a ragged batch: the gradients with the native
-    plan products (which form the log domains' plan themselves) and with the batched PyTorch
-    products agree to round-off; a frozen teacher takes the one-sided pass. In float64: the
-    plan's exponents reach R / eps ~ 500 here, whose float32 rounding alone is ~3e-5 of each
-    entry."""
+    """Through the public op, each dense domain, a ragged batch: the gradients from the native
+    pass (which forms the log domains' plan and applies the chain rule itself) and from the
+    batched PyTorch products agree to round-off; a frozen teacher or a frozen student takes the
+    one-sided pass. In float64: the plan's exponents reach R / eps ~ 500 here, whose float32
+    rounding alone is ~3e-5 of each entry."""
     x = torch.randn(6, 19, 40, generator=gen, dtype=torch.float64)
     y = torch.randn(6, 14, 40, generator=gen, dtype=torch.float64)
     x, y = (x / 4, y / 4) if cost == "sqeuclidean" else (x, y)
@@ -362,23 +375,28 @@ def test_gradients_with_native_plan_products_equal_the_pytorch_products(gen, mon
     mask_y = torch.arange(14) < torch.tensor([5, 14, 2, 9, 13, 7])[:, None]
     mask_x[2, 4] = mask_y[1, 0] = False
 
-    def grads(teacher_grad):
-        xs, ys = x.clone().requires_grad_(), y.clone().requires_grad_(teacher_grad)
+    def grads(student_grad=True, teacher_grad=True):
+        xs, ys = x.clone().requires_grad_(student_grad), y.clone().requires_grad_(teacher_grad)
         ot_distill_loss(xs, ys, mask_x, mask_y, eps=eps, n_iters=30, cost=cost, solver=solver,
                         reduction="sum").backward()
         return xs.grad, ys.grad
 
-    calls = []
-    native = softmin_dense.native_products_pay
-    monkeypatch.setattr(softmin_dense, "native_products_pay",
-                        lambda *args: calls.append(native(*args)) or calls[-1])
-    with_native, student_only = grads(True), grads(False)
-    assert calls and all(calls)
+    fused = []  # the sides each fused pass (one per length bucket) formed
+    native = softmin_dense.native_plan_gradients
+    monkeypatch.setattr(softmin_dense, "native_plan_gradients", lambda *args: fused.append(
+        tuple(u is not None for u in args[-2:])) or native(*args))
+    with_native, student_only, teacher_only = (grads(*sides) for sides in (
+        (True, True), (True, False), (False, True)))
+    calls = len(fused) // 3
+    assert calls and fused == [(True, True)] * calls + [(True, False)] * calls + [
+        (False, True)] * calls
     monkeypatch.setattr(softmin_dense, "native_products_pay", lambda *args: False)
-    reference = grads(True)
+    reference = grads()
+    assert len(fused) == 3 * calls
     torch.testing.assert_close(with_native, reference, rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(student_only[0], reference[0], rtol=1e-10, atol=1e-13)
-    assert student_only[1] is None
+    torch.testing.assert_close(teacher_only[1], reference[1], rtol=1e-10, atol=1e-13)
+    assert student_only[1] is None and teacher_only[0] is None
 
 
 # The chain rule's row update (costs._update_rows): native against its PyTorch ops, with z a
@@ -398,7 +416,8 @@ def test_row_update_equals_the_pytorch_ops(gen, monkeypatch, dtype, batch, n, d,
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        update, mass = costs.RowUpdate(alpha, beta, gamma), torch.rand(batch, n).to(dtype) + 0.5
+        mass = torch.rand(batch, n, generator=gen, dtype=torch.float64).to(dtype) + 0.5
+        update = costs.RowUpdate(alpha, beta, gamma)
         native = costs._update_rows(z, g.clone(), update, mass)
         monkeypatch.setattr(costs, "native_row_gradients_available", lambda z, g: False)
         reference = costs._update_rows(z, g.clone(), update, mass)
@@ -444,7 +463,8 @@ def test_row_update_rejects_mismatched_buffers():
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_cosine_gradient_stays_finite_near_the_norm_floor(gen, monkeypatch, native):
+def test_cosine_gradient_stays_finite_near_the_norm_floor(gen, monkeypatch, two_threads,
+                                                          native):
     """A student token of norm ~1e-12 (sigma ~ 1e12, just inside the floor) and an upstream
     weight of 400 (a loss scale): the chain rule's intermediates stay finite in float32."""
     if not native:

@@ -52,15 +52,16 @@ class DensePlan(SoftMin):
         product form, the scale of M in the exponent for the log form."""
 
     @abstractmethod
-    def batched_plan_products(self, f, g, x, y, x_scale, y_scale):
-        """:meth:`plan_products` as batched PyTorch products (any device, any size)."""
+    def batched_plan_products(self, factors, x, y, x_scale, y_scale):
+        """:meth:`plan_products` of the plan with these :meth:`plan_factors` as batched
+        PyTorch products (any device, any size)."""
 
     def plan_products(self, f, g, x, y, x_scale, y_scale):
-        matrix, row, col, k = self.plan_factors(f, g)
+        factors = matrix, row, col, k = self.plan_factors(f, g)
         if native_products_pay(matrix, x, y):
             return native_plan_products(matrix, row, col, x, x_scale, y, y_scale, self.a,
                                         self.b, log_scale=k)
-        return self.batched_plan_products(f, g, x, y, x_scale, y_scale)
+        return self.batched_plan_products(factors, x, y, x_scale, y_scale)
 
     def input_grads(self, f, g, fc, grad_loss, need_x, need_y):
         matrix, row, col, k = self.plan_factors(f, g)
@@ -87,17 +88,21 @@ class ShiftedLogPlan(DensePlan):
         return f, g - self.shift[:, None]
 
     def plan(self, f, g):
-        matrix, row, col, k = self.plan_factors(f, g)
-        z = torch.add(matrix, row[:, :, None]) if k == 1 else torch.mul(matrix, k).add_(
-            row[:, :, None])
-        return z.add_(col[:, None, :]).exp_()
+        return _log_form_plan(*self.plan_factors(f, g))
 
-    def batched_plan_products(self, f, g, x, y, x_scale, y_scale):
-        p = self.plan(f, g)
+    def batched_plan_products(self, factors, x, y, x_scale, y_scale):
+        p = _log_form_plan(*factors)
         rows, cols = p.sum(2), p.sum(1)
         p_y = None if y is None else torch.bmm(p * y_scale[:, None, :], y)
         p_x = None if x is None else torch.bmm(p.transpose(1, 2) * x_scale[:, None, :], x)
         return p_y, p_x, rows, cols
+
+
+def _log_form_plan(matrix, row, col, k):
+    """P_ij = exp(r_i + c_j + k M_ij), (B, n, m)."""
+    z = torch.add(matrix, row[:, :, None]) if k == 1 else torch.mul(matrix, k).add_(
+        row[:, :, None])
+    return z.add_(col[:, None, :]).exp_()
 
 
 class DenseLogSoftMin(ShiftedLogPlan):
@@ -208,20 +213,23 @@ class DenseScalingSoftMin(DensePlan):
         return (u * weighted).sum(1)
 
     def marginals(self, s, t):
-        u, v = self.a / s, self.b / t
+        return self._marginals(self.a / s, self.b / t)
+
+    def _marginals(self, u, v):
+        """(P 1, P^T 1) for the plan diag(u) K diag(v)."""
         return (u * torch.bmm(self.kernel, v[:, :, None])[:, :, 0],
                 v * torch.bmm(self.kernel.transpose(1, 2), u[:, :, None])[:, :, 0])
 
     def plan_factors(self, s, t):
         return self.kernel, self.a / s, self.b / t, None
 
-    def batched_plan_products(self, s, t, x, y, x_scale, y_scale):
+    def batched_plan_products(self, factors, x, y, x_scale, y_scale):
         """P y' with P = diag(u) K diag(v): the diagonal scalings go on whichever operand of the
         product is smaller, K (B, n, m) or the embeddings (B, n + m, d); the only large
         allocations are the two results."""
-        u, v = self.a / s, self.b / t
-        k, kt = self.kernel, self.kernel.transpose(1, 2)
-        rows, cols = self.marginals(s, t)
+        k, u, v, _ = factors
+        kt = k.transpose(1, 2)
+        rows, cols = self._marginals(u, v)
         n, m = k.shape[1:]
         p_y = p_x = None
         if n * m <= (n + m) * (x if y is None else y).shape[2]:

@@ -227,6 +227,41 @@ def _products_reference(matrix, r, c, x, xs, y, ys):
             torch.bmm(plan.transpose(1, 2), x * xs[:, :, None]), plan.sum(2), plan.sum(1))
 
 
+def _random(gen, dtype, *shape):
+    return torch.rand(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+
+def _plan_operands(gen, dtype, batch, n, m, d):
+    """(matrix, r, c, x, xs, y, ys, a, b): ragged weights with holes, a plan r_i M_ij c_j that is
+    0 where a weight is, a batch-strided x."""
+    a = masked_weights(gen, batch, n, torch.randint(1, n + 1, (batch,), generator=gen),
+                       2).to(dtype)
+    b = masked_weights(gen, batch, m, torch.randint(1, m + 1, (batch,), generator=gen),
+                       2).to(dtype)
+    matrix = _random(gen, dtype, batch, n, m)
+    r, c = _random(gen, dtype, batch, n) * (a > 0), _random(gen, dtype, batch, m) * (b > 0)
+    x = torch.randn(batch, n + 3, d, generator=gen, dtype=torch.float64).to(dtype)[:, :n]
+    y = torch.randn(batch, m, d, generator=gen, dtype=torch.float64).to(dtype)
+    xs, ys = _random(gen, dtype, batch, n), _random(gen, dtype, batch, m)
+    return matrix, r, c, x, xs, y, ys, a, b
+
+
+def _as_passed(matrix, r, c, x, y, a, b, form):
+    """NaN past each problem's extents in matrix, x and y, in place (the passes must never read
+    there), and the plan in ``form``: (matrix, r, c, log_scale)."""
+    n, m = matrix.shape[1:]
+    past_x = torch.arange(n) >= ((a > 0) * torch.arange(1, n + 1)).amax(1, keepdim=True)
+    past_y = torch.arange(m) >= ((b > 0) * torch.arange(1, m + 1)).amax(1, keepdim=True)
+    matrix[past_x[:, :, None] | past_y[:, None, :]] = torch.nan
+    x[past_x], y[past_y] = torch.nan, torch.nan
+    if form == "plan":  # the plan written out
+        return matrix * r[:, :, None] * c[:, None, :], None, None, None
+    if form == "log":  # P = exp(log r + log c + k M') with M' = log M / k (O29)
+        log_scale = -1 / 0.05
+        return matrix.log() / log_scale, r.log(), c.log(), log_scale
+    return matrix, r, c, None
+
+
 # The plan's products (O23): d below, at and past the three-vector chunks (3 x 8 floats) with
 # tails, row counts not multiples of four, ragged extents with holes, NaN past the extents (never
 # read), a batch-strided x, factors given or None, one side or both, one thread or two.
@@ -236,28 +271,9 @@ def _products_reference(matrix, r, c, x, xs, y, ys):
 @pytest.mark.parametrize("form", ["factors", "plan", "log"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_plan_products_equal_the_batched_products(gen, dtype, batch, n, m, d, form, threads):
-    def rand(*shape):
-        return torch.rand(*shape, generator=gen, dtype=torch.float64).to(dtype)
-
-    a = masked_weights(gen, batch, n, torch.randint(1, n + 1, (batch,), generator=gen),
-                       2).to(dtype)
-    b = masked_weights(gen, batch, m, torch.randint(1, m + 1, (batch,), generator=gen),
-                       2).to(dtype)
-    matrix, r, c = rand(batch, n, m), rand(batch, n) * (a > 0), rand(batch, m) * (b > 0)
-    x = torch.randn(batch, n + 3, d, generator=gen, dtype=torch.float64).to(dtype)[:, :n]
-    y = torch.randn(batch, m, d, generator=gen, dtype=torch.float64).to(dtype)
-    xs, ys = rand(batch, n), rand(batch, m)
+    matrix, r, c, x, xs, y, ys, a, b = _plan_operands(gen, dtype, batch, n, m, d)
     expected = _products_reference(matrix, r, c, x, xs, y, ys)
-    past_x = torch.arange(n) >= ((a > 0) * torch.arange(1, n + 1)).amax(1, keepdim=True)
-    past_y = torch.arange(m) >= ((b > 0) * torch.arange(1, m + 1)).amax(1, keepdim=True)
-    matrix[past_x[:, :, None] | past_y[:, None, :]] = torch.nan
-    x[past_x], y[past_y] = torch.nan, torch.nan
-    log_scale = None
-    if form == "plan":  # the plan written out
-        matrix, r, c = matrix * r[:, :, None] * c[:, None, :], None, None
-    elif form == "log":  # P = exp(log r + log c + k M') with M' = log M / k (O29)
-        log_scale = -1 / 0.05
-        matrix, r, c = matrix.log() / log_scale, r.log(), c.log()
+    matrix, r, c, log_scale = _as_passed(matrix, r, c, x, y, a, b, form)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -301,20 +317,10 @@ def test_plan_products_reject_mismatched_buffers():
 def test_plan_gradients_equal_the_products_then_the_row_update(gen, dtype, batch, n, m, d,
                                                                plan_form, update_form,
                                                                threads):
-    def rand(*shape):
-        return torch.rand(*shape, generator=gen, dtype=torch.float64).to(dtype)
-
-    a = masked_weights(gen, batch, n, torch.randint(1, n + 1, (batch,), generator=gen),
-                       2).to(dtype)
-    b = masked_weights(gen, batch, m, torch.randint(1, m + 1, (batch,), generator=gen),
-                       2).to(dtype)
-    matrix, r, c = rand(batch, n, m), rand(batch, n) * (a > 0), rand(batch, m) * (b > 0)
-    x = torch.randn(batch, n + 3, d, generator=gen, dtype=torch.float64).to(dtype)[:, :n]
-    y = torch.randn(batch, m, d, generator=gen, dtype=torch.float64).to(dtype)
-    xs, ys = rand(batch, n), rand(batch, m)
+    matrix, r, c, x, xs, y, ys, a, b = _plan_operands(gen, dtype, batch, n, m, d)
 
     def update(length):
-        alpha, beta, gamma = (rand(batch, length) - 0.5 for _ in range(3))
+        alpha, beta, gamma = (_random(gen, dtype, batch, length) - 0.5 for _ in range(3))
         return (alpha, beta, None) if update_form == "dot" else (alpha, None, gamma)
 
     x_update, y_update = update(n), update(m)
@@ -329,14 +335,7 @@ def test_plan_gradients_equal_the_products_then_the_row_update(gen, dtype, batch
                            z.double(), 0.0)
 
     want_dx, want_dy = expected(x, p_y, x_update, rows), expected(y, p_x, y_update, cols)
-    past_x = torch.arange(n) >= ((a > 0) * torch.arange(1, n + 1)).amax(1, keepdim=True)
-    past_y = torch.arange(m) >= ((b > 0) * torch.arange(1, m + 1)).amax(1, keepdim=True)
-    matrix[past_x[:, :, None] | past_y[:, None, :]] = torch.nan
-    x[past_x], y[past_y] = torch.nan, torch.nan
-    log_scale = None
-    if plan_form == "log":  # P = exp(log r + log c + k M') with M' = log M / k (O29)
-        log_scale = -1 / 0.05
-        matrix, r, c = matrix.log() / log_scale, r.log(), c.log()
+    matrix, r, c, log_scale = _as_passed(matrix, r, c, x, y, a, b, plan_form)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

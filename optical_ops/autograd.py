@@ -54,6 +54,7 @@ class SolveSpec:
     value: str = "transport"
     norm: int = 1  # of the marginal error checked against tol (2: POT's rule)
     eps_scaling: float | None = None  # factor of the eps-scaling schedule, or None
+    grad_mode: bool = False  # grad mode was on at the call: a backward may follow
 
     def bucket_solver(self, bucket: Bucket, batch: int, d: int, dtype, device) -> str:
         if not self.plan.buckets:
@@ -65,9 +66,11 @@ class SolveSpec:
 
 
 def solve_embeddings(solver: str, x, y, a, b, spec: SolveSpec, f_init=None,
+                     gradients: tuple[bool, bool] = (False, False),
                      ) -> tuple[SoftMin, FactorisedCost, LoopResult]:
     """Factorise, check (``check_inputs``), and solve one batch of embedding problems with
-    ``solver``, with eps-scaling when asked (from the cost's range bound down to eps)."""
+    ``solver``, with eps-scaling when asked (from the cost's range bound down to eps);
+    ``gradients``: (need_x, need_y) of the backward that will follow."""
     sync_ok = spec.check_inputs
     fc = embedding_factors(solver, x, y, a, b, spec.cost, sync_ok)
     if sync_ok:
@@ -78,7 +81,7 @@ def solve_embeddings(solver: str, x, y, a, b, spec: SolveSpec, f_init=None,
 
     build = embedding_primitives(solver, fc, a, b, spec.tau, sync_ok)
     op, res = run_annealed(build, spec.eps, schedule, spec.n_iters, spec.tol, f_init=f_init,
-                           norm=spec.norm)
+                           norm=spec.norm, gradients=gradients)
     return op, fc, res
 
 
@@ -148,12 +151,14 @@ class EmbeddingOTFunction(torch.autograd.Function):
         buckets = length_buckets(a, b) if spec.plan.buckets else [Bucket(None, n, m)]
         losses = a.new_empty(batch)
         states, converged = [], []
+        # (needs_input_grad follows the inputs' requires_grad, not the caller's grad mode.)
+        gradients = ctx.needs_input_grad[:2] if spec.grad_mode else (False, False)
         with exact_numerics(x.device):
             for bucket in buckets:
                 xb, yb, ab, bb = bucket.take(x, y, a, b)
                 solver = spec.bucket_solver(bucket, batch, d, x.dtype, x.device)
                 op, fc, res = solve_embeddings(solver, xb, yb, ab, bb, spec,
-                                               bucket.trim(f_init, bucket.n))
+                                               bucket.trim(f_init, bucket.n), gradients)
                 if res.converged is not None:
                     converged.append(res.converged)
                 if spec.value == "entropic":

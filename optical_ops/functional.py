@@ -329,7 +329,7 @@ def ot_distill_loss(
     f_init = v.potentials("warm_start", warm_start, (batch, n), device, dtype)
     norm = TOL_NORMS[tol_norm]
     spec = SolveSpec(plan, solver, float(eps), n_iters, tol, tau, check_inputs, cost, norm=norm,
-                     eps_scaling=eps_scaling)
+                     eps_scaling=eps_scaling, grad_mode=torch.is_grad_enabled())
 
     def value(p, q, wp, wq, warm=None, entropic: bool = False):
         if torch.compiler.is_compiling():  # one opaque graph node (see .compiled)

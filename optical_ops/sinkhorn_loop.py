@@ -121,6 +121,13 @@ class SoftMin(ABC):
                                       fc.y if need_x else None, fc.row_scale, fc.col_scale)
         return fc.input_grads(*products, grad_loss, need_x, need_y)
 
+    def keep_for_gradients(self, need_x: bool, need_y: bool) -> None:
+        """Told before the solve that the backward will ask :meth:`input_grads` for dL/dx
+        (``need_x``) and dL/dy (``need_y``) at the solve's final state. A primitive whose
+        backward would recompute the cost for that (the streaming one) forms the products in
+        the solve's last pass instead; the default needs nothing and ignores it."""
+        return None
+
     def marginals(
         self, f_state: torch.Tensor, g_state: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,14 +244,18 @@ def eps_schedule(eps: float, start: float, factor: float) -> list[float]:
 
 
 def run_annealed(build, eps: float, schedule: list[float], n_iters: int, tol: float | None, *,
-                 f_init: torch.Tensor | None = None, norm: int = 1):
+                 f_init: torch.Tensor | None = None, norm: int = 1,
+                 gradients: tuple[bool, bool] = (False, False)):
     """eps-scaling (Kosowsky and Yuille; Schmitzer 2019): :data:`STAGE_ITERS` iterations at
     each eps of ``schedule`` (decreasing), each stage warm-started from the potentials of the
     last, then :func:`run_sinkhorn` at ``eps``. Large eps first moves the potentials cheaply
     most of the way; at small eps plain Sinkhorn needs O(R / eps) iterations to get there.
 
     ``build(eps)`` returns the primitive at that eps (or a tuple whose first item it is).
-    Returns (what ``build(eps)`` returned, the final :class:`LoopResult`).
+    ``gradients``: (need_x, need_y) of the backward, told to the final primitive
+    (:meth:`SoftMin.keep_for_gradients`) when its last iterate is the final state (``tol``
+    None; with ``tol`` the loop picks each problem's state after the fact). Returns (what
+    ``build(eps)`` returned, the final :class:`LoopResult`).
     """
     f = f_init
     for stage_eps in schedule:
@@ -254,6 +265,8 @@ def run_annealed(build, eps: float, schedule: list[float], n_iters: int, tol: fl
         f = op.potentials(res.f_state, res.g_state)[0]
     built = build(eps)
     op = built[0] if isinstance(built, tuple) else built
+    if any(gradients) and tol is None:
+        op.keep_for_gradients(*gradients)
     return built, run_sinkhorn(op, n_iters, tol, f_init=f, norm=norm)
 
 

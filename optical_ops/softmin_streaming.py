@@ -24,6 +24,8 @@ n + 1 products for n iterations instead of 2n; the same iterates up to the order
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .costs import FactorisedCost
@@ -79,18 +81,34 @@ class _NativeSide:
             strip_softmin(z, self.m, hc, log_w, offset, f, r0, eps, damping, state)
         return f, state
 
-    def plan(self, hr, hc, visit=None):
+    def plan(self, hr, hc, visit=None, before=None):
         """(P 1 (B, n), P^T 1 (B, m), sum_ij P_ij Z_ij (B,)) at hr = log a + (f - r) / eps,
         hc = log b + (g - c) / eps (see :func:`strip_plan`); ``visit(r0, P strip (B, T, R, W))``
-        is called on each strip of the plan while it is in cache."""
+        is called on each strip of the plan while it is in cache, ``before(r0, Z strip)`` on
+        each strip of Z before the plan overwrites it (it may fill that strip's rows of hr)."""
         batch, n = hr.shape
         rowsum, pz = torch.empty_like(hr), torch.empty_like(hr)
         colsum = hr.new_zeros(batch, self.tiles.shape[1] * self.width, dtype=torch.float64)
         for r0, z in self._strips(n):
+            if before is not None:
+                before(r0, z)
             strip_plan(z, self.m, hr, hc, rowsum, colsum, pz, r0)
             if visit is not None:
                 visit(r0, z)
         return rowsum, colsum[:, : self.m].to(hr.dtype), pz.sum(1)
+
+    def softmin_and_plan(self, hc, log_w, offset, eps, damping, visit=None):
+        """f as :meth:`softmin` (without the fold), and :meth:`plan` at that f, from the same
+        strips: a strip's plan needs only its own fresh rows, so the last row update and the
+        plan share one product. Returns (f, (P 1, P^T 1, <P, Z>))."""
+        f, hr = torch.empty_like(offset), torch.empty_like(offset)
+
+        def row_update(r0, z):
+            strip_softmin(z, self.m, hc, log_w, offset, f, r0, eps, damping, None)
+            rows = slice(r0, r0 + z.shape[2])
+            hr[:, rows] = log_w[:, rows] + (f[:, rows] - offset[:, rows]) / eps
+
+        return f, self.plan(hr, hc, visit, before=row_update)
 
     def _strips(self, n: int):
         """Yield (r0, Z strip) with Z = lhs[rows] @ tiles, in the reused buffer."""
@@ -99,6 +117,33 @@ class _NativeSide:
             z = self.z if rows == self.rows else self.z[:, :, :rows].contiguous()
             torch.matmul(self.lhs[:, :, r0:r0 + rows], self.tiles, out=z)
             yield r0, z
+
+
+def _identity(t: torch.Tensor) -> tuple:
+    """What makes a tensor the same values as another: memory, shape, strides and version (the
+    count of in-place writes)."""
+    return t.data_ptr(), t.shape, t.stride(), t._version
+
+
+@dataclass
+class _LastSweep:
+    """What the native path's last row update formed at its state (f, g): the plan's sums
+    P 1, P^T 1, <P, Z> and, when the backward will want them, P y' and P^T x'. f and g are held
+    so that their memory stays theirs; ``state`` is their identity at the sweep."""
+
+    f: torch.Tensor
+    g: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    pz: torch.Tensor
+    p_y: torch.Tensor | None = None
+    p_x: torch.Tensor | None = None
+
+    def __post_init__(self):
+        self.state = _identity(self.f), _identity(self.g)
+
+    def at(self, f: torch.Tensor, g: torch.Tensor) -> bool:
+        return (_identity(f), _identity(g)) == self.state
 
 
 class StreamingSoftMin(SoftMin):
@@ -113,6 +158,8 @@ class StreamingSoftMin(SoftMin):
         self._scratch: list[torch.Tensor] = []
         self.native = native_streaming_available(self.fc.x)
         self._sides: dict[str, _NativeSide] = {}
+        self._gradients = (False, False)
+        self._last: _LastSweep | None = None
 
     def for_backward(self) -> StreamingSoftMin:
         self._scratch, self._sides = [], {}
@@ -144,14 +191,31 @@ class StreamingSoftMin(SoftMin):
                                           fc.col_offset.contiguous(), eps, self.damping, False)
         return g
 
+    def keep_for_gradients(self, need_x, need_y):
+        self._gradients = (need_x, need_y)
+
+    def _last_rows(self, g):
+        """f from g on the native path, and the plan at (f, g) from the same products: its
+        sums and, when the backward will want them, P y' and P^T x' (kept in ``_last``)."""
+        fc, eps = self.fc, self.eps
+        hc = (self.log_b + (g - fc.col_offset) / eps).contiguous()
+        need_x, need_y = self._gradients
+        visit = products = None
+        if need_x or need_y:
+            visit, products = self._products_visitor(fc.x if need_y else None,
+                                                     fc.y if need_x else None)
+        f, sums = self._side("rows").softmin_and_plan(
+            hc, self.log_a.contiguous(), fc.row_offset.contiguous(), eps, self.damping, visit)
+        self._last = _LastSweep(f, g, *sums, *(products() if products else ()))
+        return f
+
     def iterate(self, f, n_iters):
         if not self.native:
             return super().iterate(f, n_iters)
         g = self._native_cols(f)
         for _ in range(n_iters - 1):
             f, g = self._native_rows(g, fold=True)
-        f, _ = self._native_rows(g, fold=False)
-        return f, g
+        return self._last_rows(g), g
 
     def _chunks(self, length: int, other: int):
         per_row = self.a.shape[0] * other * self.a.element_size()
@@ -206,7 +270,10 @@ class StreamingSoftMin(SoftMin):
         return torch.cat([p.clone() for _, p, _ in self._plan_tiles(f, g)], dim=1)
 
     def _native_plan(self, f, g, visit=None):
-        """:meth:`_NativeSide.plan` of the rows side at (f, g)."""
+        """:meth:`_NativeSide.plan` of the rows side at (f, g); the last sweep's sums when it
+        was at (f, g) and nothing is to be visited."""
+        if visit is None and self._last is not None and self._last.at(f, g):
+            return self._last.rows, self._last.cols, self._last.pz
         fc, eps = self.fc, self.eps
         hr = (self.log_a + (f - fc.row_offset) / eps).contiguous()
         hc = (self.log_b + (g - fc.col_offset) / eps).contiguous()
@@ -252,8 +319,18 @@ class StreamingSoftMin(SoftMin):
         self._scratch = []
         return p_y, p_x, rows_sum, cols_sum
 
-    def _native_plan_products(self, f, g, x, y):
-        """plan_products on the native path: P y' and P^T x' strip by strip, by column tile."""
+    def input_grads(self, f, g, fc, grad_loss, need_x, need_y):
+        last = self._last
+        if (last is None or not last.at(f, g) or (need_x and last.p_y is None)
+                or (need_y and last.p_x is None)):
+            return super().input_grads(f, g, fc, grad_loss, need_x, need_y)
+        return fc.input_grads(last.p_y, last.p_x, last.rows, last.cols, grad_loss, need_x,
+                              need_y)
+
+    def _products_visitor(self, x, y):
+        """(visit, products): ``visit(r0, P strip)`` (for :meth:`_NativeSide.plan`) adds the
+        strip's share of P y and P^T x by column tile; ``products()`` -> (P y, P^T x), each
+        None when its ``y`` / ``x`` is."""
         side = self._side("rows")
         (batch, n), m = self.a.shape, self.b.shape[1]
         tiles, width = side.tiles.shape[1], side.width
@@ -266,15 +343,21 @@ class StreamingSoftMin(SoftMin):
         if x is not None:
             p_x = x.new_zeros(batch, tiles, width, x.shape[2])
 
-        def products(r0, p):
+        def visit(r0, p):
             rows = slice(r0, r0 + p.shape[2])
             if p_y is not None:
                 p_y[:, rows] = torch.matmul(p, y_tiles).sum(1)
             if p_x is not None:
                 p_x.add_(torch.matmul(p.transpose(2, 3), x[:, None, rows]))
 
-        rows_sum, cols_sum, _ = self._native_plan(f, g, products)
+        def products():
+            return p_y, None if p_x is None else p_x.view(batch, tiles * width, -1)[:, :m]
+
+        return visit, products
+
+    def _native_plan_products(self, f, g, x, y):
+        """plan_products on the native path: P y' and P^T x' strip by strip, by column tile."""
+        visit, products = self._products_visitor(x, y)
+        rows_sum, cols_sum, _ = self._native_plan(f, g, visit)
         self._sides = {}
-        if p_x is not None:
-            p_x = p_x.view(batch, tiles * width, -1)[:, :m]
-        return p_y, p_x, rows_sum, cols_sum
+        return (*products(), rows_sum, cols_sum)

@@ -14,7 +14,7 @@ from optical_ops.kernels.cpu_streaming import (
     strip_plan,
     strip_softmin,
 )
-from optical_ops.softmin_streaming import StreamingSoftMin
+from optical_ops.softmin_streaming import StreamingSoftMin, _NativeSide
 
 pytestmark = pytest.mark.skipif(
     not native_streaming_available(torch.ones(1)), reason="native streaming passes not built"
@@ -105,6 +105,35 @@ def test_one_sided_plan_products(gen, native):
     assert torch.equal(only_y[0], p_y) and torch.equal(only_x[1], p_x)
     for products in (only_y, only_x):
         assert torch.equal(products[2], rows) and torch.equal(products[3], cols)
+
+
+@pytest.mark.parametrize("need_x,need_y", [(True, True), (True, False), (False, True)])
+def test_last_sweep_keeps_the_plan_sums_and_products(gen, monkeypatch, need_x, need_y):
+    """The last row update forms the plan's sums, and P y', P^T x' when kept for the gradients,
+    on its own products: no pass of their own, and the same numbers bit for bit as a pass at
+    that state; a state that is not the last sweep's (another tensor, or one written since)
+    gets its own pass."""
+    fc, a, b = problem(gen, 2, 300, 700, 64, torch.float64, zeros=(3, 2))
+    op = StreamingSoftMin(fc, a, b, 0.05, chunk_bytes=8192)
+    op.keep_for_gradients(need_x, need_y)
+    f, g = op.iterate(op.initial_f_state(), 5)
+    passes, plan = [], _NativeSide.plan
+    monkeypatch.setattr(_NativeSide, "plan",
+                        lambda side, *args, **kw: passes.append(1) or plan(side, *args, **kw))
+    weights = torch.tensor([1.0, -0.5], dtype=torch.float64)
+    kept = [op.loss(f, g), *op.marginals(f, g),
+            *op.input_grads(f, g, fc, weights, need_x, need_y)]
+    assert not passes
+    fresh = [op.loss(f.clone(), g), *op.marginals(f, g.clone()),
+             *op.input_grads(f.clone(), g, fc, weights, need_x, need_y)]
+    assert len(passes) == 3
+    assert [t is None for t in kept] == [t is None for t in fresh] == [False] * 3 + [
+        not need_x, not need_y]
+    for ours, ref in zip(kept, fresh):
+        assert ours is None or torch.equal(ours, ref)
+    f.mul_(1.0)
+    op.loss(f, g)
+    assert len(passes) == 4
 
 
 def test_unbalanced_damping_and_sqeuclidean(gen):

@@ -236,6 +236,43 @@ def test_streaming_matches_dense_on_many_chunks(gen, monkeypatch):
     torch.testing.assert_close(gy, y.grad, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("need_x,need_y", [(True, True), (True, False), (False, True)])
+def test_streaming_forward_forms_the_gradient_products(gen, monkeypatch, need_x, need_y):
+    """Without tol, a streaming forward in grad mode forms the products its backward needs in
+    its last sweep and the backward forms none: the same gradients, bit for bit, as products
+    formed in the backward. Under no_grad no products are formed."""
+    import optical_ops.softmin_streaming as streaming
+
+    x, y = random_tokens(gen, 3, 40, 16), random_tokens(gen, 3, 25, 16)
+    mask = torch.arange(25)[None] < torch.tensor([25, 9, 17])[:, None]
+    weights = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+    formed, visitor = [], streaming.StreamingSoftMin._products_visitor
+    monkeypatch.setattr(streaming.StreamingSoftMin, "_products_visitor",
+                        lambda op, *args: formed.append(1) or visitor(op, *args))
+
+    def grads():
+        xs, ys = x.clone().requires_grad_(need_x), y.clone().requires_grad_(need_y)
+        loss = ot_distill_loss(xs, ys, None, mask, solver="streaming", n_iters=30,
+                               reduction="none")
+        in_forward = len(formed)
+        (loss * weights).sum().backward()
+        return in_forward, len(formed) - in_forward, xs.grad, ys.grad
+
+    in_forward, in_backward, *kept = grads()
+    assert (in_forward, in_backward) == (1, 0)
+    formed.clear()
+    monkeypatch.setattr(streaming.StreamingSoftMin, "keep_for_gradients", lambda op, *a: None)
+    in_forward, in_backward, *recomputed = grads()
+    assert (in_forward, in_backward) == (0, 1)
+    for ours, ref in zip(kept, recomputed):
+        assert (ours is None and ref is None) or torch.equal(ours, ref)
+    monkeypatch.undo()
+    formed.clear()
+    with torch.no_grad():
+        ot_distill_loss(x.clone().requires_grad_(), y, solver="streaming", n_iters=30)
+    assert not formed
+
+
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_ragged_batch_is_solved_in_length_buckets(gen, solver):
     """Lengths spread over [1, 40]: several buckets, each trimmed; results equal the unpadded

@@ -20,6 +20,9 @@ the product once per iteration instead of once per half-iteration:
     g^1 = cols(f^0);  (f^k, g^{k+1}) = sweep(g^k) for k < n;  f^n = rows(g^n)
 
 n + 1 products for n iterations instead of 2n; the same iterates up to the order of the sums.
+A strip's plan needs only that strip's fresh rows, so the last row update also forms the plan's
+sums (the loss) and, when the backward will want them (:meth:`SoftMin.keep_for_gradients`),
+P y' and P^T x': n + 1 products in all, and a backward that forms none.
 """
 
 from __future__ import annotations

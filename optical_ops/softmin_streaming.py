@@ -350,8 +350,10 @@ class StreamingSoftMin(SoftMin):
             rows = slice(r0, r0 + p.shape[2])
             if p_y is not None:
                 p_y[:, rows] = torch.matmul(p, y_tiles).sum(1)
-            if p_x is not None:
-                p_x.add_(torch.matmul(p.transpose(2, 3), x[:, None, rows]))
+            if p_x is not None:  # accumulated inside the GEMM: no (B, T, W, d) temporary
+                for k in range(batch):
+                    strip = x[k, rows].expand(tiles, -1, -1)
+                    p_x[k].baddbmm_(p[k].transpose(1, 2), strip)
 
         def products():
             return p_y, None if p_x is None else p_x.view(batch, tiles * width, -1)[:, :m]

@@ -121,12 +121,12 @@ class SoftMin(ABC):
                                       fc.y if need_x else None, fc.row_scale, fc.col_scale)
         return fc.input_grads(*products, grad_loss, need_x, need_y)
 
-    def keep_for_gradients(self, need_x: bool, need_y: bool) -> None:
-        """Told before the solve that the backward will ask :meth:`input_grads` for dL/dx
-        (``need_x``) and dL/dy (``need_y``) at the solve's final state. A primitive whose
-        backward would recompute the cost for that (the streaming one) forms the products in
-        the solve's last pass instead; the default needs nothing and ignores it."""
-        return None
+    def prepare_final(self, need_x: bool, need_y: bool) -> None:  # noqa: B027 (optional hook)
+        """Told before a solve whose last iterate is its final state (``tol`` None) that
+        :meth:`loss` and :meth:`input_grads` will be asked there, the latter for dL/dx
+        (``need_x``) and dL/dy (``need_y``). A primitive that would recompute the cost for them
+        (the native streaming one) forms them in its last pass instead; the default ignores
+        it."""
 
     def marginals(
         self, f_state: torch.Tensor, g_state: torch.Tensor
@@ -253,8 +253,8 @@ def run_annealed(build, eps: float, schedule: list[float], n_iters: int, tol: fl
 
     ``build(eps)`` returns the primitive at that eps (or a tuple whose first item it is).
     ``gradients``: (need_x, need_y) of the backward, told to the final primitive
-    (:meth:`SoftMin.keep_for_gradients`) when its last iterate is the final state (``tol``
-    None; with ``tol`` the loop picks each problem's state after the fact). Returns (what
+    (:meth:`SoftMin.prepare_final`) when its last iterate is the final state (``tol`` None;
+    with ``tol`` the loop picks each problem's state after the fact). Returns (what
     ``build(eps)`` returned, the final :class:`LoopResult`).
     """
     f = f_init
@@ -265,8 +265,8 @@ def run_annealed(build, eps: float, schedule: list[float], n_iters: int, tol: fl
         f = op.potentials(res.f_state, res.g_state)[0]
     built = build(eps)
     op = built[0] if isinstance(built, tuple) else built
-    if any(gradients) and tol is None:
-        op.keep_for_gradients(*gradients)
+    if tol is None:
+        op.prepare_final(*gradients)
     return built, run_sinkhorn(op, n_iters, tol, f_init=f, norm=norm)
 
 

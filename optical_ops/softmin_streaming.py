@@ -20,9 +20,10 @@ the product once per iteration instead of once per half-iteration:
     g^1 = cols(f^0);  (f^k, g^{k+1}) = sweep(g^k) for k < n;  f^n = rows(g^n)
 
 n + 1 products for n iterations instead of 2n; the same iterates up to the order of the sums.
-A strip's plan needs only that strip's fresh rows, so the last row update also forms the plan's
-sums (the loss) and, when the backward will want them (:meth:`SoftMin.keep_for_gradients`),
-P y' and P^T x': n + 1 products in all, and a backward that forms none.
+A strip's plan needs only that strip's fresh rows, so when the last iterate is the final state
+(``tol`` None: :meth:`SoftMin.prepare_final`) the last row update also forms the plan's sums
+(the loss) and, for the sides the backward will want, P y' and P^T x': n + 1 products in all,
+and a backward that forms none.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ class StreamingSoftMin(SoftMin):
         self._scratch: list[torch.Tensor] = []
         self.native = native_streaming_available(self.fc.x)
         self._sides: dict[str, _NativeSide] = {}
-        self._gradients = (False, False)
+        self._final: tuple[bool, bool] | None = None  # (need_x, need_y) of prepare_final
         self._last: _LastSweep | None = None
 
     def for_backward(self) -> StreamingSoftMin:
@@ -194,15 +195,15 @@ class StreamingSoftMin(SoftMin):
                                           fc.col_offset.contiguous(), eps, self.damping, False)
         return g
 
-    def keep_for_gradients(self, need_x, need_y):
-        self._gradients = (need_x, need_y)
+    def prepare_final(self, need_x, need_y):
+        self._final = (need_x, need_y)
 
     def _last_rows(self, g):
         """f from g on the native path, and the plan at (f, g) from the same products: its
         sums and, when the backward will want them, P y' and P^T x' (kept in ``_last``)."""
         fc, eps = self.fc, self.eps
         hc = (self.log_b + (g - fc.col_offset) / eps).contiguous()
-        need_x, need_y = self._gradients
+        need_x, need_y = self._final
         visit = products = None
         if need_x or need_y:
             visit, products = self._products_visitor(fc.x if need_y else None,
@@ -218,6 +219,8 @@ class StreamingSoftMin(SoftMin):
         g = self._native_cols(f)
         for _ in range(n_iters - 1):
             f, g = self._native_rows(g, fold=True)
+        if self._final is None:
+            return self._native_rows(g, fold=False)[0], g
         return self._last_rows(g), g
 
     def _chunks(self, length: int, other: int):
@@ -323,12 +326,16 @@ class StreamingSoftMin(SoftMin):
         return p_y, p_x, rows_sum, cols_sum
 
     def input_grads(self, f, g, fc, grad_loss, need_x, need_y):
+        """From the last sweep's P y', P^T x' when it formed them at (f, g), else the default
+        (a pass of its own). The chain rule works in place, on copies: a second backward
+        through the same graph finds the products as they were."""
         last = self._last
         if (last is None or not last.at(f, g) or (need_x and last.p_y is None)
                 or (need_y and last.p_x is None)):
             return super().input_grads(f, g, fc, grad_loss, need_x, need_y)
-        return fc.input_grads(last.p_y, last.p_x, last.rows, last.cols, grad_loss, need_x,
-                              need_y)
+        p_y, p_x = (t.clone() if need else None
+                    for t, need in ((last.p_y, need_x), (last.p_x, need_y)))
+        return fc.input_grads(p_y, p_x, last.rows, last.cols, grad_loss, need_x, need_y)
 
     def _products_visitor(self, x, y):
         """(visit, products): ``visit(r0, P strip)`` (for :meth:`_NativeSide.plan`) adds the
@@ -351,9 +358,10 @@ class StreamingSoftMin(SoftMin):
             if p_y is not None:
                 p_y[:, rows] = torch.matmul(p, y_tiles).sum(1)
             if p_x is not None:  # accumulated inside the GEMM: no (B, T, W, d) temporary
-                for k in range(batch):
-                    strip = x[k, rows].expand(tiles, -1, -1)
-                    p_x[k].baddbmm_(p[k].transpose(1, 2), strip)
+                strip = x[:, None, rows].expand(-1, tiles, -1, -1).reshape(batch * tiles,
+                                                                          -1, x.shape[2])
+                p_x.view(batch * tiles, width, -1).baddbmm_(
+                    p.view(batch * tiles, -1, width).transpose(1, 2), strip)
 
         def products():
             return p_y, None if p_x is None else p_x.view(batch, tiles * width, -1)[:, :m]

@@ -107,33 +107,53 @@ def test_one_sided_plan_products(gen, native):
         assert torch.equal(products[2], rows) and torch.equal(products[3], cols)
 
 
-@pytest.mark.parametrize("need_x,need_y", [(True, True), (True, False), (False, True)])
-def test_last_sweep_keeps_the_plan_sums_and_products(gen, monkeypatch, need_x, need_y):
-    """The last row update forms the plan's sums, and P y', P^T x' when kept for the gradients,
-    on its own products: no pass of their own, and the same numbers bit for bit as a pass at
-    that state; a state that is not the last sweep's (another tensor, or one written since)
-    gets its own pass."""
+@pytest.mark.parametrize("need_x,need_y,damping", [(True, True, 1.0), (True, False, 1.0),
+                                                    (False, True, 0.9), (False, False, 1.0)])
+def test_last_sweep_forms_the_plan_sums_and_products(gen, monkeypatch, need_x, need_y, damping):
+    """Prepared for a final state, the last row update forms the plan's sums, and P y', P^T x'
+    for the sides asked for, on its own products: no pass of their own, and the same numbers
+    bit for bit as a pass at that state (a second backward too); a state that is not the last
+    sweep's (another tensor, or one written since) gets its own pass. 7-row strips: the last
+    of the 300 rows is a partial one."""
     fc, a, b = problem(gen, 2, 300, 700, 64, torch.float64, zeros=(3, 2))
-    op = StreamingSoftMin(fc, a, b, 0.05, chunk_bytes=8192)
-    op.keep_for_gradients(need_x, need_y)
+    op = StreamingSoftMin(fc, a, b, 0.05, damping, chunk_bytes=7 * 2 * 2 * 512 * 8)
+    op.prepare_final(need_x, need_y)
     f, g = op.iterate(op.initial_f_state(), 5)
     passes, plan = [], _NativeSide.plan
     monkeypatch.setattr(_NativeSide, "plan",
                         lambda side, *args, **kw: passes.append(1) or plan(side, *args, **kw))
     weights = torch.tensor([1.0, -0.5], dtype=torch.float64)
-    kept = [op.loss(f, g), *op.marginals(f, g),
-            *op.input_grads(f, g, fc, weights, need_x, need_y)]
+    grads = need_x or need_y  # the backward asks for none otherwise
+
+    def results(f, g, need=(need_x, need_y)):
+        return [op.loss(f, g), *op.marginals(f, g),
+                *(op.input_grads(f, g, fc, weights, *need) if grads else ())]
+
+    kept, again = results(f, g), results(f, g)
     assert not passes
-    fresh = [op.loss(f.clone(), g), *op.marginals(f, g.clone()),
-             *op.input_grads(f.clone(), g, fc, weights, need_x, need_y)]
-    assert len(passes) == 3
-    assert [t is None for t in kept] == [t is None for t in fresh] == [False] * 3 + [
-        not need_x, not need_y]
-    for ours, ref in zip(kept, fresh):
-        assert ours is None or torch.equal(ours, ref)
+    fresh = results(f.clone(), g.clone(), need=(True, True))
+    assert len(passes) == 2 + grads
+    fresh[3:] = [t if need else None for t, need in zip(fresh[3:], (need_x, need_y))]
+    assert [t is None for t in kept] == [False] * 3 + [not need_x, not need_y] * grads
+    for ours, ref, second in zip(kept, fresh, again):
+        assert ours is None or (torch.equal(ours, ref) and torch.equal(ours, second))
     f.mul_(1.0)
     op.loss(f, g)
-    assert len(passes) == 4
+    assert len(passes) == 3 + grads
+
+
+def test_without_a_final_state_the_last_sweep_forms_no_plan(gen, monkeypatch):
+    """Not prepared (a ``tol`` block, an eps-scaling stage): the last row update is a plain
+    one, and the loss forms the plan in a pass of its own."""
+    fc, a, b = problem(gen, 1, 40, 30, 8, torch.float64)
+    op = StreamingSoftMin(fc, a, b, 0.05)
+    passes, plan = [], _NativeSide.plan
+    monkeypatch.setattr(_NativeSide, "plan",
+                        lambda side, *args, **kw: passes.append(1) or plan(side, *args, **kw))
+    f, g = op.iterate(op.initial_f_state(), 3)
+    assert not passes
+    op.loss(f, g)
+    assert len(passes) == 1
 
 
 def test_unbalanced_damping_and_sqeuclidean(gen):

@@ -236,41 +236,98 @@ def test_streaming_matches_dense_on_many_chunks(gen, monkeypatch):
     torch.testing.assert_close(gy, y.grad, rtol=1e-10, atol=1e-14)
 
 
+@pytest.fixture
+def product_passes(monkeypatch):
+    """Counts the streaming primitive's passes that form P y' / P^T x'."""
+    import optical_ops.softmin_streaming as streaming
+
+    formed, visitor = [], streaming.StreamingSoftMin._products_visitor
+    monkeypatch.setattr(streaming.StreamingSoftMin, "_products_visitor",
+                        lambda op, *args: formed.append(1) or visitor(op, *args))
+    return formed
+
+
+def streaming_grads(formed, x, y, need_x, need_y, backwards=1, **options):
+    """(product passes in the forward, in the backward, dL/dx, dL/dy) of a weighted
+    streaming loss; with ``backwards=2`` the second backward's gradients."""
+    formed.clear()
+    xs, ys = x.clone().requires_grad_(need_x), y.clone().requires_grad_(need_y)
+    loss = ot_distill_loss(xs, ys, solver="streaming", reduction="none", **options)
+    in_forward = len(formed)
+    weights = torch.linspace(1.0, -0.5, loss.shape[0], dtype=loss.dtype)
+    for k in range(backwards):
+        xs.grad = ys.grad = None
+        (loss * weights).sum().backward(retain_graph=k + 1 < backwards)
+    return in_forward, len(formed) - in_forward, xs.grad, ys.grad
+
+
+def assert_same(grads, reference):
+    for ours, ref in zip(grads, reference):
+        assert (ours is None and ref is None) or torch.equal(ours, ref)
+
+
 @pytest.mark.parametrize("need_x,need_y", [(True, True), (True, False), (False, True)])
-def test_streaming_forward_forms_the_gradient_products(gen, monkeypatch, need_x, need_y):
+def test_streaming_forward_forms_the_gradient_products(gen, monkeypatch, product_passes,
+                                                       need_x, need_y):
     """Without tol, a streaming forward in grad mode forms the products its backward needs in
     its last sweep and the backward forms none: the same gradients, bit for bit, as products
-    formed in the backward. Under no_grad no products are formed."""
+    formed in the backward, and again in a second backward (retain_graph). Under no_grad no
+    products are formed."""
     import optical_ops.softmin_streaming as streaming
 
     x, y = random_tokens(gen, 3, 40, 16), random_tokens(gen, 3, 25, 16)
     mask = torch.arange(25)[None] < torch.tensor([25, 9, 17])[:, None]
-    weights = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
-    formed, visitor = [], streaming.StreamingSoftMin._products_visitor
-    monkeypatch.setattr(streaming.StreamingSoftMin, "_products_visitor",
-                        lambda op, *args: formed.append(1) or visitor(op, *args))
-
-    def grads():
-        xs, ys = x.clone().requires_grad_(need_x), y.clone().requires_grad_(need_y)
-        loss = ot_distill_loss(xs, ys, None, mask, solver="streaming", n_iters=30,
-                               reduction="none")
-        in_forward = len(formed)
-        (loss * weights).sum().backward()
-        return in_forward, len(formed) - in_forward, xs.grad, ys.grad
-
-    in_forward, in_backward, *kept = grads()
+    options = dict(teacher_mask=mask, n_iters=30)
+    in_forward, in_backward, *kept = streaming_grads(product_passes, x, y, need_x, need_y,
+                                                     **options)
     assert (in_forward, in_backward) == (1, 0)
-    formed.clear()
-    monkeypatch.setattr(streaming.StreamingSoftMin, "keep_for_gradients", lambda op, *a: None)
-    in_forward, in_backward, *recomputed = grads()
+    assert_same(streaming_grads(product_passes, x, y, need_x, need_y, backwards=2,
+                                **options)[2:], kept)
+    prepare = streaming.StreamingSoftMin.prepare_final
+    monkeypatch.setattr(streaming.StreamingSoftMin, "prepare_final",
+                        lambda op, *a: prepare(op, False, False))
+    in_forward, in_backward, *recomputed = streaming_grads(product_passes, x, y, need_x,
+                                                           need_y, **options)
     assert (in_forward, in_backward) == (0, 1)
-    for ours, ref in zip(kept, recomputed):
-        assert (ours is None and ref is None) or torch.equal(ours, ref)
+    assert_same(kept, recomputed)
     monkeypatch.undo()
-    formed.clear()
+    product_passes.clear()
     with torch.no_grad():
         ot_distill_loss(x.clone().requires_grad_(), y, solver="streaming", n_iters=30)
-    assert not formed
+    assert not product_passes
+
+
+def test_streaming_products_where_the_final_state_is_known(gen, monkeypatch, product_passes):
+    """One product pass per solve whose final state is its last iterate: per length bucket,
+    per debiasing term with a gradient, none in eps-scaling stages; with tol (the loop picks
+    the state after the fact) the backward forms them. The gradients equal the dense ones."""
+    import optical_ops.ragged as ragged
+
+    x, y = random_tokens(gen, 4, 40, 16), random_tokens(gen, 4, 30, 16)
+    mask_x = torch.arange(40)[None] < torch.tensor([40, 6, 7, 38])[:, None]
+    mask_y = torch.arange(30)[None] < torch.tensor([30, 5, 4, 29])[:, None]
+    cases = [  # (options, product passes in the forward, in the backward)
+        (dict(n_iters=30), 1, 0),
+        (dict(n_iters=30, debias=True), 2, 0),  # x against y and x against x; y is frozen
+        (dict(n_iters=30, eps_scaling=0.5), 1, 0),
+        (dict(n_iters=30, tol=1e-2), 0, 1),
+    ]
+    monkeypatch.setattr(ragged, "MIN_SAVING", 1.0)  # one bucket
+    for options, forward, backward in cases:
+        got = streaming_grads(product_passes, x, y, True, False, student_mask=mask_x,
+                              teacher_mask=mask_y, **options)
+        assert got[:2] == (forward, backward), options
+    monkeypatch.setattr(ragged, "MIN_SAVING", 0.0)
+    monkeypatch.setattr(ragged, "BUCKET_OVERHEAD", 0)  # length buckets
+    got = streaming_grads(product_passes, x, y, True, True, student_mask=mask_x,
+                          teacher_mask=mask_y, n_iters=30)
+    assert got[0] >= 2 and got[1] == 0
+    xs, ys = x.clone().requires_grad_(), y.clone().requires_grad_()
+    loss = ot_distill_loss(xs, ys, mask_x, mask_y, solver="dense-log", reduction="none",
+                           n_iters=30)
+    (loss * torch.linspace(1.0, -0.5, 4, dtype=loss.dtype)).sum().backward()
+    torch.testing.assert_close(got[2], xs.grad, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(got[3], ys.grad, rtol=1e-10, atol=1e-13)
 
 
 @pytest.mark.parametrize("solver", SOLVERS)

@@ -17,8 +17,9 @@
 // Long sums (a row over all column tiles, a column over all strips) add per-tile or per-strip
 // partial sums in T into double (float64 buffers for the column sums): kept in float over
 // 16384 terms they cost ~5e-5 relative in f on W5, 10x the PyTorch path's error.
-// Each pass is vectorised along contiguous columns; exp is a polynomial (below) that GCC
-// vectorises, as glibc's vector exp needs -ffast-math, which would break the -inf handling.
+// Each pass is vectorised along contiguous columns; exp is a polynomial (native_cpu.h's
+// exp_in_range) that GCC vectorises, as glibc's vector exp needs -ffast-math, which would break
+// the -inf handling.
 //
 // Plain C++ with OpenMP, no PyTorch header: the Python side (kernels/cpu_streaming.py) passes
 // data pointers of contiguous CPU tensors it has checked.
@@ -37,54 +38,23 @@
 
 namespace {
 
-// exp(x) for x <= 0, clamped below at kFloor (as EXP_FLOOR in optical_ops/logsumexp.py: a
-// smaller argument would give a slow denormal, ~1e-35 of the largest term). x = k ln2 + r with
-// |r| <= ln2 / 2 (ln2 split in two for an exact k ln2), exp(r) by its Taylor polynomial (degree
-// 7 / 13: truncation < 1e-8 / 1e-17 relative), 2^k from the exponent bits. Within 2 ulp.
-// Rounding by adding 1.5 * 2^(mantissa bits) leaves k in the sum's low bits, which become the
-// exponent of 2^k by integer ops alone: no floor or float-to-int64 conversion, which SSE2/AVX2
-// cannot vectorise. Exp<T> holds the constants per type.
+// exp(x) for x <= 0 (or -inf), clamped below at ExpFloor (EXP_FLOOR in optical_ops/logsumexp.py:
+// a smaller argument would give a slow denormal, ~1e-35 of the largest term), by the shared
+// vectorisable exp of native_cpu.h.
 template <typename T>
-struct Exp;
-
+struct ExpFloor;
 template <>
-struct Exp<float> {
-  using Bits = uint32_t;
-  static constexpr float kFloor = -80.0f, kRound = 12582912.0f;  // 1.5 * 2^23
-  static constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f,
-                         kLn2Lo = -2.12194440e-4f;
-  static constexpr int kDegree = 7, kMantissa = 23, kBias = 127;
+struct ExpFloor<float> {
+  static constexpr float kValue = -80.0f;
 };
-
 template <>
-struct Exp<double> {
-  using Bits = uint64_t;
-  static constexpr double kFloor = -700.0, kRound = 6755399441055744.0;  // 1.5 * 2^52
-  static constexpr double kLog2e = 1.44269504088896340736, kLn2Hi = 6.93147180369123816490e-01,
-                          kLn2Lo = 1.90821492927058770002e-10;
-  static constexpr int kDegree = 13, kMantissa = 52, kBias = 1023;
+struct ExpFloor<double> {
+  static constexpr double kValue = -700.0;
 };
-
-template <typename T>
-constexpr T inverse_factorial(int i) {
-  T value = 1;
-  for (int k = 2; k <= i; ++k) value /= k;
-  return value;
-}
 
 template <typename T>
 INLINE T exp_clamped(T x) {
-  using E = Exp<T>;
-  x = x < E::kFloor ? E::kFloor : x;  // also maps -inf to the floor
-  const T shifted = x * E::kLog2e + E::kRound;  // k in the low mantissa bits
-  const T k = shifted - E::kRound;
-  const T r = std::fma(k, -E::kLn2Lo, std::fma(k, -E::kLn2Hi, x));
-  T p = inverse_factorial<T>(E::kDegree);  // Horner over the coefficients 1/i!
-#pragma GCC unroll 16
-  for (int i = E::kDegree - 1; i >= 0; --i) p = std::fma(p, r, inverse_factorial<T>(i));
-  const typename E::Bits bits = (__builtin_bit_cast(typename E::Bits, shifted) + E::kBias)
-                                << E::kMantissa;
-  return p * __builtin_bit_cast(T, bits);
+  return exp_in_range(x < ExpFloor<T>::kValue ? ExpFloor<T>::kValue : x);  // -inf too
 }
 
 // Shapes of one strip: z is (batch, tiles, rows, width); columns j = t * width + w < m.
@@ -228,7 +198,7 @@ PER_ISA void plan_rows(T* z, const Strip& s, const T* hr, const T* hc, T* rowsum
 #pragma omp simd reduction(+ : tile_mass, tile_weighted)
       for (int64_t w = 0; w < s.cols(t); ++w) {
         const T v = zr[w] + h[w] + row_term;
-        const T p = v < Exp<T>::kFloor ? T(0) : exp_clamped(v);
+        const T p = v < ExpFloor<T>::kValue ? T(0) : exp_clamped(v);
         tile_mass += p;
         tile_weighted += p * zr[w];
         zr[w] = p;

@@ -6,12 +6,12 @@ x' = sigma x and y' = tau y are written out once, O((n + m) d)), the row update 
     f_i = r_i - eps * LSE_j( log b_j + (g_j - c_j) / eps + (s / eps) <x'_i, y'_j> )
 
 A chunk of rows costs one ``baddbmm`` (2 B rows m d FLOPs) into a reused (B, rows, m) scratch
-buffer and an in-place log-sum-exp over it (max, subtract-and-exp, sum: three passes over a
-cache-resident chunk, B rows m exps); the column update is the same with the roles swapped.
+buffer and an in-place log-sum-exp over it (max, subtract-and-exp, sum: three passes over the
+chunk, B rows m exps); the column update is the same with the roles swapped.
 Memory: O(B (n + m) d) plus two chunks, allocated once per solve (fresh pages are expensive).
 
 On the CPU with the native extension (:mod:`optical_ops.kernels.cpu_streaming`) a row strip of
-the product is computed as (B, T, R, W) column tiles by one broadcast ``matmul`` (cache-sized
+the product is computed as (B, T, R, W) column tiles by one broadcast ``matmul`` (W-wide
 tiles keep the thin K = d GEMM near the machine's peak) and the log-sum-exp runs in one native
 call per strip, vectorised exp included. That call also folds the fresh rows f_i into the
 *next* column update (a running maximum and rescaled sum per column), so ``iterate`` computes
@@ -43,9 +43,10 @@ from .kernels.cpu_streaming import (
 from .logsumexp import logsumexp_
 from .sinkhorn_loop import SoftMin
 
-# Bytes of one (B, rows, m) chunk: small enough to stay in L2 (1 MiB per core here) while the
-# log-sum-exp makes its passes over it, large enough to keep the per-chunk op overhead low.
-DEFAULT_CHUNK_BYTES = 2 * 2**20
+# Bytes of one (B, rows, m) chunk. The log-sum-exp passes are compute-bound and L3 feeds them,
+# while the strip's GEMM (M = rows, K = d) runs faster the more rows it has: measured on 2
+# cores, 16 MiB sweeps 8-35 % faster than the 2 MiB that stays in L2 (benchmarks/NOTES.md, O35).
+DEFAULT_CHUNK_BYTES = 16 * 2**20
 
 # Column tile of the native path: a GEMM output tile (R, W) and one strip row's tile stay in
 # L1/L2 while the passes read them (measured on W5: W = 512 at R = 32-64 ran the d = 64 GEMM at

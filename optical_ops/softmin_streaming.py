@@ -177,10 +177,18 @@ class StreamingSoftMin(SoftMin):
                                             self.chunk_bytes)
         return self._sides[name]
 
+    def _row_terms(self, f):
+        """hr = log a + (f - r) / eps (B, n), contiguous for the native passes."""
+        return (self.log_a + (f - self.fc.row_offset) / self.eps).contiguous()
+
+    def _col_terms(self, g):
+        """hc = log b + (g - c) / eps (B, m), contiguous for the native passes."""
+        return (self.log_b + (g - self.fc.col_offset) / self.eps).contiguous()
+
     def _native_rows(self, g, fold: bool):
         """f from g on the native path; with ``fold`` also the next g (from that f)."""
         fc, eps = self.fc, self.eps
-        hc = (self.log_b + (g - fc.col_offset) / eps).contiguous()
+        hc = self._col_terms(g)
         f, state = self._side("rows").softmin(hc, self.log_a.contiguous(),
                                               fc.row_offset.contiguous(), eps, self.damping, fold)
         if not fold:
@@ -191,7 +199,7 @@ class StreamingSoftMin(SoftMin):
 
     def _native_cols(self, f):
         fc, eps = self.fc, self.eps
-        hc = (self.log_a + (f - fc.row_offset) / eps).contiguous()
+        hc = self._row_terms(f)
         g, _ = self._side("cols").softmin(hc, self.log_b.contiguous(),
                                           fc.col_offset.contiguous(), eps, self.damping, False)
         return g
@@ -203,7 +211,7 @@ class StreamingSoftMin(SoftMin):
         """f from g on the native path, and the plan at (f, g) from the same products: its
         sums and, when the backward will want them, P y' and P^T x' (kept in ``_last``)."""
         fc, eps = self.fc, self.eps
-        hc = (self.log_b + (g - fc.col_offset) / eps).contiguous()
+        hc = self._col_terms(g)
         need_x, need_y = self._final
         visit = products = None
         if need_x or need_y:
@@ -281,10 +289,7 @@ class StreamingSoftMin(SoftMin):
         was at (f, g) and nothing is to be visited."""
         if visit is None and self._last is not None and self._last.at(f, g):
             return self._last.rows, self._last.cols, self._last.pz
-        fc, eps = self.fc, self.eps
-        hr = (self.log_a + (f - fc.row_offset) / eps).contiguous()
-        hc = (self.log_b + (g - fc.col_offset) / eps).contiguous()
-        return self._side("rows").plan(hr, hc, visit)
+        return self._side("rows").plan(self._row_terms(f), self._col_terms(g), visit)
 
     def marginals(self, f, g):
         if self.native:

@@ -17,15 +17,19 @@ _streaming_cpu = load("_streaming_cpu")  # None when not built: callers fall bac
 MAX_STRIP_ROWS = 256
 MAX_TILE_WIDTH = 1024
 
+# (tile rows, tile columns) of the fused float32 sweep, None where this machine or build has none.
+FUSED_TILE = None if _streaming_cpu is None else _streaming_cpu.fused_info()
+
 
 def native_streaming_available(x: torch.Tensor) -> bool:
     return runs_on(_streaming_cpu, x)
 
 
-def _check_buffers(name: str, z: torch.Tensor, same: list[torch.Tensor],
+def _check_buffers(name: str, first: str, z: torch.Tensor, same: list[torch.Tensor],
                    double: list[torch.Tensor]) -> None:
-    """z and ``same`` contiguous CPU tensors of one float dtype, ``double`` of float64."""
-    groups = (([z, *same], z.dtype, "z's dtype"), (double, torch.float64, "float64"))
+    """z (called ``first``) and ``same`` contiguous CPU tensors of one float dtype, ``double``
+    of float64."""
+    groups = (([z, *same], z.dtype, f"{first}'s dtype"), (double, torch.float64, "float64"))
     for group, dtype, what in groups:
         if not all(t.is_contiguous() and t.dtype == dtype and t.device.type == "cpu"
                    for t in group):
@@ -57,7 +61,7 @@ def strip_softmin(
     LSE_i(log w_i + (f_i - r_i) / eps + Z_ij) = M_j + log S_j (start from -inf and 0).
     """
     batch, tiles, rows, width = z.shape
-    _check_buffers("strip_softmin", z, [hc, log_w, offset, f, *(col_state or ())[:1]],
+    _check_buffers("strip_softmin", "z", z, [hc, log_w, offset, f, *(col_state or ())[:1]],
                    list(col_state or ())[1:])
     if col_state is not None and any(t.shape != (batch, tiles * width) for t in col_state):
         shape = (batch, tiles * width)
@@ -88,11 +92,53 @@ def strip_plan(
     adds P^T 1 to colsum (B, T W), float64.
     """
     batch, tiles, rows, width = z.shape
-    _check_buffers("strip_plan", z, [hr, hc, rowsum, pz], [colsum])
+    _check_buffers("strip_plan", "z", z, [hr, hc, rowsum, pz], [colsum])
     if colsum.shape != (batch, tiles * width):
         raise ValueError(f"strip_plan: colsum must be of shape {(batch, tiles * width)}")
     _streaming_cpu.strip_plan(
         z.data_ptr(), hr.data_ptr(), hc.data_ptr(), rowsum.data_ptr(), colsum.data_ptr(),
         pz.data_ptr(), batch, tiles, rows, width, m, hr.shape[1], r0,
         z.dtype == torch.float64, torch.get_num_threads(),
+    )
+
+
+def fused_softmin(
+    lhs: torch.Tensor,
+    ypack: torch.Tensor,
+    m: int,
+    hc: torch.Tensor,
+    log_w: torch.Tensor,
+    offset: torch.Tensor,
+    f: torch.Tensor,
+    eps: float,
+    damping: float,
+    col_state: tuple[torch.Tensor, torch.Tensor],
+    strip_rows: int,
+) -> bool:
+    r"""The row soft-min and its fold into the next column update, as :func:`strip_softmin` with a
+    column state, in one fused float32 pass that forms the product itself.
+
+    lhs: (B, n, d) = (s / eps) x'; ypack: (B, T, d, N), y' zero-padded to T N >= m columns and
+    packed by tiles of N = ``FUSED_TILE[1]`` columns; hc, log_w, offset, f, eps, damping as in
+    :func:`strip_softmin`;
+    col_state: (M, S), each (B, T N), float32 and float64, overwritten (not accumulated).
+    strip_rows: rows formed per pass, a multiple of ``FUSED_TILE[0]``. Returns False when a row
+    or column sum fell out of the range its single exp covers (small eps, far-off potentials):
+    the outputs are then unusable and the caller runs :func:`strip_softmin` instead.
+    """
+    batch, n, d = lhs.shape
+    tiles = ypack.shape[1]
+    cmax, csum = col_state
+    if lhs.dtype != torch.float32:
+        raise ValueError(f"fused_softmin: lhs must be float32, got {lhs.dtype}")
+    _check_buffers("fused_softmin", "lhs", lhs, [ypack, hc, log_w, offset, f, cmax], [csum])
+    shapes = ((ypack, (batch, tiles, d, FUSED_TILE[1])), (hc, (batch, m)), (f, (batch, n)),
+              (cmax, (batch, tiles * FUSED_TILE[1])), (csum, (batch, tiles * FUSED_TILE[1])))
+    for t, shape in shapes:
+        if t.shape != shape:
+            raise ValueError(f"fused_softmin: a buffer of shape {tuple(t.shape)}, not {shape}")
+    return _streaming_cpu.fused_softmin(
+        lhs.data_ptr(), ypack.data_ptr(), hc.data_ptr(), log_w.data_ptr(), offset.data_ptr(),
+        f.data_ptr(), cmax.data_ptr(), csum.data_ptr(), batch, n, m, d, tiles, strip_rows,
+        eps, damping, torch.get_num_threads(),
     )

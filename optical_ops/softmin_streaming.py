@@ -20,6 +20,12 @@ the product once per iteration instead of once per half-iteration:
     g^1 = cols(f^0);  (f^k, g^{k+1}) = sweep(g^k) for k < n;  f^n = rows(g^n)
 
 n + 1 products for n iterations instead of 2n; the same iterates up to the order of the sums.
+In float32 on x86-64-v4 CPUs a sweep runs fused instead (:func:`fused_softmin`): the product
+formed by a register-tiled kernel of its own into a strip that stays in L2, and one exp per
+entry for both updates, E_ij = exp(Z_ij - max_j Z_ij), which leaves the potentials to per-row
+and per-column weights. Its range is narrower (every row and column needs a term within the exp
+floor of those shifts: cosine costs at eps >= ~0.01 pass), so each sum is checked, and a sweep
+that fails is redone by the strips, which the solve then keeps (benchmarks/NOTES.md, O36).
 A strip's plan needs only that strip's fresh rows, so when the last iterate is the final state
 (``tol`` None: :meth:`SoftMin.prepare_final`) the last row update also forms the plan's sums
 (the loss) and, for the sides the backward will want, P y' and P^T x': n + 1 products in all,
@@ -34,8 +40,10 @@ import torch
 
 from .costs import FactorisedCost
 from .kernels.cpu_streaming import (
+    FUSED_TILE,
     MAX_STRIP_ROWS,
     MAX_TILE_WIDTH,
+    fused_softmin,
     native_streaming_available,
     strip_plan,
     strip_softmin,
@@ -53,30 +61,73 @@ DEFAULT_CHUNK_BYTES = 16 * 2**20
 # ~160 GFLOP/s, full-width 32-row chunks at ~110).
 NATIVE_TILE_WIDTH = 512
 
+# Rows of the fused sweep's per-thread strip (the product's exps, read back for the column
+# sums): as many as fit in 256 KiB of L2 beside the packed tiles of y' streaming through, but
+# at least two tiles' (each strip streams all of y'), and at most 96 (a strip is one thread's
+# unit of work: small problems still split). Measured in benchmarks/NOTES.md, O36.
+FUSED_STRIP_BYTES = 256 * 2**10
+FUSED_MAX_ROWS = 96
+
+
+def _fused_rows(width: int) -> int:
+    """Rows of a fused sweep's strip against ``width`` padded columns (FUSED_STRIP_BYTES)."""
+    tile_rows = FUSED_TILE[0]
+    rows = FUSED_STRIP_BYTES // (4 * width) // tile_rows * tile_rows
+    return min(FUSED_MAX_ROWS, max(2 * tile_rows, rows))
+
 
 class _NativeSide:
     """One direction of the native soft-min: rows of ``own`` against the columns of ``other``.
 
     lhs: own * (s / eps), (B, n, d); tiles: other zero-padded to T W rows, (B, T, d, W).
+    Sweeps with a fold run fused where they can (float32, :data:`FUSED_TILE`) until one falls
+    out of the fused sweep's range: :meth:`fused_pack`.
     """
 
     def __init__(self, own: torch.Tensor, other: torch.Tensor, alpha: float, chunk_bytes: int):
-        batch, m, d = other.shape
+        batch, m = other.shape[:2]
         self.m, self.width = m, min(m, NATIVE_TILE_WIDTH, MAX_TILE_WIDTH)
-        tiles = -(-m // self.width)
-        padded = other.new_zeros(batch, tiles * self.width, d)
-        padded[:, :m] = other
-        self.tiles = padded.view(batch, tiles, self.width, d).transpose(2, 3)
+        self.tiles = self._pack(other, self.width)
         self.lhs = (own * alpha).unsqueeze(1)
-        per_row = batch * tiles * self.width * own.element_size()
+        per_row = batch * self.tiles.shape[1] * self.width * own.element_size()
         self.rows = max(1, min(MAX_STRIP_ROWS, own.shape[1], chunk_bytes // per_row))
-        self.z = own.new_empty(batch, tiles, self.rows, self.width)
+        self.z = own.new_empty(batch, self.tiles.shape[1], self.rows, self.width)
+        fused = FUSED_TILE is not None and own.dtype == torch.float32
+        self._other, self._packed = (other if fused else None), None
+
+    @staticmethod
+    def _pack(other: torch.Tensor, width: int) -> torch.Tensor:
+        """other (B, m, d) zero-padded to T width rows, as (B, T, d, width) tiles (a view)."""
+        batch, m, d = other.shape
+        tiles = -(-m // width)
+        padded = other.new_zeros(batch, tiles * width, d)
+        padded[:, :m] = other
+        return padded.view(batch, tiles, width, d).transpose(2, 3)
+
+    def fused_pack(self) -> torch.Tensor | None:
+        """other for the fused sweep, (B, T', d, N) by tiles of N = FUSED_TILE[1] columns (built
+        on first use), or None where the fused sweep does not run."""
+        if self._packed is None and self._other is not None:
+            self._packed = self._pack(self._other, FUSED_TILE[1]).contiguous()
+        return self._packed
+
+    def stop_fusing(self) -> None:
+        self._other = self._packed = None
 
     def softmin(self, hc, log_w, offset, eps, damping, fold: bool):
         """f (B, n) = damping (offset - eps LSE_j(hc_j + Z_ij)); with ``fold`` also the column
         state (M, S) of the next update (see :func:`strip_softmin`)."""
         batch, n = offset.shape
         f = torch.empty_like(offset)
+        packed = self.fused_pack() if fold else None
+        if packed is not None:
+            width = packed.shape[1] * FUSED_TILE[1]
+            state = (offset.new_empty(batch, width),
+                     offset.new_empty(batch, width, dtype=torch.float64))
+            if fused_softmin(self.lhs[:, 0], packed, self.m, hc, log_w, offset, f, eps,
+                             damping, state, _fused_rows(width)):
+                return f, state
+            self.stop_fusing()  # out of its range at this eps: the strips from here on
         state = None
         if fold:
             width = self.tiles.shape[1] * self.width

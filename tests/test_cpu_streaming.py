@@ -10,6 +10,8 @@ from reference import random_weights
 
 from optical_ops.costs import factorise
 from optical_ops.kernels.cpu_streaming import (
+    FUSED_TILE,
+    fused_softmin,
     native_streaming_available,
     strip_plan,
     strip_softmin,
@@ -214,3 +216,126 @@ def test_strip_buffers_are_checked():
                       (torch.zeros(1, 3), torch.zeros(1, 3, dtype=torch.float64)))
     with pytest.raises(ValueError, match="inconsistent strip shape"):
         strip_softmin(z, 5, torch.zeros(1, 5), vec, vec, vec, 0, 1.0, 1.0, None)
+
+
+# The fused float32 sweep (x86-64-v4 machines): the same f and column state as the strip
+# path's fold, or a report that a sum left its range.
+fused_only = pytest.mark.skipif(FUSED_TILE is None, reason="no fused sweep on this machine")
+
+
+def fused_and_strip_sweeps(op, g, strip_rows):
+    """(fused, strip): (ok, f, column LSE (B, m) in float64) of the rows side at g; for the
+    strip path ok is None."""
+    side, hc = op._side("rows"), op._col_terms(g)
+    log_a, offset = op.log_a.contiguous(), op.fc.row_offset.contiguous()
+    batch, packed = offset.shape[0], side.fused_pack()
+    width = packed.shape[1] * FUSED_TILE[1]
+    f, state = torch.empty_like(offset), (torch.empty(batch, width),
+                                          torch.empty(batch, width, dtype=torch.float64))
+    ok = fused_softmin(side.lhs[:, 0], packed, side.m, hc, log_a, offset, f, op.eps,
+                       op.damping, state, strip_rows)
+    side.stop_fusing()
+    f_ref, state_ref = side.softmin(hc, log_a, offset, op.eps, op.damping, fold=True)
+
+    def lse(state):
+        return state[1][:, :side.m].log() + state[0][:, :side.m].double()
+
+    return (ok, f, lse(state)), (None, f_ref, lse(state_ref))
+
+
+@fused_only
+@pytest.mark.parametrize("batch,n,m,d", [(1, 1, 7, 5), (3, 33, 129, 100), (2, 300, 257, 384),
+                                         (1, 129, 1100, 64)])
+@pytest.mark.parametrize("strip_rows", [6, 12, 96])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_sweep_equals_the_strip_sweep(gen, batch, n, m, d, strip_rows, threads):
+    """Zero weights on both sides, damping, rows and columns that are not multiples of the
+    tile (6 x 32) or the strip, one strip or many per thread."""
+    fc, a, b = problem(gen, batch, n, m, d, torch.float32, zeros=(min(2, n - 1), min(1, m - 1)))
+    op = StreamingSoftMin(fc, a, b, 0.05, damping=0.8)
+    g = op._native_cols(op.initial_f_state())
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        (ok, f, lse), (_, f_ref, lse_ref) = fused_and_strip_sweeps(op, g, strip_rows)
+    finally:
+        torch.set_num_threads(previous)
+    assert ok
+    assert (f - f_ref).abs().max() <= 1e-6 * f_ref.abs().max().clamp_min(1.0)
+    assert (lse - lse_ref).abs().max() <= 1e-6 * lse_ref.abs().max()
+
+
+def one_dimensional_sweep(z_columns, hc, a=None):
+    """The fused sweep on one problem with d = 1 and lhs = 1: Z_ij = z_columns[j] in every row
+    (6 rows). Returns (ok, f, column LSE, strip path's f, its column LSE)."""
+    n, m = 6, len(z_columns)
+    lhs = torch.ones(1, n, 1)
+    packed = torch.zeros(1, 1, 1, FUSED_TILE[1])
+    packed[0, 0, 0, :m] = torch.tensor(z_columns)
+    hc = torch.tensor([hc])
+    log_a = torch.full((1, n), -math.log(n)) if a is None else a.log()
+    offset, f = torch.zeros(1, n), torch.empty(1, n)
+    state = torch.empty(1, FUSED_TILE[1]), torch.empty(1, FUSED_TILE[1], dtype=torch.float64)
+    ok = fused_softmin(lhs, packed, m, hc, log_a, offset, f, 1.0, 1.0, state, FUSED_TILE[0])
+    z = torch.tensor(z_columns).expand(1, 1, n, m).contiguous()
+    f_ref = torch.empty(1, n)
+    state_ref = torch.full((1, m), -math.inf), torch.zeros(1, m, dtype=torch.float64)
+    strip_softmin(z, m, hc, log_a, offset, f_ref, 0, 1.0, 1.0, state_ref)
+    return (ok, f, state[1][0, :m].log() + state[0][0, :m], f_ref,
+            state_ref[1][0].log() + state_ref[0][0])
+
+
+@fused_only
+def test_fused_sweep_reports_sums_out_of_its_range():
+    """One exp per entry covers a row only where its largest term is within the exp floor of
+    the row's largest Z and the largest weight (and a column likewise): else the kernel says
+    so, where ignoring it would be off by 20 (the floor, e^-80, standing in for e^-100)."""
+    in_range = one_dimensional_sweep([0.0, -30.0], [0.0, 0.0])
+    assert in_range[0]
+    torch.testing.assert_close(in_range[1], in_range[3])
+    torch.testing.assert_close(in_range[2].float(), in_range[4].float())
+    # Row: the weight of the largest Z is e^-200, the other term e^-100.
+    row = one_dimensional_sweep([-100.0, 0.0], [0.0, -200.0])
+    assert not row[0] and row[3].sub(100.0).abs().max() < 1e-4
+    # Column 1's terms are all e^-100 of their rows' largest.
+    column = one_dimensional_sweep([0.0, -100.0], [0.0, 0.0])
+    assert not column[0] and (column[4][1] - (-100.0)).abs() < 1e-4
+
+
+@fused_only
+@pytest.mark.parametrize("eps,expected", [(0.05, [True] * 6), (1e-3, [False])])
+def test_the_solver_keeps_the_fused_sweep_while_in_range(gen, monkeypatch, eps, expected):
+    """Each sweep of a float32 solve is fused; once one falls out of range, the strip path
+    redoes it and runs the rest of the solve. Either way the results are the PyTorch path's."""
+    import optical_ops.softmin_streaming as streaming
+
+    calls = []
+    monkeypatch.setattr(streaming, "fused_softmin",
+                        lambda *args: calls.append(fused_softmin(*args)) or calls[-1])
+    fc, a, b = problem(gen, 2, 100, 90, 32, torch.float32, zeros=(2, 1))
+    native, torch_ops = both_paths(fc, a, b, eps, 7)
+    assert calls == expected
+    assert_paths_agree(native, torch_ops, 4e-7 / eps)
+
+
+@fused_only
+def test_fused_buffers_are_checked():
+    lhs, packed = torch.zeros(1, 6, 2), torch.zeros(1, 1, 2, FUSED_TILE[1])
+    vec, hc = torch.zeros(1, 6), torch.zeros(1, 3)
+    state = torch.zeros(1, FUSED_TILE[1]), torch.zeros(1, FUSED_TILE[1], dtype=torch.float64)
+
+    def sweep(lhs=lhs, packed=packed, m=3, state=state, rows=FUSED_TILE[0]):
+        return fused_softmin(lhs, packed, m, hc, vec, vec, vec.clone(), 1.0, 1.0, state, rows)
+
+    assert sweep()
+    with pytest.raises(ValueError, match="lhs must be float32"):
+        sweep(lhs=lhs.double(), packed=packed.double())
+    with pytest.raises(ValueError, match="a buffer of shape"):
+        sweep(packed=torch.zeros(1, 1, 3, FUSED_TILE[1]))
+    with pytest.raises(ValueError, match="contiguous CPU tensor of float64"):
+        sweep(state=(state[0], state[1].float()))
+    with pytest.raises(ValueError, match="inconsistent fused sweep shape"):
+        sweep(rows=FUSED_TILE[0] + 1)
+    with pytest.raises(ValueError, match=r"a buffer of shape \(1, 3\), not \(1, 33\)"):
+        sweep(m=FUSED_TILE[1] + 1)  # hc
+

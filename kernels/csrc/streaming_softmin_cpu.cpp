@@ -12,6 +12,8 @@
 //
 // kept as a running maximum and a sum rescaled to it, so a column update costs no GEMM of its
 // own (the scaling loop's fused pass, csrc/sinkhorn_scaling_cpu.cpp, in the log domain).
+// fused_softmin does the same sweep (float32, x86-64-v4) forming the product itself, with one exp
+// per entry for both updates (see "The fused sweep" below).
 // After the loop, strip_plan overwrites a strip with the plan P_ij = exp(hr_i + hc_j + Z_ij)
 // and accumulates P 1, P^T 1 and <P, Z> (the loss and the gradient's products need them).
 // Long sums (a row over all column tiles, a column over all strips) add per-tile or per-strip
@@ -33,6 +35,10 @@
 #include <limits>
 
 #include <omp.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+#include <vector>
 
 #include "native_cpu.h"
 
@@ -231,6 +237,228 @@ void plan_pass(T* z, const Strip s, const T* hr, const T* hc, T* rowsum, double*
   }
 }
 
+// ---- The fused sweep: float32 on x86-64-v4 ----
+//
+// One sweep (the row update and the next column update's sums) with the product formed by a
+// register-tiled kernel of our own instead of a GEMM into a strip, and one exp per entry for
+// both updates instead of two. Per row i, with zmax_i = max_{j<m} Z_ij and H = max_j hc_j:
+//
+//   E_ij = exp(Z_ij - zmax_i) <= 1
+//   row  LSE_j(hc_j + Z_ij) = H + zmax_i + log sum_j w_j E_ij,       w_j = exp(hc_j - H)
+//   col  LSE_i(hr_i + Z_ij) = log sum_i exp(hr_i + zmax_i) E_ij,     hr_i from the new f_i
+//
+// A strip of R rows (a multiple of kMR) is formed tile by tile (kNR columns of y' packed
+// (d, kNR)) into a per-thread buffer that stays in L2 with the row maxima; then each row's exps
+// and sum (f_i), then the strip's column sums as a mat-vec with coefficients exp(hr_i + zmax_i
+// - M), M the strip's largest, added in double to a per-thread column state kept at its running
+// maximum. The price is range: a sum whose terms all fall below the exp floor would be wrong,
+// which the strip path's max-shifted sums never are. So every row and column sum is checked
+// against the floor's worst error (each term off by <= e^kFloor of the sum's scale, kept
+// e^17, float's precision, below the sum) and the sweep reports failure; the caller then runs
+// the strip path. With cosine costs at eps >= ~0.02 the check passes.
+//
+// x86-64-v4 only: the 6 x 32 tile takes 24 of its 32 vector registers. Intrinsics need the
+// target on every function that uses them, so V4 replaces PER_ISA here.
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FUSED_SWEEP 1
+#define V4 __attribute__((target("arch=x86-64-v4")))
+
+constexpr int kMR = 6, kNV = 4;          // a tile: kMR rows by kNV vectors of 8 columns
+constexpr int64_t kNR = 8 * kNV;         // columns of a packed tile of y'
+constexpr float kFloor = -80.0f;         // ExpFloor<float>
+constexpr double kSumMargin = -63.0;     // kFloor + 17: a sum must exceed e^this per term
+
+// Z (kMR x kNR) = a (kMR rows of d) times the packed tile b (d x kNR), plus mask (kNR: 0, or
+// -inf on padding columns), stored to out (row stride ldo); rowmax (kMR x 8): lane-wise maxima
+// of each row, updated.
+V4 INLINE void product_tile(const float* __restrict a, int64_t d, const float* __restrict b,
+                            const float* __restrict mask, float* __restrict out, int64_t ldo,
+                            float* __restrict rowmax) {
+  __m256 acc[kMR][kNV];
+#pragma GCC unroll 8
+  for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < kNV; ++c) acc[r][c] = _mm256_setzero_ps();
+  __m256 top[kMR];
+#pragma GCC unroll 8
+  for (int r = 0; r < kMR; ++r) top[r] = _mm256_loadu_ps(rowmax + 8 * r);
+  for (int64_t k = 0; k < d; ++k) {
+    __m256 col[kNV];
+#pragma GCC unroll 4
+    for (int c = 0; c < kNV; ++c) col[c] = _mm256_loadu_ps(b + k * kNR + 8 * c);
+#pragma GCC unroll 8
+    for (int r = 0; r < kMR; ++r) {
+      const __m256 s = _mm256_broadcast_ss(a + r * d + k);
+#pragma GCC unroll 4
+      for (int c = 0; c < kNV; ++c) acc[r][c] = _mm256_fmadd_ps(s, col[c], acc[r][c]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < kNV; ++c) {
+      const __m256 z = _mm256_add_ps(acc[r][c], _mm256_loadu_ps(mask + 8 * c));
+      _mm256_storeu_ps(out + r * ldo + 8 * c, z);
+      top[r] = _mm256_max_ps(top[r], z);
+    }
+#pragma GCC unroll 8
+  for (int r = 0; r < kMR; ++r) _mm256_storeu_ps(rowmax + 8 * r, top[r]);
+}
+
+// e[j] <- exp(e[j] - shift), returns sum_j w_j e[j] (float sums over 1024 terms, in double).
+V4 INLINE double exp_and_weigh(float* __restrict e, const float* __restrict w, int64_t len,
+                               float shift) {
+  double total = 0;
+  for (int64_t j0 = 0; j0 < len; j0 += 1024) {
+    const int64_t j1 = std::min(len, j0 + 1024);
+    float part = 0;
+#pragma omp simd reduction(+ : part)
+    for (int64_t j = j0; j < j1; ++j) {
+      const float v = exp_clamped(e[j] - shift);
+      e[j] = v;
+      part += w[j] * v;
+    }
+    total += part;
+  }
+  return total;
+}
+
+// One problem's column state on one thread: acc (padded width) at the running maximum ref.
+struct ColumnState {
+  double* acc;
+  double ref;  // -inf until a strip with mass was added
+};
+
+struct Fused {
+  int64_t batch, n, m, d, tiles, strip;  // tiles of kNR columns; strip: rows, a multiple of kMR
+  int64_t width() const { return tiles * kNR; }
+};
+
+// Strips [s0, s1) of the flattened (problem, strip) list: rows, f, and the column states
+// cols[b]. buf: strip x width floats; rows_in: strip x d; rowmax: strip x 8; tmp: width;
+// coef: strip.
+// Returns false when a row sum fails the range check.
+V4 __attribute__((noinline)) bool fused_strips(
+    const Fused& p, const float* lhs, const float* ypack, const float* w, const float* hmax,
+    const float* log_w, const float* offset, float* f, float eps, float damping, ColumnState* cols,
+    int64_t s0, int64_t s1, float* buf, float* rows_in, float* rowmax, float* tmp, float* coef) {
+  FlushDenormals ftz;
+  const int64_t width = p.width(), per_problem = (p.n + p.strip - 1) / p.strip;
+  alignas(32) float open[kNR], last[kNR];
+  for (int64_t c = 0; c < kNR; ++c) {
+    open[c] = 0;
+    last[c] = (p.tiles - 1) * kNR + c < p.m ? 0.0f : -std::numeric_limits<float>::infinity();
+  }
+  const double row_floor = std::exp(kSumMargin) * 2 * width;
+  bool ok = true;
+  for (int64_t s = s0; s < s1; ++s) {
+    const int64_t b = s / per_problem, i0 = (s % per_problem) * p.strip;
+    const int64_t rows = std::min(p.strip, p.n - i0);
+    const float* a = lhs + (b * p.n + i0) * p.d;
+    std::copy(a, a + rows * p.d, rows_in);
+    std::fill(rows_in + rows * p.d, rows_in + p.strip * p.d, 0.0f);
+    std::fill(rowmax, rowmax + p.strip * 8, -std::numeric_limits<float>::infinity());
+    const int64_t blocks = (rows + kMR - 1) / kMR;
+    for (int64_t t = 0; t < p.tiles; ++t) {
+      const float* tile = ypack + (b * p.tiles + t) * p.d * kNR;
+      const float* mask = t == p.tiles - 1 ? last : open;
+      for (int64_t k = 0; k < blocks; ++k)
+        product_tile(rows_in + k * kMR * p.d, p.d, tile, mask, buf + k * kMR * width + t * kNR,
+                     width, rowmax + k * kMR * 8);
+    }
+    // Row sums, f, and the strip's column coefficients exp(hr_i + zmax_i - top).
+    float top = -std::numeric_limits<float>::infinity();
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = b * p.n + i0 + r;
+      const float zmax = *std::max_element(rowmax + 8 * r, rowmax + 8 * r + 8);
+      const double sum = exp_and_weigh(buf + r * width, w + b * width, width, zmax);
+      ok = ok && sum >= row_floor;
+      f[i] = damping * (offset[i] - eps * (hmax[b] + zmax + static_cast<float>(std::log(sum))));
+      coef[r] = log_w[i] + (f[i] - offset[i]) / eps + zmax;
+      top = std::max(top, coef[r]);
+    }
+    if (!(top > -std::numeric_limits<float>::infinity())) continue;  // no row mass
+    for (int64_t r = 0; r < rows; ++r) {
+      const float v = coef[r] - top;
+      coef[r] = v < kFloor ? 0.0f : exp_clamped(v);
+    }
+    weighted_row_sum<false>(tmp, coef, buf, rows, width);
+    ColumnState& col = cols[b];
+    if (top > col.ref) {  // the state moves to the new maximum
+      const double down = std::exp(col.ref - static_cast<double>(top));
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) col.acc[j] *= down;
+      col.ref = top;
+    }
+    const double scale = std::exp(static_cast<double>(top) - col.ref);
+#pragma omp simd
+    for (int64_t j = 0; j < width; ++j) col.acc[j] += scale * tmp[j];
+  }
+  return ok;
+}
+
+bool fused_supported() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512cd");
+}
+
+// The sweep over every strip: f (B, n); cmax (B, width) float and csum (B, width) double, the
+// column state as strip_pass leaves it (LSE_i(hr_i + Z_ij) = cmax_j + log csum_j). hc: (B, m).
+// Returns false when a row or column sum fails the range check (f and the state are then
+// unusable) or a problem has no column mass.
+bool fused_sweep(const Fused& p, const float* lhs, const float* ypack, const float* hc,
+                 const float* log_w, const float* offset, float* f, float* cmax, double* csum,
+                 float eps, float damping, int threads) {
+  const int64_t width = p.width();
+  std::vector<float> w(p.batch * width, 0.0f), hmax(p.batch);
+  for (int64_t b = 0; b < p.batch; ++b) {
+    const float* h = hc + b * p.m;
+    hmax[b] = *std::max_element(h, h + p.m);
+    if (!std::isfinite(hmax[b])) return false;
+    for (int64_t j = 0; j < p.m; ++j) {
+      const float v = h[j] - hmax[b];
+      w[b * width + j] = v < kFloor ? 0.0f : std::exp(v);
+    }
+  }
+  const int64_t strips = p.batch * ((p.n + p.strip - 1) / p.strip);
+  const int team = static_cast<int>(std::min<int64_t>(threads, strips));
+  std::vector<double> acc(static_cast<size_t>(team) * p.batch * width, 0.0);
+  std::vector<ColumnState> cols(static_cast<size_t>(team) * p.batch);
+  for (size_t c = 0; c < cols.size(); ++c)
+    cols[c] = {acc.data() + c * width, -std::numeric_limits<double>::infinity()};
+  bool ok = true;
+#pragma omp parallel num_threads(team) reduction(&& : ok)
+  {
+    const int me = omp_get_thread_num(), count = omp_get_num_threads();
+    std::vector<float> buf(p.strip * width), rows_in(p.strip * p.d), rowmax(p.strip * 8),
+        tmp(width), coef(p.strip);
+    ok = fused_strips(p, lhs, ypack, w.data(), hmax.data(), log_w, offset, f, eps, damping,
+                      cols.data() + me * p.batch, strips * me / count, strips * (me + 1) / count,
+                      buf.data(), rows_in.data(), rowmax.data(), tmp.data(), coef.data());
+  }
+  if (!ok) return false;
+  const double col_floor = std::exp(kSumMargin) * 2 * p.n;
+  for (int64_t b = 0; b < p.batch; ++b) {
+    double ref = -std::numeric_limits<double>::infinity();
+    for (int t = 0; t < team; ++t) ref = std::max(ref, cols[t * p.batch + b].ref);
+    if (!std::isfinite(ref)) return false;  // no row mass
+    const float stored = static_cast<float>(ref);
+    double* out = csum + b * width;
+    std::fill(out, out + width, 0.0);
+    for (int t = 0; t < team; ++t) {
+      const ColumnState& col = cols[t * p.batch + b];
+      const double scale = std::exp(col.ref - static_cast<double>(stored));
+      for (int64_t j = 0; j < width; ++j) out[j] += scale * col.acc[j];
+    }
+    std::fill(cmax + b * width, cmax + (b + 1) * width, stored);
+    for (int64_t j = 0; j < p.m; ++j) ok = ok && out[j] >= col_floor;
+  }
+  return ok;
+}
+#endif  // fused sweep
+
 bool valid_strip(int64_t batch, int64_t tiles, int64_t rows, int64_t width, int64_t m, int64_t n,
                  int64_t r0, int threads) {
   if (batch < 1 || tiles < 1 || rows < 1 || rows > 256 || width < 1 || width > 1024 || m < 1 ||
@@ -290,6 +518,51 @@ PyObject* strip_plan(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+// fused_softmin(lhs, ypack, hc, log_w, offset, f, cmax, csum, batch, n, m, d, tiles, strip,
+// eps, damping, threads) -> bool: float32 buffers (csum float64), see fused_sweep; False when a
+// sum failed the range check (the outputs are then to be discarded).
+PyObject* fused_softmin(PyObject*, PyObject* args) {
+  unsigned long long lhs, ypack, hc, log_w, offset, f, cmax, csum;
+  long long batch, n, m, d, tiles, strip;
+  double eps, damping;
+  int threads;
+  if (!PyArg_ParseTuple(args, "KKKKKKKKLLLLLLddi", &lhs, &ypack, &hc, &log_w, &offset, &f, &cmax,
+                        &csum, &batch, &n, &m, &d, &tiles, &strip, &eps, &damping, &threads))
+    return nullptr;
+#if FUSED_SWEEP
+  if (batch < 1 || n < 1 || m < 1 || d < 1 || tiles * kNR < m || (tiles - 1) * kNR >= m ||
+      strip < kMR || strip % kMR != 0 || threads < 1) {
+    PyErr_SetString(PyExc_ValueError, "inconsistent fused sweep shape");
+    return nullptr;
+  }
+  if (!fused_supported()) {
+    PyErr_SetString(PyExc_RuntimeError, "the fused sweep needs an x86-64-v4 CPU");
+    return nullptr;
+  }
+  const Fused p{batch, n, m, d, tiles, strip};
+  bool ok;
+  Py_BEGIN_ALLOW_THREADS
+  ok = fused_sweep(p, as_ptr<const float>(lhs), as_ptr<const float>(ypack),
+                   as_ptr<const float>(hc), as_ptr<const float>(log_w),
+                   as_ptr<const float>(offset), as_ptr<float>(f), as_ptr<float>(cmax),
+                   as_ptr<double>(csum), static_cast<float>(eps), static_cast<float>(damping),
+                   threads);
+  Py_END_ALLOW_THREADS
+  return PyBool_FromLong(ok);
+#else
+  PyErr_SetString(PyExc_RuntimeError, "the fused sweep was not built (x86-64 GCC only)");
+  return nullptr;
+#endif
+}
+
+// fused_info() -> (tile rows, tile columns) when this machine runs the fused sweep, else None.
+PyObject* fused_info(PyObject*, PyObject*) {
+#if FUSED_SWEEP
+  if (fused_supported()) return Py_BuildValue("(LL)", static_cast<long long>(kMR), kNR);
+#endif
+  Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
     {"strip_softmin", strip_softmin, METH_VARARGS,
      "Row soft-min of one strip, optionally folded into the next column update "
@@ -297,6 +570,11 @@ PyMethodDef methods[] = {
     {"strip_plan", strip_plan, METH_VARARGS,
      "The plan of one strip with its row sums, column sums and <P, Z> (see "
      "kernels/cpu_streaming.py)."},
+    {"fused_softmin", fused_softmin, METH_VARARGS,
+     "Row soft-min and the next column update's sums in one fused float32 sweep (see "
+     "kernels/cpu_streaming.py)."},
+    {"fused_info", fused_info, METH_NOARGS,
+     "(tile rows, tile columns) of the fused sweep on this machine, or None."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_streaming_cpu",

@@ -18,7 +18,8 @@ MAX_STRIP_ROWS = 256
 MAX_TILE_WIDTH = 1024
 
 # (tile rows, tile columns) of the fused float32 sweep, None where this machine or build has none.
-FUSED_TILE = None if _streaming_cpu is None else _streaming_cpu.fused_info()
+# (A build from before the fused sweep has no fused_info: the strips then run every sweep.)
+FUSED_TILE = getattr(_streaming_cpu, "fused_info", lambda: None)()
 
 
 def native_streaming_available(x: torch.Tensor) -> bool:
@@ -123,8 +124,9 @@ def fused_softmin(
     :func:`strip_softmin`;
     col_state: (M, S), each (B, T N), float32 and float64, overwritten (not accumulated).
     strip_rows: rows formed per pass, a multiple of ``FUSED_TILE[0]``. Returns False when a row
-    or column sum fell out of the range its single exp covers (small eps, far-off potentials):
-    the outputs are then unusable and the caller runs :func:`strip_softmin` instead.
+    or column sum fell out of the range its single exp covers (small eps, far-off potentials)
+    or a problem has no row or no column mass: the outputs are then unusable and the caller
+    runs :func:`strip_softmin` instead.
     """
     batch, n, d = lhs.shape
     tiles = ypack.shape[1]
@@ -132,8 +134,9 @@ def fused_softmin(
     if lhs.dtype != torch.float32:
         raise ValueError(f"fused_softmin: lhs must be float32, got {lhs.dtype}")
     _check_buffers("fused_softmin", "lhs", lhs, [ypack, hc, log_w, offset, f, cmax], [csum])
-    shapes = ((ypack, (batch, tiles, d, FUSED_TILE[1])), (hc, (batch, m)), (f, (batch, n)),
-              (cmax, (batch, tiles * FUSED_TILE[1])), (csum, (batch, tiles * FUSED_TILE[1])))
+    shapes = ((ypack, (batch, tiles, d, FUSED_TILE[1])), (hc, (batch, m)), (log_w, (batch, n)),
+              (offset, (batch, n)), (f, (batch, n)), (cmax, (batch, tiles * FUSED_TILE[1])),
+              (csum, (batch, tiles * FUSED_TILE[1])))
     for t, shape in shapes:
         if t.shape != shape:
             raise ValueError(f"fused_softmin: a buffer of shape {tuple(t.shape)}, not {shape}")

@@ -245,7 +245,7 @@ class StreamingSoftMin(SoftMin):
         if not fold:
             return f, None
         top, total = (t[:, : self.b.shape[1]] for t in state)
-        lse = total.log_().to(top.dtype).add_(top)
+        lse = total.log_().add_(top).to(top.dtype)  # in double: log S is large where M is one shift
         return f, (fc.col_offset - eps * lse).mul_(self.damping)
 
     def _native_cols(self, f):

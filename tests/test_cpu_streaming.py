@@ -245,12 +245,13 @@ def fused_and_strip_sweeps(op, g, strip_rows):
 
 @fused_only
 @pytest.mark.parametrize("batch,n,m,d", [(1, 1, 7, 5), (3, 33, 129, 100), (2, 300, 257, 384),
-                                         (1, 129, 1100, 64)])
+                                         (1, 129, 1100, 64), (2, 50, 64, 16)])
 @pytest.mark.parametrize("strip_rows", [6, 12, 96])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fused_sweep_equals_the_strip_sweep(gen, batch, n, m, d, strip_rows, threads):
-    """Zero weights on both sides, damping, rows and columns that are not multiples of the
-    tile (6 x 32) or the strip, one strip or many per thread."""
+    """Zero weights on both sides, damping, rows and columns that are or are not multiples of
+    the tile (6 x 32) or the strip, one strip or many per thread, a thread's part spanning
+    problems."""
     fc, a, b = problem(gen, batch, n, m, d, torch.float32, zeros=(min(2, n - 1), min(1, m - 1)))
     op = StreamingSoftMin(fc, a, b, 0.05, damping=0.8)
     g = op._native_cols(op.initial_f_state())
@@ -265,19 +266,19 @@ def test_fused_sweep_equals_the_strip_sweep(gen, batch, n, m, d, strip_rows, thr
     assert (lse - lse_ref).abs().max() <= 1e-6 * lse_ref.abs().max()
 
 
-def one_dimensional_sweep(z_columns, hc, a=None):
-    """The fused sweep on one problem with d = 1 and lhs = 1: Z_ij = z_columns[j] in every row
-    (6 rows). Returns (ok, f, column LSE, strip path's f, its column LSE)."""
-    n, m = 6, len(z_columns)
-    lhs = torch.ones(1, n, 1)
-    packed = torch.zeros(1, 1, 1, FUSED_TILE[1])
-    packed[0, 0, 0, :m] = torch.tensor(z_columns)
+def small_sweep(rows, columns, hc, a=None):
+    """The fused sweep on one problem with lhs = ``rows`` (n x d) and y' = ``columns`` (m x d),
+    so Z = rows columns^T. Returns (ok, f, column LSE, the strip path's f, its column LSE)."""
+    lhs, y = torch.tensor([rows]), torch.tensor([columns])
+    (_, n, d), m = lhs.shape, y.shape[1]
+    packed = torch.zeros(1, 1, d, FUSED_TILE[1])
+    packed[0, 0, :, :m] = y[0].T
     hc = torch.tensor([hc])
-    log_a = torch.full((1, n), -math.log(n)) if a is None else a.log()
+    log_a = torch.full((1, n), -math.log(n)) if a is None else torch.tensor([a]).log()
     offset, f = torch.zeros(1, n), torch.empty(1, n)
     state = torch.empty(1, FUSED_TILE[1]), torch.empty(1, FUSED_TILE[1], dtype=torch.float64)
     ok = fused_softmin(lhs, packed, m, hc, log_a, offset, f, 1.0, 1.0, state, FUSED_TILE[0])
-    z = torch.tensor(z_columns).expand(1, 1, n, m).contiguous()
+    z = (lhs @ y.transpose(1, 2)).unsqueeze(1).contiguous()
     f_ref = torch.empty(1, n)
     state_ref = torch.full((1, m), -math.inf), torch.zeros(1, m, dtype=torch.float64)
     strip_softmin(z, m, hc, log_a, offset, f_ref, 0, 1.0, 1.0, state_ref)
@@ -288,17 +289,19 @@ def one_dimensional_sweep(z_columns, hc, a=None):
 @fused_only
 def test_fused_sweep_reports_sums_out_of_its_range():
     """One exp per entry covers a row only where its largest term is within the exp floor of
-    the row's largest Z and the largest weight (and a column likewise): else the kernel says
-    so, where ignoring it would be off by 20 (the floor, e^-80, standing in for e^-100)."""
-    in_range = one_dimensional_sweep([0.0, -30.0], [0.0, 0.0])
+    the row's largest Z and the largest weight (a column likewise): else the kernel says so,
+    where going on would be off by 20 (the floor, e^-80, standing in for e^-100)."""
+    in_range = small_sweep([[1.0]] * 6, [[0.0], [-30.0]], [0.0, 0.0])
     assert in_range[0]
     torch.testing.assert_close(in_range[1], in_range[3])
     torch.testing.assert_close(in_range[2].float(), in_range[4].float())
-    # Row: the weight of the largest Z is e^-200, the other term e^-100.
-    row = one_dimensional_sweep([-100.0, 0.0], [0.0, -200.0])
-    assert not row[0] and row[3].sub(100.0).abs().max() < 1e-4
-    # Column 1's terms are all e^-100 of their rows' largest.
-    column = one_dimensional_sweep([0.0, -100.0], [0.0, 0.0])
+    # Row A (weight 0, so no column needs it): its largest Z (100, at column 0) has weight
+    # e^-200; its term at column 1 is e^-100 of that. Row C covers both columns.
+    row = small_sweep([[1.0, 0.0], [0.0, 1.0]], [[100.0, 0.0], [0.0, 0.0]], [-200.0, 0.0],
+                      a=[0.0, 1.0])
+    assert not row[0] and abs(row[3][0, 0].item()) < 1e-4
+    # Column 1's terms are all e^-100 of their rows' largest; every row is in range.
+    column = small_sweep([[1.0]] * 6, [[0.0], [-100.0]], [0.0, 0.0])
     assert not column[0] and (column[4][1] - (-100.0)).abs() < 1e-4
 
 

@@ -33,6 +33,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <new>
 
 #include <omp.h>
 #if defined(__x86_64__)
@@ -253,9 +254,9 @@ void plan_pass(T* z, const Strip s, const T* hr, const T* hc, T* rowsum, double*
 // - M), M the strip's largest, added in double to a per-thread column state kept at its running
 // maximum. The price is range: a sum whose terms all fall below the exp floor would be wrong,
 // which the strip path's max-shifted sums never are. So every row and column sum is checked
-// against the floor's worst error (each term off by <= e^kFloor of the sum's scale, kept
-// e^17, float's precision, below the sum) and the sweep reports failure; the caller then runs
-// the strip path. With cosine costs at eps >= ~0.02 the check passes.
+// against the floor's worst error (each term off by <= e^-80 of the sum's scale, kept e^17,
+// float's precision, below the sum) and the sweep reports failure; the caller then runs
+// the strip path. With cosine costs at eps >= ~0.01 the check passes (benchmarks/NOTES.md, O36).
 //
 // x86-64-v4 only: the 6 x 32 tile takes 24 of its 32 vector registers. Intrinsics need the
 // target on every function that uses them, so V4 replaces PER_ISA here.
@@ -266,8 +267,7 @@ void plan_pass(T* z, const Strip s, const T* hr, const T* hc, T* rowsum, double*
 
 constexpr int kMR = 6, kNV = 4;          // a tile: kMR rows by kNV vectors of 8 columns
 constexpr int64_t kNR = 8 * kNV;         // columns of a packed tile of y'
-constexpr float kFloor = -80.0f;         // ExpFloor<float>
-constexpr double kSumMargin = -63.0;     // kFloor + 17: a sum must exceed e^this per term
+constexpr double kSumMargin = -63.0;     // ExpFloor<float> + 17: a sum's least, per term
 
 // Z (kMR x kNR) = a (kMR rows of d) times the packed tile b (d x kNR), plus mask (kNR: 0, or
 // -inf on padding columns), stored to out (row stride ldo); rowmax (kMR x 8): lane-wise maxima
@@ -280,9 +280,6 @@ V4 INLINE void product_tile(const float* __restrict a, int64_t d, const float* _
   for (int r = 0; r < kMR; ++r)
 #pragma GCC unroll 4
     for (int c = 0; c < kNV; ++c) acc[r][c] = _mm256_setzero_ps();
-  __m256 top[kMR];
-#pragma GCC unroll 8
-  for (int r = 0; r < kMR; ++r) top[r] = _mm256_loadu_ps(rowmax + 8 * r);
   for (int64_t k = 0; k < d; ++k) {
     __m256 col[kNV];
 #pragma GCC unroll 4
@@ -294,6 +291,9 @@ V4 INLINE void product_tile(const float* __restrict a, int64_t d, const float* _
       for (int c = 0; c < kNV; ++c) acc[r][c] = _mm256_fmadd_ps(s, col[c], acc[r][c]);
     }
   }
+  __m256 top[kMR];
+#pragma GCC unroll 8
+  for (int r = 0; r < kMR; ++r) top[r] = _mm256_loadu_ps(rowmax + 8 * r);
 #pragma GCC unroll 8
   for (int r = 0; r < kMR; ++r)
 #pragma GCC unroll 4
@@ -324,7 +324,8 @@ V4 INLINE double exp_and_weigh(float* __restrict e, const float* __restrict w, i
   return total;
 }
 
-// One problem's column state on one thread: acc (padded width) at the running maximum ref.
+// One problem's column state in one part of the sweep: acc (padded width) at the running
+// maximum ref.
 struct ColumnState {
   double* acc;
   double ref;  // -inf until a strip with mass was added
@@ -333,58 +334,70 @@ struct ColumnState {
 struct Fused {
   int64_t batch, n, m, d, tiles, strip;  // tiles of kNR columns; strip: rows, a multiple of kMR
   int64_t width() const { return tiles * kNR; }
+  int64_t strips_per_problem() const { return (n + strip - 1) / strip; }
 };
 
-// Strips [s0, s1) of the flattened (problem, strip) list: rows, f, and the column states
-// cols[b]. buf: strip x width floats; rows_in: strip x d; rowmax: strip x 8; tmp: width;
-// coef: strip.
-// Returns false when a row sum fails the range check.
-V4 __attribute__((noinline)) bool fused_strips(
-    const Fused& p, const float* lhs, const float* ypack, const float* w, const float* hmax,
-    const float* log_w, const float* offset, float* f, float eps, float damping, ColumnState* cols,
-    int64_t s0, int64_t s1, float* buf, float* rows_in, float* rowmax, float* tmp, float* coef) {
+// A part of the sweep, run by one thread: strips [s0, s1) of the flattened (problem, strip)
+// list, which touch problems first..last, and its column states cols[b - first]; scratch:
+// buf (strip x width floats), rows_in (strip x d), rowmax (strip x 8), tmp (width), coef (strip).
+struct Part {
+  int64_t s0, s1, first, last;
+  ColumnState* cols;
+  float *buf, *rows_in, *rowmax, *tmp, *coef;
+};
+
+// The part's strips: rows of f and the column states. Returns false (and stops) when a row sum
+// fails the range check.
+V4 __attribute__((noinline)) bool fused_strips(const Fused& p, const float* lhs,
+                                               const float* ypack, const float* w,
+                                               const float* hmax, const float* log_w,
+                                               const float* offset, float* f, float eps,
+                                               float damping, const Part& part) {
   FlushDenormals ftz;
-  const int64_t width = p.width(), per_problem = (p.n + p.strip - 1) / p.strip;
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const int64_t width = p.width(), per_problem = p.strips_per_problem();
+  float* const buf = part.buf;
+  float* const rowmax = part.rowmax;
+  float* const coef = part.coef;
   alignas(32) float open[kNR], last[kNR];
   for (int64_t c = 0; c < kNR; ++c) {
     open[c] = 0;
-    last[c] = (p.tiles - 1) * kNR + c < p.m ? 0.0f : -std::numeric_limits<float>::infinity();
+    last[c] = (p.tiles - 1) * kNR + c < p.m ? 0.0f : -kInf;
   }
   const double row_floor = std::exp(kSumMargin) * 2 * width;
-  bool ok = true;
-  for (int64_t s = s0; s < s1; ++s) {
+  for (int64_t s = part.s0; s < part.s1; ++s) {
     const int64_t b = s / per_problem, i0 = (s % per_problem) * p.strip;
     const int64_t rows = std::min(p.strip, p.n - i0);
     const float* a = lhs + (b * p.n + i0) * p.d;
-    std::copy(a, a + rows * p.d, rows_in);
-    std::fill(rows_in + rows * p.d, rows_in + p.strip * p.d, 0.0f);
-    std::fill(rowmax, rowmax + p.strip * 8, -std::numeric_limits<float>::infinity());
+    std::copy(a, a + rows * p.d, part.rows_in);
+    std::fill(part.rows_in + rows * p.d, part.rows_in + p.strip * p.d, 0.0f);
+    std::fill(rowmax, rowmax + p.strip * 8, -kInf);
     const int64_t blocks = (rows + kMR - 1) / kMR;
     for (int64_t t = 0; t < p.tiles; ++t) {
       const float* tile = ypack + (b * p.tiles + t) * p.d * kNR;
       const float* mask = t == p.tiles - 1 ? last : open;
       for (int64_t k = 0; k < blocks; ++k)
-        product_tile(rows_in + k * kMR * p.d, p.d, tile, mask, buf + k * kMR * width + t * kNR,
-                     width, rowmax + k * kMR * 8);
+        product_tile(part.rows_in + k * kMR * p.d, p.d, tile, mask,
+                     buf + k * kMR * width + t * kNR, width, rowmax + k * kMR * 8);
     }
     // Row sums, f, and the strip's column coefficients exp(hr_i + zmax_i - top).
-    float top = -std::numeric_limits<float>::infinity();
+    float top = -kInf;
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t i = b * p.n + i0 + r;
       const float zmax = *std::max_element(rowmax + 8 * r, rowmax + 8 * r + 8);
       const double sum = exp_and_weigh(buf + r * width, w + b * width, width, zmax);
-      ok = ok && sum >= row_floor;
+      if (!(sum >= row_floor)) return false;
       f[i] = damping * (offset[i] - eps * (hmax[b] + zmax + static_cast<float>(std::log(sum))));
       coef[r] = log_w[i] + (f[i] - offset[i]) / eps + zmax;
       top = std::max(top, coef[r]);
     }
-    if (!(top > -std::numeric_limits<float>::infinity())) continue;  // no row mass
+    if (!(top > -kInf)) continue;  // no row mass
     for (int64_t r = 0; r < rows; ++r) {
       const float v = coef[r] - top;
-      coef[r] = v < kFloor ? 0.0f : exp_clamped(v);
+      coef[r] = v < ExpFloor<float>::kValue ? 0.0f : exp_clamped(v);
     }
-    weighted_row_sum<false>(tmp, coef, buf, rows, width);
-    ColumnState& col = cols[b];
+    weighted_row_sum<false>(part.tmp, coef, buf, rows, width);
+    ColumnState& col = part.cols[b - part.first];
     if (top > col.ref) {  // the state moves to the new maximum
       const double down = std::exp(col.ref - static_cast<double>(top));
 #pragma omp simd
@@ -393,62 +406,78 @@ V4 __attribute__((noinline)) bool fused_strips(
     }
     const double scale = std::exp(static_cast<double>(top) - col.ref);
 #pragma omp simd
-    for (int64_t j = 0; j < width; ++j) col.acc[j] += scale * tmp[j];
+    for (int64_t j = 0; j < width; ++j) col.acc[j] += scale * part.tmp[j];
   }
-  return ok;
+  return true;
 }
 
-bool fused_supported() {
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512cd");
-}
+bool fused_supported() { return __builtin_cpu_supports("x86-64-v4"); }
 
-// The sweep over every strip: f (B, n); cmax (B, width) float and csum (B, width) double, the
-// column state as strip_pass leaves it (LSE_i(hr_i + Z_ij) = cmax_j + log csum_j). hc: (B, m).
-// Returns false when a row or column sum fails the range check (f and the state are then
-// unusable) or a problem has no column mass.
+// The sweep over every strip: f (B, n); cmax (B, width) float and csum (B, width) double with
+// LSE_i(hr_i + Z_ij) = cmax_j + log csum_j for j < m, as strip_pass's fold leaves them (here
+// cmax is one shift per problem, and the padding columns hold junk). hc: (B, m). Returns false
+// when a row or column sum fails the range check, or a problem has no row or no column mass
+// (f and the state are then unusable). Allocates O(threads + B) x width doubles: may throw
+// std::bad_alloc, never inside the parallel region.
 bool fused_sweep(const Fused& p, const float* lhs, const float* ypack, const float* hc,
                  const float* log_w, const float* offset, float* f, float* cmax, double* csum,
                  float eps, float damping, int threads) {
-  const int64_t width = p.width();
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  const int64_t width = p.width(), per_problem = p.strips_per_problem();
   std::vector<float> w(p.batch * width, 0.0f), hmax(p.batch);
   for (int64_t b = 0; b < p.batch; ++b) {
     const float* h = hc + b * p.m;
     hmax[b] = *std::max_element(h, h + p.m);
-    if (!std::isfinite(hmax[b])) return false;
+    if (!std::isfinite(hmax[b])) return false;  // no column mass
     for (int64_t j = 0; j < p.m; ++j) {
       const float v = h[j] - hmax[b];
-      w[b * width + j] = v < kFloor ? 0.0f : std::exp(v);
+      w[b * width + j] = v < ExpFloor<float>::kValue ? 0.0f : std::exp(v);
     }
   }
-  const int64_t strips = p.batch * ((p.n + p.strip - 1) / p.strip);
+  // Contiguous parts, one per thread: each holds column states only for the problems it
+  // touches (B + threads states in all, not B x threads).
+  const int64_t strips = p.batch * per_problem;
   const int team = static_cast<int>(std::min<int64_t>(threads, strips));
-  std::vector<double> acc(static_cast<size_t>(team) * p.batch * width, 0.0);
-  std::vector<ColumnState> cols(static_cast<size_t>(team) * p.batch);
-  for (size_t c = 0; c < cols.size(); ++c)
-    cols[c] = {acc.data() + c * width, -std::numeric_limits<double>::infinity()};
+  std::vector<Part> parts(team);
+  int64_t states = 0;
+  for (int t = 0; t < team; ++t) {
+    Part& part = parts[t];
+    part.s0 = strips * t / team, part.s1 = strips * (t + 1) / team;
+    part.first = part.s0 / per_problem, part.last = (part.s1 - 1) / per_problem;
+    states += part.last - part.first + 1;
+  }
+  const int64_t scratch = p.strip * (width + p.d + 8 + 1) + width;
+  std::vector<double> acc(states * width, 0.0);
+  std::vector<ColumnState> cols(states, ColumnState{nullptr, -kInf});
+  std::vector<float> scratch_all(team * scratch);
+  for (int t = 0, next = 0; t < team; ++t) {
+    Part& part = parts[t];
+    part.cols = cols.data() + next;
+    for (int64_t b = part.first; b <= part.last; ++b, ++next) cols[next].acc = acc.data() + next * width;
+    part.buf = scratch_all.data() + t * scratch;
+    part.rows_in = part.buf + p.strip * width;
+    part.rowmax = part.rows_in + p.strip * p.d;
+    part.coef = part.rowmax + p.strip * 8;
+    part.tmp = part.coef + p.strip;
+  }
   bool ok = true;
 #pragma omp parallel num_threads(team) reduction(&& : ok)
-  {
-    const int me = omp_get_thread_num(), count = omp_get_num_threads();
-    std::vector<float> buf(p.strip * width), rows_in(p.strip * p.d), rowmax(p.strip * 8),
-        tmp(width), coef(p.strip);
+  for (int t = omp_get_thread_num(); t < team; t += omp_get_num_threads())
     ok = fused_strips(p, lhs, ypack, w.data(), hmax.data(), log_w, offset, f, eps, damping,
-                      cols.data() + me * p.batch, strips * me / count, strips * (me + 1) / count,
-                      buf.data(), rows_in.data(), rowmax.data(), tmp.data(), coef.data());
-  }
+                      parts[t]) && ok;
   if (!ok) return false;
   const double col_floor = std::exp(kSumMargin) * 2 * p.n;
   for (int64_t b = 0; b < p.batch; ++b) {
-    double ref = -std::numeric_limits<double>::infinity();
-    for (int t = 0; t < team; ++t) ref = std::max(ref, cols[t * p.batch + b].ref);
+    double ref = -kInf;
+    for (const Part& part : parts)
+      if (part.first <= b && b <= part.last) ref = std::max(ref, part.cols[b - part.first].ref);
     if (!std::isfinite(ref)) return false;  // no row mass
     const float stored = static_cast<float>(ref);
     double* out = csum + b * width;
     std::fill(out, out + width, 0.0);
-    for (int t = 0; t < team; ++t) {
-      const ColumnState& col = cols[t * p.batch + b];
+    for (const Part& part : parts) {
+      if (b < part.first || b > part.last) continue;
+      const ColumnState& col = part.cols[b - part.first];
       const double scale = std::exp(col.ref - static_cast<double>(stored));
       for (int64_t j = 0; j < width; ++j) out[j] += scale * col.acc[j];
     }
@@ -520,7 +549,8 @@ PyObject* strip_plan(PyObject*, PyObject* args) {
 
 // fused_softmin(lhs, ypack, hc, log_w, offset, f, cmax, csum, batch, n, m, d, tiles, strip,
 // eps, damping, threads) -> bool: float32 buffers (csum float64), see fused_sweep; False when a
-// sum failed the range check (the outputs are then to be discarded).
+// sum failed the range check or a problem has no row or column mass (the outputs are then to be
+// discarded).
 PyObject* fused_softmin(PyObject*, PyObject* args) {
   unsigned long long lhs, ypack, hc, log_w, offset, f, cmax, csum;
   long long batch, n, m, d, tiles, strip;
@@ -540,14 +570,19 @@ PyObject* fused_softmin(PyObject*, PyObject* args) {
     return nullptr;
   }
   const Fused p{batch, n, m, d, tiles, strip};
-  bool ok;
+  bool ok = false, out_of_memory = false;
   Py_BEGIN_ALLOW_THREADS
-  ok = fused_sweep(p, as_ptr<const float>(lhs), as_ptr<const float>(ypack),
-                   as_ptr<const float>(hc), as_ptr<const float>(log_w),
-                   as_ptr<const float>(offset), as_ptr<float>(f), as_ptr<float>(cmax),
-                   as_ptr<double>(csum), static_cast<float>(eps), static_cast<float>(damping),
-                   threads);
+  try {
+    ok = fused_sweep(p, as_ptr<const float>(lhs), as_ptr<const float>(ypack),
+                     as_ptr<const float>(hc), as_ptr<const float>(log_w),
+                     as_ptr<const float>(offset), as_ptr<float>(f), as_ptr<float>(cmax),
+                     as_ptr<double>(csum), static_cast<float>(eps), static_cast<float>(damping),
+                     threads);
+  } catch (const std::bad_alloc&) {
+    out_of_memory = true;
+  }
   Py_END_ALLOW_THREADS
+  if (out_of_memory) return PyErr_NoMemory();
   return PyBool_FromLong(ok);
 #else
   PyErr_SetString(PyExc_RuntimeError, "the fused sweep was not built (x86-64 GCC only)");
@@ -558,7 +593,8 @@ PyObject* fused_softmin(PyObject*, PyObject* args) {
 // fused_info() -> (tile rows, tile columns) when this machine runs the fused sweep, else None.
 PyObject* fused_info(PyObject*, PyObject*) {
 #if FUSED_SWEEP
-  if (fused_supported()) return Py_BuildValue("(LL)", static_cast<long long>(kMR), kNR);
+  if (fused_supported())
+    return Py_BuildValue("(LL)", static_cast<long long>(kMR), static_cast<long long>(kNR));
 #endif
   Py_RETURN_NONE;
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._native import load, runs_on
+from ._native import check_buffers, load, runs_on
 
 _streaming_cpu = load("_streaming_cpu")  # None when not built: callers fall back to PyTorch ops
 
@@ -131,15 +131,15 @@ def fused_softmin(
     batch, n, d = lhs.shape
     tiles = ypack.shape[1]
     cmax, csum = col_state
+    width = tiles * FUSED_TILE[1]
     if lhs.dtype != torch.float32:
         raise ValueError(f"fused_softmin: lhs must be float32, got {lhs.dtype}")
+    check_buffers(lhs, (("ypack", ypack, (batch, tiles, d, FUSED_TILE[1])), ("hc", hc, (batch, m)),
+                        ("log_w", log_w, (batch, n)), ("offset", offset, (batch, n)),
+                        ("f", f, (batch, n)), ("col_state[0]", cmax, (batch, width))))
+    if csum.shape != (batch, width):
+        raise ValueError(f"fused_softmin: col_state[1] must be of shape {(batch, width)}")
     _check_buffers("fused_softmin", "lhs", lhs, [ypack, hc, log_w, offset, f, cmax], [csum])
-    shapes = ((ypack, (batch, tiles, d, FUSED_TILE[1])), (hc, (batch, m)), (log_w, (batch, n)),
-              (offset, (batch, n)), (f, (batch, n)), (cmax, (batch, tiles * FUSED_TILE[1])),
-              (csum, (batch, tiles * FUSED_TILE[1])))
-    for t, shape in shapes:
-        if t.shape != shape:
-            raise ValueError(f"fused_softmin: a buffer of shape {tuple(t.shape)}, not {shape}")
     return _streaming_cpu.fused_softmin(
         lhs.data_ptr(), ypack.data_ptr(), hc.data_ptr(), log_w.data_ptr(), offset.data_ptr(),
         f.data_ptr(), cmax.data_ptr(), csum.data_ptr(), batch, n, m, d, tiles, strip_rows,

@@ -333,12 +333,14 @@ def test_fused_buffers_are_checked():
     assert sweep()
     with pytest.raises(ValueError, match="lhs must be float32"):
         sweep(lhs=lhs.double(), packed=packed.double())
-    with pytest.raises(ValueError, match="a buffer of shape"):
+    with pytest.raises(ValueError, match=r"ypack must be torch.float32 of shape \(1, 1, 2, "):
         sweep(packed=torch.zeros(1, 1, 3, FUSED_TILE[1]))
     with pytest.raises(ValueError, match="contiguous CPU tensor of float64"):
         sweep(state=(state[0], state[1].float()))
+    with pytest.raises(ValueError, match=r"col_state\[1\] must be of shape"):
+        sweep(state=(state[0], state[1][:, :16].contiguous()))
     with pytest.raises(ValueError, match="inconsistent fused sweep shape"):
         sweep(rows=FUSED_TILE[0] + 1)
-    with pytest.raises(ValueError, match=r"a buffer of shape \(1, 3\), not \(1, 33\)"):
-        sweep(m=FUSED_TILE[1] + 1)  # hc
+    with pytest.raises(ValueError, match=r"hc must be torch.float32 of shape \(1, 33\)"):
+        sweep(m=FUSED_TILE[1] + 1)
 

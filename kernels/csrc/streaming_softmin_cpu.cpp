@@ -453,7 +453,8 @@ bool fused_sweep(const Fused& p, const float* lhs, const float* ypack, const flo
   for (int t = 0, next = 0; t < team; ++t) {
     Part& part = parts[t];
     part.cols = cols.data() + next;
-    for (int64_t b = part.first; b <= part.last; ++b, ++next) cols[next].acc = acc.data() + next * width;
+    for (int64_t b = part.first; b <= part.last; ++b, ++next)
+      cols[next].acc = acc.data() + next * width;
     part.buf = scratch_all.data() + t * scratch;
     part.rows_in = part.buf + p.strip * width;
     part.rowmax = part.rows_in + p.strip * p.d;
